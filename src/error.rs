@@ -1,0 +1,162 @@
+//! The crate's error type.
+
+use crate::{DomainError, SchemaNameError};
+
+/// A shorthand for `Result<T, diesel_tenancy::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed error from a migration source or harness.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in this crate.
+///
+/// Each variant names what it was working on (tenant schema, domain, migration);
+/// the underlying cause, if any, is reached through [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A string is not a valid tenant schema name.
+    #[error(transparent)]
+    InvalidSchemaName(#[from] SchemaNameError),
+
+    /// A string is not a valid domain name.
+    #[error(transparent)]
+    InvalidDomain(#[from] DomainError),
+
+    /// The pool could not be built from its settings.
+    #[error("invalid pool configuration: {reason}")]
+    Config {
+        /// What is wrong with the settings.
+        reason: String,
+    },
+
+    /// A connection could not be opened or checked out of the pool.
+    #[error("could not get a database connection")]
+    Pool(#[source] r2d2::Error),
+
+    /// A connection could not be opened.
+    #[error("could not connect to the database")]
+    Connect(#[source] diesel::ConnectionError),
+
+    /// No tenant with this schema name is in the registry.
+    #[error("tenant {schema:?} is not in the registry")]
+    TenantNotFound {
+        /// The schema name that was looked up.
+        schema: String,
+    },
+
+    /// No tenant with this id is in the registry.
+    #[error("no tenant with id {id} is in the registry")]
+    TenantIdNotFound {
+        /// The id that was looked up.
+        id: i64,
+    },
+
+    /// The tenant exists but is suspended, so no connection is scoped to it.
+    #[error("tenant {schema:?} is suspended")]
+    TenantSuspended {
+        /// The tenant's schema.
+        schema: String,
+    },
+
+    /// A tenant with this schema name already exists.
+    #[error("tenant {schema:?} already exists")]
+    TenantExists {
+        /// The schema name that is taken.
+        schema: String,
+    },
+
+    /// The tenant is in the registry, but its schema is not in the database.
+    #[error("the schema of tenant {schema:?} does not exist in the database")]
+    SchemaMissing {
+        /// The tenant's schema.
+        schema: String,
+    },
+
+    /// A schema of this name exists already, but no tenant owns it.
+    #[error("schema {schema:?} already exists in the database")]
+    SchemaExists {
+        /// The schema name.
+        schema: String,
+    },
+
+    /// The domain is already assigned to a tenant.
+    #[error("domain {domain:?} is already assigned to a tenant")]
+    DomainTaken {
+        /// The normalised domain.
+        domain: String,
+    },
+
+    /// The domain is not in the registry.
+    #[error("domain {domain:?} is not in the registry")]
+    DomainNotFound {
+        /// The normalised domain.
+        domain: String,
+    },
+
+    /// Setting a connection's search path for a tenant failed.
+    #[error("could not scope the connection to {scope}")]
+    Scope {
+        /// The scope: a tenant's schema name, or `public`.
+        scope: String,
+        /// The database error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// A migration failed.
+    #[error("migration {version} failed on schema {schema}", version = version.as_deref().unwrap_or("(harness)"))]
+    Migration {
+        /// The schema being migrated (`public` for shared migrations).
+        schema: String,
+        /// The version of the failing migration, when known.
+        version: Option<String>,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A registry or database operation failed.
+    #[error("{action} failed")]
+    Database {
+        /// What was being done, e.g. `create tenant "acme"`.
+        action: String,
+        /// The database error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// A row in the registry holds a value this crate cannot read (it was edited by hand).
+    #[error("registry row is corrupt: {reason}")]
+    CorruptRegistry {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn db(action: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Database { action, source }
+    }
+}
+
+/// Lets a transaction closure return [`Error`]: Diesel reports `BEGIN`/`COMMIT`
+/// failures through this conversion.
+impl From<diesel::result::Error> for Error {
+    fn from(source: diesel::result::Error) -> Self {
+        Error::Database {
+            action: "transaction".into(),
+            source,
+        }
+    }
+}
+
+/// Lets closures given to [`TenantPool::with_tenant`](crate::TenantPool::with_tenant)
+/// return `diesel::QueryResult`: a checkout error then arrives as
+/// `diesel::result::Error::QueryBuilderError` holding this crate's [`Error`].
+impl From<Error> for diesel::result::Error {
+    fn from(error: Error) -> Self {
+        diesel::result::Error::QueryBuilderError(Box::new(error))
+    }
+}

@@ -1,0 +1,500 @@
+//! The tenant-scoped connection pool over r2d2.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, Connection, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::R2D2Connection;
+
+use crate::registry::{self, Tenant};
+use crate::scope::{self, PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
+use crate::{Error, Result, SchemaName};
+
+/// Settings shared by the manager and every connection it makes.
+#[derive(Debug)]
+struct Settings {
+    database_url: String,
+    extra_schemas: Vec<SchemaName>,
+    track_search_path: bool,
+}
+
+/// An r2d2 connection manager for tenant-scoped PostgreSQL connections.
+///
+/// This is the pool swap: hand it to [`r2d2::Pool::builder()`] where an application
+/// used diesel's `ConnectionManager<PgConnection>`. A connection from such a pool
+/// cannot run queries until it is scoped with [`TenantConnection::scope`] or
+/// [`TenantConnection::scope_public`]; [`TenantPool`] does both steps at once.
+///
+/// ```no_run
+/// use diesel_tenancy::{TenantConnection, TenantConnectionManager};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = TenantConnectionManager::new("postgres://localhost/app")?;
+/// let pool = r2d2::Pool::builder().max_size(20).build(manager)?;
+/// let conn = TenantConnection::scope_public(pool.get()?)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TenantConnectionManager {
+    settings: Arc<Settings>,
+}
+
+impl TenantConnectionManager {
+    /// A manager for `database_url` (a `postgres://` URL or a libpq key=value string),
+    /// with no extra schemas on the path and search-path tracking on.
+    pub fn new(database_url: impl Into<String>) -> Result<Self> {
+        Self::with_settings(database_url.into(), Vec::new(), true)
+    }
+
+    fn with_settings(
+        database_url: String,
+        extra_schemas: Vec<SchemaName>,
+        track_search_path: bool,
+    ) -> Result<Self> {
+        check_database_url(&database_url)?;
+        Ok(TenantConnectionManager {
+            settings: Arc::new(Settings {
+                database_url,
+                extra_schemas,
+                track_search_path,
+            }),
+        })
+    }
+}
+
+fn check_database_url(url: &str) -> Result<()> {
+    if url.trim().is_empty() {
+        return Err(Error::Config {
+            reason: "the database URL is empty".into(),
+        });
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        url::Url::parse(url).map_err(|e| Error::Config {
+            reason: format!("the database URL is malformed: {e}"),
+        })?;
+    } else if url.contains("://") {
+        return Err(Error::Config {
+            reason: "the database URL must start with postgres:// or postgresql://".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A pooled physical connection. It runs no query until scoped into a
+/// [`TenantConnection`], so an unscoped connection can never read whatever
+/// tenant the previous borrower left behind.
+pub struct ManagedConnection {
+    conn: PgConnection,
+    settings: Arc<Settings>,
+    /// The scope the session's search path is known to hold; `None` when unknown.
+    current: Option<ScopeKey>,
+    /// Drop this connection instead of returning it to the pool.
+    discard: bool,
+}
+
+impl std::fmt::Debug for ManagedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedConnection")
+            .field("current", &self.current)
+            .field("discard", &self.discard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl r2d2::ManageConnection for TenantConnectionManager {
+    type Connection = ManagedConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<ManagedConnection, Self::Error> {
+        let mut conn = PgConnection::establish(&self.settings.database_url)
+            .map_err(diesel::r2d2::Error::ConnectionError)?;
+        let inner = diesel::connection::get_default_instrumentation();
+        conn.set_instrumentation(ScopeWatch::new(inner));
+        Ok(ManagedConnection {
+            conn,
+            settings: Arc::clone(&self.settings),
+            current: None,
+            discard: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut ManagedConnection) -> Result<(), Self::Error> {
+        conn.conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut ManagedConnection) -> bool {
+        conn.discard || std::thread::panicking() || conn.conn.is_broken()
+    }
+}
+
+impl ManagedConnection {
+    /// Puts the session on `scope`'s search path unless it is known to be there.
+    fn enter(&mut self, scope: ScopeKey) -> Result<()> {
+        if self.settings.track_search_path && self.current.as_ref() == Some(&scope) {
+            return Ok(());
+        }
+        self.current = None;
+        let result =
+            scope::set_search_path(&mut self.conn, &scope, &self.settings.extra_schemas, false);
+        match &result {
+            Ok(()) => self.current = Some(scope),
+            // The statement ran and found no schema: the session is unchanged.
+            Err(Error::SchemaMissing { .. }) => {}
+            Err(_) => self.discard = true,
+        }
+        // Our own statement is no reason to distrust the path.
+        if let Some(watch) = self.watch() {
+            watch.take_flags();
+        }
+        result
+    }
+
+    fn watch(&mut self) -> Option<&mut ScopeWatch> {
+        self.conn.instrumentation().downcast_mut::<ScopeWatch>()
+    }
+
+    /// Restores the pool's invariant when a scoped borrow ends: the connection is
+    /// outside any transaction and `current` is either the true search path or
+    /// `None`; or else it is marked to be discarded.
+    fn leave(&mut self) {
+        if std::thread::panicking() {
+            // The closure stopped at an unknown point.
+            self.current = None;
+            self.discard = true;
+            return;
+        }
+        let Some(flags) = self.watch().map(ScopeWatch::take_flags) else {
+            // Someone replaced the instrumentation: nothing can be known any more.
+            self.current = None;
+            self.discard = true;
+            return;
+        };
+        if flags & PATH_DIRTY != 0 {
+            self.current = None;
+        }
+        match AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
+            .transaction_depth()
+        {
+            Ok(None) => {}
+            // A transaction left open (e.g. `begin_test_transaction`) or a broken
+            // transaction manager: the session state is not ours to reuse.
+            Ok(Some(_)) | Err(_) => {
+                self.current = None;
+                self.discard = true;
+                return;
+            }
+        }
+        if flags & RAW_TRANSACTION != 0 {
+            // Raw SQL may have left a transaction open; a ROLLBACK outside one
+            // only warns.
+            self.current = None;
+            if self.conn.batch_execute("ROLLBACK").is_err() {
+                self.discard = true;
+            }
+            if let Some(watch) = self.watch() {
+                watch.take_flags();
+            }
+        }
+    }
+}
+
+/// A pooled connection scoped to one tenant (or to `public`) for as long as it lives.
+///
+/// It dereferences to [`PgConnection`], so all of Diesel works on it: pass
+/// `&mut *conn` (or `&mut conn` where a `&mut PgConnection` is expected). When it
+/// is dropped it goes back to the pool; if anything on it could have changed the
+/// search path (an error, a rollback, a `SET`, a panic) the pool forgets the path
+/// it remembered, and if a transaction was left open the connection is discarded.
+pub struct TenantConnection {
+    conn: r2d2::PooledConnection<TenantConnectionManager>,
+    tenant: Option<Tenant>,
+}
+
+impl std::fmt::Debug for TenantConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConnection")
+            .field("scope", &self.scope_name())
+            .finish()
+    }
+}
+
+impl TenantConnection {
+    /// Scopes a connection from a pool of [`TenantConnectionManager`] to `tenant`.
+    ///
+    /// Fails with [`Error::TenantSuspended`] before any statement runs if the tenant
+    /// is suspended, and with [`Error::SchemaMissing`] if its schema is gone.
+    pub fn scope(
+        mut conn: r2d2::PooledConnection<TenantConnectionManager>,
+        tenant: &Tenant,
+    ) -> Result<Self> {
+        if !tenant.is_active() {
+            return Err(Error::TenantSuspended {
+                schema: tenant.schema().as_str().to_owned(),
+            });
+        }
+        conn.enter(ScopeKey::Tenant(tenant.schema().clone()))?;
+        Ok(TenantConnection {
+            conn,
+            tenant: Some(tenant.clone()),
+        })
+    }
+
+    /// Scopes a connection from a pool of [`TenantConnectionManager`] to the shared
+    /// `public` schema (plus the pool's extra schemas).
+    pub fn scope_public(mut conn: r2d2::PooledConnection<TenantConnectionManager>) -> Result<Self> {
+        conn.enter(ScopeKey::Public)?;
+        Ok(TenantConnection { conn, tenant: None })
+    }
+
+    /// The tenant this connection is scoped to, or `None` for `public`.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        self.tenant.as_ref()
+    }
+
+    /// The schema at the head of the search path: the tenant's, or `public`.
+    pub fn scope_name(&self) -> &str {
+        self.tenant
+            .as_ref()
+            .map_or("public", |t| t.schema().as_str())
+    }
+}
+
+impl Deref for TenantConnection {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn.conn
+    }
+}
+
+impl DerefMut for TenantConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn.conn
+    }
+}
+
+impl AsMut<PgConnection> for TenantConnection {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn.conn
+    }
+}
+
+impl Drop for TenantConnection {
+    fn drop(&mut self) {
+        self.conn.leave();
+    }
+}
+
+/// Builds a [`TenantPool`]. Every setting has a default, documented on its method.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct TenantPoolBuilder {
+    database_url: String,
+    max_size: u32,
+    min_idle: Option<u32>,
+    connection_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    test_on_check_out: bool,
+    extra_schemas: Vec<SchemaName>,
+    track_search_path: bool,
+}
+
+impl TenantPoolBuilder {
+    /// Maximum number of connections. Defaults to 10.
+    pub fn max_size(mut self, max_size: u32) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Idle connections the pool keeps open. Defaults to `None` (as many as `max_size`).
+    pub fn min_idle(mut self, min_idle: Option<u32>) -> Self {
+        self.min_idle = min_idle;
+        self
+    }
+
+    /// How long a checkout waits for a free connection. Defaults to 30 seconds.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// The age at which a connection is closed and replaced. Defaults to 30 minutes.
+    ///
+    /// PostgreSQL backends keep the catalog entries of every schema they touch, so a
+    /// connection that serves thousands of tenants grows; a bounded lifetime caps that.
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// How long an idle connection stays open. Defaults to 10 minutes.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Check each connection with a `SELECT 1` before handing it out, as r2d2 does by
+    /// default. Defaults to `true`.
+    pub fn test_on_check_out(mut self, test: bool) -> Self {
+        self.test_on_check_out = test;
+        self
+    }
+
+    /// Adds a schema placed after `public` on every path, such as an `extensions`
+    /// schema that holds PostgreSQL extensions. Defaults to none.
+    pub fn extra_schema(mut self, schema: SchemaName) -> Self {
+        self.extra_schemas.push(schema);
+        self
+    }
+
+    /// Remember each connection's search path and skip setting it again when the
+    /// next checkout is for the same scope. Defaults to `true`.
+    ///
+    /// The path is forgotten after anything that could change it: an error, a
+    /// rollback, a `SET`/`RESET`/`DISCARD`, any statement naming `search_path` or
+    /// `set_config`, a panic. Turn this off if the application calls server-side
+    /// functions that change the search path themselves; the path is then set on
+    /// every checkout, at the cost of one round trip.
+    pub fn track_search_path(mut self, track: bool) -> Self {
+        self.track_search_path = track;
+        self
+    }
+
+    /// The connection manager these settings describe, for use with
+    /// [`r2d2::Pool::builder()`] directly.
+    pub fn build_manager(&self) -> Result<TenantConnectionManager> {
+        TenantConnectionManager::with_settings(
+            self.database_url.clone(),
+            self.extra_schemas.clone(),
+            self.track_search_path,
+        )
+    }
+
+    /// Opens the pool. Waits up to the connection timeout for its first
+    /// connections, and fails with [`Error::Pool`] if the database cannot be reached.
+    pub fn build(self) -> Result<TenantPool> {
+        if self.max_size == 0 {
+            return Err(Error::Config {
+                reason: "max_size must be at least 1".into(),
+            });
+        }
+        if self.extra_schemas.iter().any(|s| s.as_str() == "public") {
+            return Err(Error::Config {
+                reason: "public is always on the path".into(),
+            });
+        }
+        let manager = self.build_manager()?;
+        let pool = r2d2::Pool::builder()
+            .max_size(self.max_size)
+            .min_idle(self.min_idle)
+            .connection_timeout(self.connection_timeout)
+            .max_lifetime(self.max_lifetime)
+            .idle_timeout(self.idle_timeout)
+            .test_on_check_out(self.test_on_check_out)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(Error::Pool)?;
+        Ok(TenantPool { pool })
+    }
+}
+
+/// A pool of PostgreSQL connections, each scoped to one tenant while in use.
+///
+/// Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct TenantPool {
+    pool: r2d2::Pool<TenantConnectionManager>,
+}
+
+impl std::fmt::Debug for TenantPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantPool")
+            .field("state", &self.pool.state())
+            .finish()
+    }
+}
+
+impl TenantPool {
+    /// A builder for a pool on `database_url`.
+    pub fn builder(database_url: impl Into<String>) -> TenantPoolBuilder {
+        TenantPoolBuilder {
+            database_url: database_url.into(),
+            max_size: 10,
+            min_idle: None,
+            connection_timeout: Duration::from_secs(30),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            idle_timeout: Some(Duration::from_secs(10 * 60)),
+            test_on_check_out: true,
+            extra_schemas: Vec::new(),
+            track_search_path: true,
+        }
+    }
+
+    /// Wraps an r2d2 pool built from a [`TenantConnectionManager`].
+    pub fn from_r2d2(pool: r2d2::Pool<TenantConnectionManager>) -> Self {
+        TenantPool { pool }
+    }
+
+    /// The underlying r2d2 pool.
+    pub fn r2d2(&self) -> &r2d2::Pool<TenantConnectionManager> {
+        &self.pool
+    }
+
+    /// A connection scoped to `tenant`.
+    pub fn get(&self, tenant: &Tenant) -> Result<TenantConnection> {
+        if !tenant.is_active() {
+            return Err(Error::TenantSuspended {
+                schema: tenant.schema().as_str().to_owned(),
+            });
+        }
+        TenantConnection::scope(self.pool.get().map_err(Error::Pool)?, tenant)
+    }
+
+    /// A connection scoped to the shared `public` schema.
+    pub fn public(&self) -> Result<TenantConnection> {
+        TenantConnection::scope_public(self.pool.get().map_err(Error::Pool)?)
+    }
+
+    /// Runs `f` on a connection scoped to `tenant`.
+    ///
+    /// Whatever `f` does (returns an error, rolls back, panics) the next borrower of
+    /// the connection gets its own scope. `E` is any error type that a
+    /// [`diesel_tenancy::Error`](Error) converts into, including
+    /// `diesel::result::Error` and `anyhow::Error`.
+    pub fn with_tenant<T, E, F>(&self, tenant: &Tenant, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.get(tenant)?;
+        f(&mut conn)
+    }
+
+    /// Runs `f` on a connection scoped to the shared `public` schema.
+    pub fn with_public<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.public()?;
+        f(&mut conn)
+    }
+
+    /// Looks up an active tenant by schema name in the registry.
+    ///
+    /// Fails with [`Error::InvalidSchemaName`], [`Error::TenantNotFound`] or
+    /// [`Error::TenantSuspended`].
+    pub fn tenant(&self, schema: &str) -> Result<Tenant> {
+        let schema = SchemaName::new(schema)?;
+        let mut conn = self.public()?;
+        let tenant = registry::get_tenant(&mut conn, &schema)?;
+        if !tenant.is_active() {
+            return Err(Error::TenantSuspended {
+                schema: schema.as_str().to_owned(),
+            });
+        }
+        Ok(tenant)
+    }
+}

@@ -1,0 +1,418 @@
+//! The tenant registry: the crate's own tables in `public`.
+//!
+//! `public.tenancy_tenants` holds one row per tenant, `public.tenancy_domains` the
+//! host names that route to each. [`install`] creates and upgrades them; it runs
+//! before an application's shared migrations, which may reference them (for example
+//! `REFERENCES public.tenancy_tenants (id)`). Every function here names its tables
+//! with their schema, so it works whatever the connection's search path is, and
+//! binds every value as a parameter.
+
+use std::time::SystemTime;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::{Domain, Error, Result, SchemaName};
+
+/// The registry's schema version that this release of the crate installs.
+pub const REGISTRY_VERSION: i32 = 1;
+
+/// Advisory lock key that serialises registry installs ("tenancy" in ASCII).
+const INSTALL_LOCK: i64 = 0x7465_6e61_6e63_79;
+
+/// Registry upgrades, in order; step `n` brings the registry to version `n + 1`.
+const STEPS: &[&str] = &[r#"
+CREATE TABLE public.tenancy_tenants (
+    id          bigserial   PRIMARY KEY,
+    schema_name text        NOT NULL UNIQUE
+        CHECK (schema_name ~ '^[a-z_][a-z0-9_]{0,62}$' AND schema_name NOT LIKE 'pg\_%'),
+    name        text        NOT NULL,
+    status      text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE public.tenancy_domains (
+    domain     text    PRIMARY KEY CHECK (domain = lower(domain) AND length(domain) <= 253),
+    tenant_id  bigint  NOT NULL REFERENCES public.tenancy_tenants (id) ON DELETE CASCADE,
+    is_primary boolean NOT NULL DEFAULT false
+);
+CREATE INDEX tenancy_domains_tenant ON public.tenancy_domains (tenant_id);
+CREATE UNIQUE INDEX tenancy_domains_one_primary ON public.tenancy_domains (tenant_id) WHERE is_primary;
+"#];
+
+mod tables {
+    diesel::table! {
+        public.tenancy_tenants (id) {
+            id -> BigInt,
+            schema_name -> Text,
+            name -> Text,
+            status -> Text,
+            // `timestamptz` on the server. Its binary form is the same as
+            // `timestamp`'s (microseconds since 2000-01-01 UTC), which is what
+            // `SystemTime` decodes from; the column is only ever read.
+            created_at -> Timestamp,
+        }
+    }
+
+    diesel::table! {
+        public.tenancy_domains (domain) {
+            domain -> Text,
+            tenant_id -> BigInt,
+            is_primary -> Bool,
+        }
+    }
+
+    diesel::joinable!(tenancy_domains -> tenancy_tenants (tenant_id));
+    diesel::allow_tables_to_appear_in_same_query!(tenancy_tenants, tenancy_domains);
+}
+
+use tables::{tenancy_domains, tenancy_tenants};
+
+/// Whether a tenant is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TenantStatus {
+    /// Served normally.
+    Active,
+    /// Kept, but no connection is scoped to it and its hosts do not resolve.
+    Suspended,
+}
+
+impl TenantStatus {
+    /// The value stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(TenantStatus::Active),
+            "suspended" => Ok(TenantStatus::Suspended),
+            other => Err(Error::CorruptRegistry {
+                reason: format!("unknown tenant status {other:?}"),
+            }),
+        }
+    }
+}
+
+/// A tenant as recorded in the registry.
+///
+/// Only the registry makes these, so holding one means the tenant was found (or
+/// created) there; scoping a connection to it costs no registry query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    id: i64,
+    schema: SchemaName,
+    name: String,
+    status: TenantStatus,
+    created_at: SystemTime,
+}
+
+impl Tenant {
+    /// The registry id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+    /// The tenant's schema.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+    /// The display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Active or suspended.
+    pub fn status(&self) -> TenantStatus {
+        self.status
+    }
+    /// Whether connections may be scoped to the tenant.
+    pub fn is_active(&self) -> bool {
+        self.status == TenantStatus::Active
+    }
+    /// When the tenant was registered.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tenancy_tenants, check_for_backend(diesel::pg::Pg))]
+struct TenantRow {
+    id: i64,
+    schema_name: String,
+    name: String,
+    status: String,
+    created_at: SystemTime,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = Error;
+    fn try_from(row: TenantRow) -> Result<Tenant> {
+        Ok(Tenant {
+            id: row.id,
+            schema: SchemaName::try_from(row.schema_name).map_err(|e| Error::CorruptRegistry {
+                reason: e.to_string(),
+            })?,
+            name: row.name,
+            status: TenantStatus::parse(&row.status)?,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A domain that routes to a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    /// The normalised domain.
+    pub domain: Domain,
+    /// The tenant's registry id.
+    pub tenant_id: i64,
+    /// Whether this is the tenant's primary domain (at most one per tenant).
+    pub is_primary: bool,
+}
+
+/// Creates or upgrades the registry tables in `public` to [`REGISTRY_VERSION`].
+///
+/// Safe to call at every start: concurrent callers are serialised by an advisory
+/// lock and an up-to-date registry costs three short statements.
+pub fn install(conn: &mut PgConnection) -> Result<()> {
+    let db = || Error::db("install the tenant registry");
+    conn.transaction(|conn| {
+        diesel::select(pg_advisory_xact_lock(INSTALL_LOCK))
+            .execute(conn)
+            .map_err(db())?;
+        conn.batch_execute(
+            "CREATE TABLE IF NOT EXISTS public.tenancy_registry_version (version integer NOT NULL)",
+        )
+        .map_err(db())?;
+        let current: Option<i32> =
+            diesel::sql_query("SELECT max(version) AS version FROM public.tenancy_registry_version")
+                .get_result::<VersionRow>(conn)
+                .map_err(db())?
+                .version;
+        let current = current.unwrap_or(0);
+        if current > REGISTRY_VERSION {
+            return Err(Error::CorruptRegistry {
+                reason: format!(
+                    "the registry is at version {current}, newer than this release of diesel-tenancy knows ({REGISTRY_VERSION})"
+                ),
+            });
+        }
+        for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
+            conn.batch_execute(step).map_err(db())?;
+            diesel::sql_query("INSERT INTO public.tenancy_registry_version (version) VALUES ($1)")
+                .bind::<diesel::sql_types::Integer, _>(i as i32 + 1)
+                .execute(conn)
+                .map_err(db())?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    version: Option<i32>,
+}
+
+diesel::define_sql_function! {
+    /// `pg_advisory_xact_lock(key)`.
+    fn pg_advisory_xact_lock(key: diesel::sql_types::BigInt);
+}
+
+fn unique_violation(e: &DieselError) -> Option<&str> {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            Some(info.constraint_name().unwrap_or(""))
+        }
+        _ => None,
+    }
+}
+
+/// Adds a tenant row (status active). This writes the registry only; to create the
+/// schema and run migrations as well, use [`create_tenant`](crate::create_tenant).
+pub fn insert_tenant(conn: &mut PgConnection, schema: &SchemaName, name: &str) -> Result<Tenant> {
+    let row = diesel::insert_into(tenancy_tenants::table)
+        .values((
+            tenancy_tenants::schema_name.eq(schema.as_str()),
+            tenancy_tenants::name.eq(name),
+        ))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .map_err(|e| match unique_violation(&e) {
+            Some(_) => Error::TenantExists {
+                schema: schema.as_str().to_owned(),
+            },
+            None => Error::Database {
+                action: format!("register tenant {schema:?}", schema = schema.as_str()),
+                source: e,
+            },
+        })?;
+    Tenant::try_from(row)
+}
+
+/// The tenant with this schema, if registered (whatever its status).
+pub fn find_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Option<Tenant>> {
+    tenancy_tenants::table
+        .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
+        .select(TenantRow::as_select())
+        .first(conn)
+        .optional()
+        .map_err(Error::db(format!("find tenant {:?}", schema.as_str())))?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+/// The tenant with this schema (whatever its status), or [`Error::TenantNotFound`].
+pub fn get_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+    find_tenant(conn, schema)?.ok_or_else(|| Error::TenantNotFound {
+        schema: schema.as_str().to_owned(),
+    })
+}
+
+/// The tenant with this registry id, if any.
+pub fn find_tenant_by_id(conn: &mut PgConnection, id: i64) -> Result<Option<Tenant>> {
+    tenancy_tenants::table
+        .find(id)
+        .select(TenantRow::as_select())
+        .first(conn)
+        .optional()
+        .map_err(Error::db(format!("find tenant with id {id}")))?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+/// Every registered tenant, ordered by schema name.
+pub fn list_tenants(conn: &mut PgConnection) -> Result<Vec<Tenant>> {
+    tenancy_tenants::table
+        .order(tenancy_tenants::schema_name)
+        .select(TenantRow::as_select())
+        .load(conn)
+        .map_err(Error::db("list tenants"))?
+        .into_iter()
+        .map(Tenant::try_from)
+        .collect()
+}
+
+/// Sets a tenant's status and returns the updated tenant.
+pub fn set_tenant_status(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    status: TenantStatus,
+) -> Result<Tenant> {
+    let row = diesel::update(tenancy_tenants::table)
+        .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
+        .set(tenancy_tenants::status.eq(status.as_str()))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .optional()
+        .map_err(Error::db(format!("set status of tenant {:?}", schema.as_str())))?;
+    match row {
+        Some(row) => Tenant::try_from(row),
+        None => Err(Error::TenantNotFound {
+            schema: schema.as_str().to_owned(),
+        }),
+    }
+}
+
+/// Routes `domain` to `tenant`. With `is_primary`, it becomes the tenant's primary
+/// domain (any previous primary domain stays, as a secondary one).
+pub fn add_domain(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    domain: &Domain,
+    is_primary: bool,
+) -> Result<DomainRecord> {
+    let action = || format!("add domain {:?}", domain.as_str());
+    conn.transaction(|conn| {
+        if is_primary {
+            diesel::update(tenancy_domains::table)
+                .filter(tenancy_domains::tenant_id.eq(tenant.id))
+                .set(tenancy_domains::is_primary.eq(false))
+                .execute(conn)
+                .map_err(Error::db(action()))?;
+        }
+        diesel::insert_into(tenancy_domains::table)
+            .values((
+                tenancy_domains::domain.eq(domain.as_str()),
+                tenancy_domains::tenant_id.eq(tenant.id),
+                tenancy_domains::is_primary.eq(is_primary),
+            ))
+            .execute(conn)
+            .map_err(|e| match (&e, unique_violation(&e)) {
+                (_, Some(_)) => Error::DomainTaken {
+                    domain: domain.as_str().to_owned(),
+                },
+                (
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _),
+                    None,
+                ) => Error::TenantNotFound {
+                    schema: tenant.schema.as_str().to_owned(),
+                },
+                _ => Error::Database {
+                    action: action(),
+                    source: e,
+                },
+            })?;
+        Ok(DomainRecord {
+            domain: domain.clone(),
+            tenant_id: tenant.id,
+            is_primary,
+        })
+    })
+}
+
+/// Removes a domain; [`Error::DomainNotFound`] if it was not registered.
+pub fn remove_domain(conn: &mut PgConnection, domain: &Domain) -> Result<()> {
+    let n = diesel::delete(tenancy_domains::table.find(domain.as_str()))
+        .execute(conn)
+        .map_err(Error::db(format!("remove domain {:?}", domain.as_str())))?;
+    if n == 0 {
+        return Err(Error::DomainNotFound {
+            domain: domain.as_str().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The domains of a tenant, primary first.
+pub fn list_domains(conn: &mut PgConnection, tenant: &Tenant) -> Result<Vec<DomainRecord>> {
+    let rows: Vec<(String, i64, bool)> = tenancy_domains::table
+        .filter(tenancy_domains::tenant_id.eq(tenant.id))
+        .order((tenancy_domains::is_primary.desc(), tenancy_domains::domain))
+        .load(conn)
+        .map_err(Error::db(format!(
+            "list domains of tenant {:?}",
+            tenant.schema.as_str()
+        )))?;
+    rows.into_iter()
+        .map(|(domain, tenant_id, is_primary)| {
+            Ok(DomainRecord {
+                domain: Domain::parse(&domain).map_err(|e| Error::CorruptRegistry {
+                    reason: e.to_string(),
+                })?,
+                tenant_id,
+                is_primary,
+            })
+        })
+        .collect()
+}
+
+/// The tenant a domain routes to, if any (whatever its status). One indexed query.
+pub fn find_tenant_by_domain(conn: &mut PgConnection, domain: &Domain) -> Result<Option<Tenant>> {
+    tenancy_domains::table
+        .inner_join(tenancy_tenants::table)
+        .filter(tenancy_domains::domain.eq(domain.as_str()))
+        .select(TenantRow::as_select())
+        .first(conn)
+        .optional()
+        .map_err(Error::db(format!(
+            "find tenant by domain {:?}",
+            domain.as_str()
+        )))?
+        .map(Tenant::try_from)
+        .transpose()
+}

@@ -1,0 +1,262 @@
+//! What a connection's search path is, the statement that sets it, and the watch
+//! that notices when code run on the connection could have changed it.
+
+use std::fmt::Write as _;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Text};
+
+use crate::{Error, SchemaName};
+
+/// The search path a scoped connection holds: a tenant's schema first, or `public`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScopeKey {
+    Public,
+    Tenant(SchemaName),
+}
+
+impl ScopeKey {
+    /// The search path value for this scope: `"tenant", public[, extra...]` or
+    /// `public[, extra...]`. Every name passes through the one quoting function.
+    pub(crate) fn search_path(&self, extra: &[SchemaName]) -> String {
+        let mut path = String::with_capacity(64);
+        if let ScopeKey::Tenant(schema) = self {
+            path.push_str(&schema.quoted());
+            path.push_str(", ");
+        }
+        path.push_str("public");
+        for schema in extra {
+            path.push_str(", ");
+            path.push_str(&schema.quoted());
+        }
+        path
+    }
+}
+
+diesel::define_sql_function! {
+    /// PostgreSQL's `set_config(setting, value, is_local)`.
+    fn set_config(setting: Text, value: Text, is_local: Bool) -> Text;
+}
+
+mod catalog {
+    diesel::table! {
+        pg_catalog.pg_namespace (oid) {
+            oid -> Oid,
+            nspname -> Text,
+        }
+    }
+}
+
+/// Sets the search path for `scope`, session-wide (`local = false`) or for the
+/// current transaction only (`local = true`).
+///
+/// For a tenant the path is only set if the tenant's schema exists (one statement,
+/// one round trip): a missing schema gives [`Error::SchemaMissing`] rather than a
+/// path on which unqualified names would fall through to `public`.
+pub(crate) fn set_search_path(
+    conn: &mut PgConnection,
+    scope: &ScopeKey,
+    extra: &[SchemaName],
+    local: bool,
+) -> Result<(), Error> {
+    let schema = match scope {
+        ScopeKey::Public => None,
+        ScopeKey::Tenant(schema) => Some(schema),
+    };
+    apply(conn, schema, scope.search_path(extra), local)
+}
+
+/// Puts `schema` alone on the search path (for migrations), if it exists.
+pub(crate) fn set_search_path_only(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    local: bool,
+) -> Result<(), Error> {
+    apply(conn, Some(schema), schema.quoted(), local)
+}
+
+fn apply(
+    conn: &mut PgConnection,
+    must_exist: Option<&SchemaName>,
+    path: String,
+    local: bool,
+) -> Result<(), Error> {
+    let scope_err = |source| Error::Scope {
+        scope: must_exist.map_or("public", |s| s.as_str()).to_owned(),
+        source,
+    };
+    match must_exist {
+        None => {
+            diesel::select(set_config("search_path", path, local))
+                .execute(conn)
+                .map_err(scope_err)?;
+        }
+        Some(schema) => {
+            use catalog::pg_namespace::dsl::*;
+            let set = pg_namespace
+                .filter(nspname.eq(schema.as_str()))
+                .select(set_config("search_path", path, local))
+                .get_result::<String>(conn)
+                .optional()
+                .map_err(scope_err)?;
+            if set.is_none() {
+                return Err(Error::SchemaMissing {
+                    schema: schema.as_str().to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The search path may differ from what the connection remembers.
+pub(crate) const PATH_DIRTY: u8 = 1;
+/// A transaction may have been opened by raw SQL, out of Diesel's sight.
+pub(crate) const RAW_TRANSACTION: u8 = 2;
+
+/// A Diesel [`Instrumentation`] installed on every pooled connection. It sees every
+/// statement and records whether the statement could have changed the search path
+/// (any error, any rollback, any `SET`/`RESET`/`DISCARD`, any mention of
+/// `search_path` or `set_config`) or opened a transaction behind Diesel's back.
+/// Events are passed on to the instrumentation Diesel would otherwise have used.
+pub(crate) struct ScopeWatch {
+    flags: u8,
+    /// The next statement comes from Diesel's transaction manager.
+    transaction_statement: bool,
+    buf: String,
+    inner: Option<Box<dyn Instrumentation>>,
+}
+
+impl std::fmt::Debug for ScopeWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeWatch")
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScopeWatch {
+    pub(crate) fn new(inner: Option<Box<dyn Instrumentation>>) -> Self {
+        ScopeWatch {
+            flags: 0,
+            transaction_statement: false,
+            buf: String::new(),
+            inner,
+        }
+    }
+
+    pub(crate) fn take_flags(&mut self) -> u8 {
+        std::mem::take(&mut self.flags)
+    }
+
+    fn classify(&mut self, query: &dyn std::fmt::Display) {
+        self.buf.clear();
+        if write!(self.buf, "{query}").is_err() {
+            self.flags |= PATH_DIRTY;
+            return;
+        }
+        self.flags |= classify_sql(&self.buf);
+        if self.buf.capacity() > 64 * 1024 {
+            self.buf = String::new();
+        }
+    }
+}
+
+/// Flags for one statement's text (conservative: a false alarm only costs one
+/// extra round trip on the next checkout).
+pub(crate) fn classify_sql(sql: &str) -> u8 {
+    let mut flags = 0;
+    let bytes = sql.as_bytes();
+    if contains_ignore_case(bytes, b"search_path") || contains_ignore_case(bytes, b"set_config") {
+        flags |= PATH_DIRTY;
+    }
+    for statement in sql.split(';') {
+        let word = statement
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("");
+        let is = |kw: &str| word.eq_ignore_ascii_case(kw);
+        if is("set") || is("reset") || is("discard") || is("do") || is("call") {
+            flags |= PATH_DIRTY;
+        }
+        if is("begin")
+            || is("start")
+            || is("commit")
+            || is("end")
+            || is("abort")
+            || is("rollback")
+            || is("savepoint")
+            || is("release")
+            || is("prepare")
+        {
+            flags |= RAW_TRANSACTION | PATH_DIRTY;
+        }
+    }
+    flags
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+impl Instrumentation for ScopeWatch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match &event {
+            InstrumentationEvent::BeginTransaction { .. }
+            | InstrumentationEvent::CommitTransaction { .. } => self.transaction_statement = true,
+            InstrumentationEvent::RollbackTransaction { .. } => {
+                self.transaction_statement = true;
+                self.flags |= PATH_DIRTY;
+            }
+            InstrumentationEvent::StartQuery { query, .. } => {
+                if !std::mem::take(&mut self.transaction_statement) {
+                    self.classify(query);
+                }
+            }
+            InstrumentationEvent::FinishQuery { error, .. } => {
+                if error.is_some() {
+                    self.flags |= PATH_DIRTY;
+                }
+            }
+            _ => {}
+        }
+        if let Some(inner) = &mut self.inner {
+            inner.on_connection_event(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statements() {
+        assert_eq!(classify_sql("SELECT * FROM products WHERE id = $1"), 0);
+        assert_eq!(classify_sql("UPDATE products SET name = $1"), 0);
+        assert_eq!(classify_sql("set search_path to b"), PATH_DIRTY);
+        assert_eq!(classify_sql("SET ROLE other"), PATH_DIRTY);
+        assert_eq!(classify_sql("select 1; RESET ALL"), PATH_DIRTY);
+        assert_eq!(
+            classify_sql("SELECT pg_catalog.SET_CONFIG('search_path', 'b', false)"),
+            PATH_DIRTY
+        );
+        assert_eq!(classify_sql("BEGIN"), RAW_TRANSACTION | PATH_DIRTY);
+        assert_eq!(
+            classify_sql("select 1;\n start transaction"),
+            RAW_TRANSACTION | PATH_DIRTY
+        );
+    }
+
+    #[test]
+    fn search_path_quotes_every_name() {
+        let t = ScopeKey::Tenant(SchemaName::new("acme").unwrap());
+        let ext = [SchemaName::new("extensions").unwrap()];
+        assert_eq!(t.search_path(&ext), "\"acme\", public, \"extensions\"");
+        assert_eq!(ScopeKey::Public.search_path(&[]), "public");
+    }
+}
