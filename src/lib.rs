@@ -18,7 +18,8 @@ pub use error::{BoxError, Error, Result};
 pub use lifecycle::{NewTenant, create_tenant};
 pub use migrate::{run_shared_migrations, run_tenant_migrations};
 pub use pool::{
-    ManagedConnection, TenantConnection, TenantConnectionManager, TenantPool, TenantPoolBuilder,
+    ManagedConnection, ScopeStats, TenantConnection, TenantConnectionManager, TenantPool,
+    TenantPoolBuilder,
 };
 pub use registry::{DomainRecord, Tenant, TenantStatus};
 pub use schema_name::{

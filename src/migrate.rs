@@ -45,7 +45,7 @@ pub fn run_shared_migrations<S: MigrationSource<Pg>>(
 ) -> Result<Vec<String>> {
     registry::install(conn)?;
     conn.transaction(|conn| {
-        scope::set_search_path(conn, &ScopeKey::Public, &[], true)?;
+        scope::set_search_path(conn, &ScopeKey::Public, "public".into(), true)?;
         run_pending(conn, "public", shared)
     })
 }

@@ -2,6 +2,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, Connection, SimpleConnection, TransactionManager};
@@ -18,6 +19,20 @@ struct Settings {
     database_url: String,
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
+    scoped: AtomicU64,
+    path_sets: AtomicU64,
+}
+
+/// Counters of a pool's scoping work, from [`TenantPool::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    /// Connections scoped (checkouts through [`TenantConnection::scope`] or
+    /// [`TenantConnection::scope_public`]).
+    pub scoped: u64,
+    /// Of those, how many had to set the search path (one statement each); the
+    /// rest found the path already in place.
+    pub path_sets: u64,
 }
 
 /// An r2d2 connection manager for tenant-scoped PostgreSQL connections.
@@ -48,6 +63,14 @@ impl TenantConnectionManager {
         Self::with_settings(database_url.into(), Vec::new(), true)
     }
 
+    /// Counters of the scoping done on connections from this manager.
+    pub fn stats(&self) -> ScopeStats {
+        ScopeStats {
+            scoped: self.settings.scoped.load(Ordering::Relaxed),
+            path_sets: self.settings.path_sets.load(Ordering::Relaxed),
+        }
+    }
+
     fn with_settings(
         database_url: String,
         extra_schemas: Vec<SchemaName>,
@@ -59,6 +82,8 @@ impl TenantConnectionManager {
                 database_url,
                 extra_schemas,
                 track_search_path,
+                scoped: AtomicU64::new(0),
+                path_sets: AtomicU64::new(0),
             }),
         })
     }
@@ -88,8 +113,9 @@ fn check_database_url(url: &str) -> Result<()> {
 pub struct ManagedConnection {
     conn: PgConnection,
     settings: Arc<Settings>,
-    /// The scope the session's search path is known to hold; `None` when unknown.
-    current: Option<ScopeKey>,
+    /// The scope the session's search path is known to hold, and that path's text;
+    /// `None` when unknown.
+    current: Option<(ScopeKey, String)>,
     /// Drop this connection instead of returning it to the pool.
     discard: bool,
 }
@@ -120,8 +146,23 @@ impl r2d2::ManageConnection for TenantConnectionManager {
         })
     }
 
+    /// The liveness check (`test_on_check_out`). It reads the session's search path
+    /// in the same round trip as a plain `SELECT 1` would take, and forgets the
+    /// remembered path if the server disagrees, so a path changed where no
+    /// statement showed it (say, by a server-side function) is still caught.
     fn is_valid(&self, conn: &mut ManagedConnection) -> Result<(), Self::Error> {
-        conn.conn.ping().map_err(diesel::r2d2::Error::QueryError)
+        let path = scope::current_search_path(&mut conn.conn).map_err(|e| {
+            conn.current = None;
+            diesel::r2d2::Error::QueryError(e)
+        })?;
+        if conn.current.as_ref().is_some_and(|(_, known)| *known != path) {
+            conn.current = None;
+        }
+        // Our own statement names search_path; that is no reason to distrust it.
+        if let Some(watch) = conn.watch() {
+            watch.take_flags();
+        }
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut ManagedConnection) -> bool {
@@ -132,14 +173,18 @@ impl r2d2::ManageConnection for TenantConnectionManager {
 impl ManagedConnection {
     /// Puts the session on `scope`'s search path unless it is known to be there.
     fn enter(&mut self, scope: ScopeKey) -> Result<()> {
-        if self.settings.track_search_path && self.current.as_ref() == Some(&scope) {
+        self.settings.scoped.fetch_add(1, Ordering::Relaxed);
+        if self.settings.track_search_path
+            && self.current.as_ref().is_some_and(|(known, _)| *known == scope)
+        {
             return Ok(());
         }
+        self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
         self.current = None;
-        let result =
-            scope::set_search_path(&mut self.conn, &scope, &self.settings.extra_schemas, false);
+        let path = scope.search_path(&self.settings.extra_schemas);
+        let result = scope::set_search_path(&mut self.conn, &scope, path.clone(), false);
         match &result {
-            Ok(()) => self.current = Some(scope),
+            Ok(()) => self.current = Some((scope, path)),
             // The statement ran and found no schema: the session is unchanged.
             Err(Error::SchemaMissing { .. }) => {}
             Err(_) => self.discard = true,
@@ -394,9 +439,9 @@ impl TenantPoolBuilder {
             .idle_timeout(self.idle_timeout)
             .test_on_check_out(self.test_on_check_out)
             .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build(manager)
+            .build(manager.clone())
             .map_err(Error::Pool)?;
-        Ok(TenantPool { pool })
+        Ok(TenantPool { pool, manager })
     }
 }
 
@@ -406,6 +451,7 @@ impl TenantPoolBuilder {
 #[derive(Clone)]
 pub struct TenantPool {
     pool: r2d2::Pool<TenantConnectionManager>,
+    manager: TenantConnectionManager,
 }
 
 impl std::fmt::Debug for TenantPool {
@@ -432,14 +478,14 @@ impl TenantPool {
         }
     }
 
-    /// Wraps an r2d2 pool built from a [`TenantConnectionManager`].
-    pub fn from_r2d2(pool: r2d2::Pool<TenantConnectionManager>) -> Self {
-        TenantPool { pool }
-    }
-
     /// The underlying r2d2 pool.
     pub fn r2d2(&self) -> &r2d2::Pool<TenantConnectionManager> {
         &self.pool
+    }
+
+    /// How many checkouts were scoped, and how many of them had to set the path.
+    pub fn stats(&self) -> ScopeStats {
+        self.manager.stats()
     }
 
     /// A connection scoped to `tenant`.

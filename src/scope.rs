@@ -57,14 +57,24 @@ mod catalog {
 pub(crate) fn set_search_path(
     conn: &mut PgConnection,
     scope: &ScopeKey,
-    extra: &[SchemaName],
+    path: String,
     local: bool,
 ) -> Result<(), Error> {
     let schema = match scope {
         ScopeKey::Public => None,
         ScopeKey::Tenant(schema) => Some(schema),
     };
-    apply(conn, schema, scope.search_path(extra), local)
+    apply(conn, schema, path, local)
+}
+
+diesel::define_sql_function! {
+    /// PostgreSQL's `current_setting(setting)`.
+    fn current_setting(setting: Text) -> Text;
+}
+
+/// The session's search path, as the server holds it.
+pub(crate) fn current_search_path(conn: &mut PgConnection) -> QueryResult<String> {
+    diesel::select(current_setting("search_path")).get_result(conn)
 }
 
 /// Puts `schema` alone on the search path (for migrations), if it exists.

@@ -1,0 +1,430 @@
+//! Test support: a throwaway PostgreSQL cluster, a database per test, and tenant
+//! fixtures (the equivalent of django-tenants' `TenantTestCase`).
+//!
+//! [`TestDatabase::new`] gives each test its own database, so tests run in
+//! parallel. With `DATABASE_URL` set, the databases are made on that server and
+//! dropped afterwards. Without it, the first call starts a private cluster from
+//! the machine's PostgreSQL binaries (found on `PATH` or under
+//! `/usr/lib/postgresql/<version>/bin`), with its data and socket in a temporary
+//! directory, a free loopback port and durability turned off; when the process
+//! ends, however it ends, the cluster is stopped and its directory removed. Run as
+//! root, the server runs as the `postgres` system user, since PostgreSQL refuses
+//! to run as root.
+//!
+//! ```no_run
+//! use diesel_tenancy::testing::{self, TestDatabase};
+//! use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+//!
+//! const SHARED: EmbeddedMigrations = embed_migrations!("migrations_shared");
+//! const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = TestDatabase::new()?;
+//! let pool = db.migrated_pool(SHARED)?;
+//! let acme = testing::create_tenant(&pool, "acme", TENANT)?;
+//! let conn = pool.get(&acme)?;
+//! # Ok(()) }
+//! ```
+
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use diesel::connection::SimpleConnection;
+use diesel::migration::MigrationSource;
+use diesel::pg::{Pg, PgConnection};
+use diesel::prelude::*;
+
+use crate::{
+    Domain, Error, NewTenant, SchemaName, Tenant, TenantPool, TenantPoolBuilder,
+    run_shared_migrations,
+};
+
+/// Why a test database could not be provided.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestingError {
+    /// No PostgreSQL server binaries were found.
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) were not found on PATH or under /usr/lib/postgresql/*/bin; \
+         install them (Debian/Ubuntu: apt-get install postgresql) or set DATABASE_URL to a server to use"
+    )]
+    PostgresNotFound,
+    /// Running as root, but there is no `postgres` user to run the server as.
+    #[error(
+        "running as root, and PostgreSQL refuses to run as root: create a 'postgres' system user \
+         (apt-get install postgresql does) or set DATABASE_URL"
+    )]
+    NoPostgresUser,
+    /// A file or process operation failed.
+    #[error("{action}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `initdb` failed.
+    #[error("initdb failed: {output}")]
+    InitDb {
+        /// What it printed.
+        output: String,
+    },
+    /// The server did not start.
+    #[error("the throwaway PostgreSQL server did not start: {log}")]
+    ServerStart {
+        /// The end of the server's log.
+        log: String,
+    },
+    /// The server could not be reached or a database could not be created.
+    #[error("{action}")]
+    Database {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A tenancy operation failed.
+    #[error(transparent)]
+    Tenancy(#[from] Error),
+    /// The shared throwaway cluster failed to start earlier in this process.
+    #[error("the throwaway PostgreSQL cluster could not be started: {0}")]
+    Shared(String),
+}
+
+fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestingError {
+    let action = action.into();
+    move |source| TestingError::Io { action, source }
+}
+
+fn db_err<E: std::error::Error + Send + Sync + 'static>(
+    action: impl Into<String>,
+) -> impl FnOnce(E) -> TestingError {
+    let action = action.into();
+    move |e| TestingError::Database {
+        action,
+        source: Box::new(e),
+    }
+}
+
+/// A private PostgreSQL cluster in a temporary directory.
+///
+/// Dropping it stops the server and removes the directory; so does the end of the
+/// process, even a crash, because a small supervisor shell waits on a pipe that
+/// only this process holds open.
+#[derive(Debug)]
+pub struct TestCluster {
+    admin_url: String,
+    dir: PathBuf,
+    supervisor: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl TestCluster {
+    /// Initialises and starts a new cluster. Takes about a second.
+    pub fn start() -> Result<TestCluster, TestingError> {
+        let bin = find_bin_dir()?;
+        let run_as = server_user()?;
+        let dir = std::env::temp_dir().join(format!(
+            "diesel-tenancy-pg-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        std::fs::create_dir(&dir).map_err(io(format!("create {}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("set permissions on {}", dir.display())))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(io(format!("give {} to the postgres user", dir.display())))?;
+        }
+        let data = dir.join("data");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
+            .args(["--no-sync", "--no-instructions"])
+            .current_dir(&dir)
+            .stdin(Stdio::null());
+        as_user(&mut initdb, run_as);
+        let out = initdb.output().map_err(io("run initdb"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(TestingError::InitDb {
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        let port = free_port()?;
+        // The supervisor: starts the server, waits until the pipe on its stdin
+        // closes (this process ended or dropped the cluster), then stops the
+        // server and removes the directory.
+        let script = r#"
+"$1" -D "$2" -p "$3" -k "$4" -h 127.0.0.1 \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+    -c max_connections=300 -c shared_buffers=32MB -c max_locks_per_transaction=256 \
+    >"$4/server.log" 2>&1 &
+pid=$!
+cat >/dev/null
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$4"
+"#;
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(bin.join("postgres"))
+            .arg(&data)
+            .arg(port.to_string())
+            .arg(&dir)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        as_user(&mut sh, run_as);
+        let mut supervisor = sh.spawn().map_err(io("start the PostgreSQL supervisor"))?;
+        let pipe = supervisor.stdin.take();
+        let mut cluster = TestCluster {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            supervisor,
+            pipe,
+        };
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), TestingError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match PgConnection::establish(&self.admin_url) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let exited = self.supervisor.try_wait().ok().flatten().is_some();
+                    if exited || Instant::now() > deadline {
+                        let mut log = String::new();
+                        if let Ok(mut f) = std::fs::File::open(self.dir.join("server.log")) {
+                            let _ = f.read_to_string(&mut log);
+                        }
+                        if log.is_empty() {
+                            log = e.to_string();
+                        }
+                        return Err(TestingError::ServerStart { log });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// A URL to the cluster's `postgres` database, as the `postgres` superuser.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// The temporary directory holding the cluster's data, socket and `server.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // Closing the pipe tells the supervisor to stop the server and clean up.
+        drop(self.pipe.take());
+        let _ = self.supervisor.wait();
+    }
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}_{nanos}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn find_bin_dir() -> Result<PathBuf, TestingError> {
+    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR").map(PathBuf::from) {
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_server(d)) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            has_server(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(TestingError::PostgresNotFound)
+}
+
+/// `Some((uid, gid))` of the `postgres` user when running as root.
+fn server_user() -> Result<Option<(u32, u32)>, TestingError> {
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(io("read /proc/self"))?;
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(io("read /etc/passwd"))?;
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == "postgres")
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .map(Some)
+        .ok_or(TestingError::NoPostgresUser)
+}
+
+fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid).env("HOME", "/tmp").env("USER", "postgres");
+    }
+}
+
+fn free_port() -> Result<u16, TestingError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("find a free port"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(io("find a free port"))
+}
+
+/// The cluster shared by every [`TestDatabase`] of this process.
+pub fn shared_cluster() -> Result<&'static TestCluster, TestingError> {
+    static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| TestCluster::start().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| TestingError::Shared(e.clone()))
+}
+
+/// A database of its own for one test (or one example run).
+///
+/// Made on the server at `DATABASE_URL` if set (and dropped again when this value
+/// is dropped), otherwise in the process's throwaway cluster.
+#[derive(Debug)]
+pub struct TestDatabase {
+    url: String,
+    admin_url: String,
+    name: SchemaName,
+    external: bool,
+}
+
+impl TestDatabase {
+    /// Creates a fresh, empty database.
+    pub fn new() -> Result<TestDatabase, TestingError> {
+        let (admin_url, external) = match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => (url, true),
+            _ => (shared_cluster()?.admin_url().to_owned(), false),
+        };
+        let name = SchemaName::new(&format!("dt_test_{}_{}", std::process::id(), unique_suffix()))
+            .expect("generated database names are valid identifiers");
+        let mut admin = PgConnection::establish(&admin_url)
+            .map_err(db_err("connect to the PostgreSQL server for tests"))?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", name.quoted()))
+            .map_err(db_err(format!("create test database {name}")))?;
+        let url = database_url_for(&admin_url, name.as_str())?;
+        Ok(TestDatabase {
+            url,
+            admin_url,
+            name,
+            external,
+        })
+    }
+
+    /// The database's connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A pool builder for this database, with a small pool (4 connections) and a
+    /// short checkout timeout (10 seconds).
+    pub fn pool_builder(&self) -> TenantPoolBuilder {
+        TenantPool::builder(self.url.clone())
+            .max_size(4)
+            .connection_timeout(Duration::from_secs(10))
+    }
+
+    /// A pool on this database, with the registry installed and the shared
+    /// migrations run.
+    pub fn migrated_pool<S: MigrationSource<Pg>>(
+        &self,
+        shared_migrations: S,
+    ) -> Result<TenantPool, TestingError> {
+        let pool = self.pool_builder().build()?;
+        run_shared_migrations(&mut *pool.public()?, shared_migrations)?;
+        Ok(pool)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.external {
+            if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+                let _ = admin.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name.quoted()
+                ));
+            }
+        }
+    }
+}
+
+/// `admin_url` pointed at database `name`.
+fn database_url_for(admin_url: &str, name: &str) -> Result<String, TestingError> {
+    if admin_url.contains("://") {
+        let mut url = url::Url::parse(admin_url).map_err(db_err("parse DATABASE_URL"))?;
+        url.set_path(&format!("/{name}"));
+        Ok(url.into())
+    } else {
+        // A libpq key=value string: the last dbname wins.
+        Ok(format!("{admin_url} dbname={name}"))
+    }
+}
+
+/// Creates a tenant for a test: schema `schema`, display name `schema`, domain
+/// `<schema>.test.localhost`, with every tenant migration applied.
+pub fn create_tenant<S: MigrationSource<Pg>>(
+    pool: &TenantPool,
+    schema: &str,
+    tenant_migrations: S,
+) -> Result<Tenant, TestingError> {
+    let schema = SchemaName::new(schema).map_err(Error::from)?;
+    let domain = Domain::parse(&format!("{schema}.test.localhost")).map_err(Error::from)?;
+    let new = NewTenant::new(schema.clone(), schema.as_str()).domain(domain);
+    Ok(crate::create_tenant(
+        &mut *pool.public()?,
+        &new,
+        tenant_migrations,
+    )?)
+}

@@ -1,0 +1,353 @@
+//! A pooled connection serves exactly one tenant while in use, and whatever the
+//! borrower did, the next borrower sees only its own tenant.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+
+use common::{Rng, customers, markers, setup, setup_with, tenants_with_markers};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_tenancy::{Error, Tenant, TenantConnection, TenantConnectionManager, TenantPool};
+
+const DELIBERATE: &str = "deliberate panic in a tenant closure";
+
+/// Keeps the deliberate panics of these tests out of the output.
+fn quiet_deliberate_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&DELIBERATE) {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn assert_sees_only(pool: &TenantPool, tenant: &Tenant) {
+    let seen = pool
+        .with_tenant(tenant, |conn| markers(conn))
+        .expect("read markers");
+    assert_eq!(seen, vec![tenant.schema().to_string()], "wrong-tenant read");
+}
+
+/// What a borrower does with its connection before giving it back.
+fn misbehave(conn: &mut PgConnection, kind: usize, other: &Tenant) {
+    let other = other.schema().quoted();
+    match kind {
+        // An error from the database.
+        0 => {
+            let _ = conn.batch_execute("SELECT * FROM no_such_table");
+        }
+        // Point the path at another tenant inside a transaction that rolls back.
+        1 => {
+            let _ = conn.transaction::<(), _, _>(|conn| {
+                conn.batch_execute(&format!("SET search_path TO {other}"))?;
+                Err(diesel::result::Error::RollbackTransaction)
+            });
+        }
+        // Point the path at another tenant, for good (raw SQL).
+        2 => conn
+            .batch_execute(&format!("SET search_path TO {other}, public"))
+            .unwrap(),
+        // The same through set_config inside a committed transaction.
+        3 => conn
+            .transaction(|conn| {
+                diesel::sql_query("SELECT set_config('search_path', $1, false)")
+                    .bind::<diesel::sql_types::Text, _>(format!("{other}, public"))
+                    .execute(conn)
+            })
+            .map(|_| ())
+            .unwrap(),
+        // Leave a raw transaction open after moving the path inside it.
+        4 => conn
+            .batch_execute(&format!("BEGIN; SET LOCAL search_path TO {other}"))
+            .unwrap(),
+        // Leave a Diesel transaction open.
+        5 => conn.begin_test_transaction().unwrap(),
+        // A savepoint rolled back after a path change inside it.
+        6 => conn
+            .transaction::<_, diesel::result::Error, _>(|conn| {
+                let _ = conn.transaction::<(), _, _>(|conn| {
+                    conn.batch_execute(&format!("SET search_path TO {other}"))?;
+                    Err(diesel::result::Error::RollbackTransaction)
+                });
+                Ok(())
+            })
+            .unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+const MISBEHAVIOURS: usize = 7;
+
+#[test]
+fn concurrent_checkouts_never_read_another_tenant() {
+    const THREADS: usize = 8;
+    const TENANTS: usize = 50;
+    const CHECKOUTS: usize = 20_000;
+    quiet_deliberate_panics();
+    // Fewer connections than threads, so connections pass between tenants
+    // constantly. Without the checkout test, the statement watch is the only thing
+    // that notices a changed path: this is the harder case.
+    let (_db, pool) = setup_with(4, |b| b.test_on_check_out(false));
+    let tenants = Arc::new(tenants_with_markers(&pool, "iso", TENANTS));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let misbehaved = Arc::new(AtomicUsize::new(0));
+
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (pool, tenants) = (pool.clone(), Arc::clone(&tenants));
+            let (reads, wrong, misbehaved) =
+                (Arc::clone(&reads), Arc::clone(&wrong), Arc::clone(&misbehaved));
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(0x5eed + t as u64);
+                for _ in 0..CHECKOUTS / THREADS {
+                    let tenant = &tenants[rng.below(TENANTS)];
+                    let roll = rng.below(100);
+                    if roll < 10 {
+                        // One borrower in ten misbehaves after a checked read.
+                        let other = &tenants[rng.below(TENANTS)];
+                        let kind = rng.below(MISBEHAVIOURS + 1);
+                        let result = catch_unwind(AssertUnwindSafe(|| {
+                            pool.with_tenant(tenant, |conn| {
+                                let seen = markers(conn)?;
+                                reads.fetch_add(1, Ordering::Relaxed);
+                                if seen != [tenant.schema().as_str()] {
+                                    wrong.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if kind == MISBEHAVIOURS {
+                                    std::panic::panic_any(DELIBERATE);
+                                }
+                                misbehave(conn, kind, other);
+                                Ok::<_, diesel::result::Error>(())
+                            })
+                        }));
+                        assert!(result.is_err() == (kind == MISBEHAVIOURS));
+                        misbehaved.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let seen = pool
+                            .with_tenant(tenant, |conn| markers(conn))
+                            .expect("read");
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        if seen != [tenant.schema().as_str()] {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("{} read {seen:?}", tenant.schema());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("worker thread");
+    }
+    let stats = pool.stats();
+    println!(
+        "isolation: {THREADS} threads, {TENANTS} tenants, {} checked reads, {} misbehaving borrowers, \
+         {} scoped checkouts ({} set the path), {} wrong-tenant reads",
+        reads.load(Ordering::Relaxed),
+        misbehaved.load(Ordering::Relaxed),
+        stats.scoped,
+        stats.path_sets,
+        wrong.load(Ordering::Relaxed)
+    );
+    assert_eq!(reads.load(Ordering::Relaxed), CHECKOUTS);
+    assert!(misbehaved.load(Ordering::Relaxed) > CHECKOUTS / 20);
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong-tenant reads");
+}
+
+/// With one connection, the next borrower certainly gets the connection the
+/// misbehaving one used. Each misbehaviour moves the path to `b` while scoped to
+/// `a`; checking out `a` again must still read `a`.
+#[test]
+fn next_borrower_is_scoped_whatever_the_last_one_did() {
+    next_borrower_is_scoped(true);
+}
+
+/// The same, with the statement watch as the only line of defence.
+#[test]
+fn next_borrower_is_scoped_without_the_checkout_test() {
+    next_borrower_is_scoped(false);
+}
+
+fn next_borrower_is_scoped(test_on_check_out: bool) {
+    quiet_deliberate_panics();
+    let (_db, pool) = setup_with(1, |b| b.test_on_check_out(test_on_check_out));
+    let t = tenants_with_markers(&pool, "next", 2);
+    let (a, b) = (&t[0], &t[1]);
+    for kind in 0..MISBEHAVIOURS {
+        assert_sees_only(&pool, a);
+        pool.with_tenant(a, |conn| {
+            misbehave(conn, kind, b);
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_sees_only(&pool, a);
+        assert_sees_only(&pool, b);
+        assert_sees_only(&pool, a);
+    }
+    // A panic inside the closure.
+    assert_sees_only(&pool, a);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        pool.with_tenant(a, |conn| {
+            conn.batch_execute(&format!("SET search_path TO {}", b.schema().quoted()))
+                .unwrap();
+            std::panic::panic_any(DELIBERATE)
+        })
+        .map(|()| ())
+        .map_err(|e: Error| e)
+    }));
+    assert!(panicked.is_err());
+    assert_sees_only(&pool, a);
+}
+
+/// Without the liveness check, tracking relies on seeing the statements; with it
+/// (the default), the path is read back in the same round trip, so even a change
+/// made inside a server-side function is caught.
+#[test]
+fn path_changed_by_a_server_function_is_caught_on_checkout() {
+    let (_db, pool) = setup(1);
+    let t = tenants_with_markers(&pool, "fn", 2);
+    let (a, b) = (&t[0], &t[1]);
+    pool.public()
+        .unwrap()
+        .batch_execute(
+            "CREATE FUNCTION public.switch_schema(target text) RETURNS void LANGUAGE sql AS \
+             $$ SELECT pg_catalog.set_config('search_path', target, false) $$",
+        )
+        .unwrap();
+    assert_sees_only(&pool, a);
+    pool.with_tenant(a, |conn| {
+        diesel::sql_query("SELECT public.switch_schema($1)")
+            .bind::<diesel::sql_types::Text, _>(b.schema().as_str())
+            .execute(conn)
+    })
+    .unwrap();
+    assert_sees_only(&pool, a);
+}
+
+#[test]
+fn the_same_tenant_again_costs_no_statement() {
+    let (_db, pool) = setup(1);
+    let t = tenants_with_markers(&pool, "same", 2);
+    assert_sees_only(&pool, &t[0]);
+    let before = pool.stats();
+    for _ in 0..5 {
+        assert_sees_only(&pool, &t[0]);
+    }
+    let after = pool.stats();
+    assert_eq!(after.scoped - before.scoped, 5);
+    assert_eq!(after.path_sets, before.path_sets, "path set again");
+    assert_sees_only(&pool, &t[1]);
+    assert_eq!(pool.stats().path_sets, after.path_sets + 1);
+}
+
+#[test]
+fn without_tracking_every_checkout_sets_the_path() {
+    let (db, setup_pool) = setup(1);
+    let t = tenants_with_markers(&setup_pool, "untracked", 1);
+    let pool = db
+        .pool_builder()
+        .max_size(1)
+        .track_search_path(false)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_sees_only(&pool, &t[0]);
+    }
+    assert_eq!(pool.stats().path_sets, 3);
+}
+
+#[test]
+fn public_scope_sees_shared_tables_only() {
+    let (_db, pool) = setup(1);
+    let t = tenants_with_markers(&pool, "pub", 1);
+    assert_sees_only(&pool, &t[0]);
+    let mut conn = pool.public().unwrap();
+    assert_eq!(conn.scope_name(), "public");
+    let plans: i64 = diesel::sql_query("SELECT count(*) AS n FROM plans")
+        .get_result::<Count>(&mut *conn)
+        .unwrap()
+        .n;
+    assert_eq!(plans, 2);
+    let err = markers(&mut conn).unwrap_err();
+    assert!(
+        err.to_string().contains("does not exist"),
+        "public must not see tenant tables: {err}"
+    );
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[test]
+fn r2d2_pool_swap_scopes_through_the_manager() {
+    let (db, setup_pool) = setup(1);
+    let t = tenants_with_markers(&setup_pool, "swap", 2);
+    let manager = TenantConnectionManager::new(db.url()).unwrap();
+    let pool = r2d2::Pool::builder().max_size(2).build(manager).unwrap();
+    for tenant in [&t[0], &t[1], &t[0]] {
+        let mut conn = TenantConnection::scope(pool.get().unwrap(), tenant).unwrap();
+        assert_eq!(conn.tenant(), Some(tenant));
+        assert_eq!(markers(&mut conn).unwrap(), [tenant.schema().as_str()]);
+    }
+}
+
+#[test]
+fn diesel_features_work_on_a_tenant_connection() {
+    use diesel_migrations::MigrationHarness;
+    let (_db, pool) = setup(2);
+    let t = tenants_with_markers(&pool, "dsl", 1);
+    let mut conn = pool.get(&t[0]).unwrap();
+    // The tenant's own migration ledger is found on its path.
+    assert!(!conn.has_pending_migration(common::TENANT).unwrap());
+    // Transactions, the query DSL and raw SQL.
+    conn.transaction(|conn| {
+        diesel::insert_into(customers::table)
+            .values((customers::name.eq("second"), customers::email.eq("b@x")))
+            .execute(conn)
+    })
+    .unwrap();
+    assert_eq!(markers(&mut conn).unwrap(), ["dsl0", "second"]);
+    let schema: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "current_schema()",
+    ))
+    .get_result(&mut *conn)
+    .unwrap();
+    assert_eq!(schema, "dsl0");
+}
+
+#[test]
+fn extra_schemas_follow_public_on_the_path() {
+    let (db, setup_pool) = setup(1);
+    let t = tenants_with_markers(&setup_pool, "extra", 1);
+    setup_pool
+        .public()
+        .unwrap()
+        .batch_execute(
+            "CREATE SCHEMA extensions; \
+             CREATE FUNCTION extensions.answer() RETURNS int LANGUAGE sql AS $$ SELECT 42 $$",
+        )
+        .unwrap();
+    let pool = db
+        .pool_builder()
+        .extra_schema("extensions".parse().unwrap())
+        .build()
+        .unwrap();
+    let answer: i32 = pool
+        .with_tenant(&t[0], |conn| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("answer()"))
+                .get_result(conn)
+        })
+        .unwrap();
+    assert_eq!(answer, 42);
+}
