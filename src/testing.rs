@@ -258,18 +258,30 @@ fn unique_suffix() -> String {
 }
 
 fn find_bin_dir() -> Result<PathBuf, TestingError> {
+    find_bin_dir_in(
+        std::env::var_os("PG_BIN_DIR").map(PathBuf::from),
+        std::env::var_os("PATH"),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+/// `PG_BIN_DIR` if it holds the server, else the first `PATH` entry that does,
+/// else the newest `<lib_root>/<version>/bin`.
+fn find_bin_dir_in(
+    explicit: Option<PathBuf>,
+    path: Option<std::ffi::OsString>,
+    lib_root: &Path,
+) -> Result<PathBuf, TestingError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(dir) = std::env::var_os("PG_BIN_DIR").map(PathBuf::from) {
-        if has_server(&dir) {
-            return Ok(dir);
-        }
+    if let Some(dir) = explicit.filter(|d| has_server(d)) {
+        return Ok(dir);
     }
-    if let Some(path) = std::env::var_os("PATH") {
+    if let Some(path) = path {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_server(d)) {
             return Ok(dir);
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(lib_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -427,4 +439,48 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
         &new,
         tenant_migrations,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_installation_names_what_to_install() {
+        let empty = std::env::temp_dir().join(format!("dt-no-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = find_bin_dir_in(Some(empty.clone()), Some(empty.clone().into()), &empty)
+            .unwrap_err();
+        std::fs::remove_dir_all(&empty).unwrap();
+        assert!(matches!(err, TestingError::PostgresNotFound));
+        let message = err.to_string();
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+    }
+
+    #[test]
+    fn finds_the_newest_versioned_install() {
+        let root = std::env::temp_dir().join(format!("dt-pg-root-{}", std::process::id()));
+        for v in ["9", "15", "13"] {
+            let bin = root.join(v).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+            std::fs::write(bin.join("postgres"), "").unwrap();
+        }
+        let found = find_bin_dir_in(None, None, &root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found, root.join("15").join("bin"));
+    }
+
+    #[test]
+    fn database_urls_point_at_the_new_database() {
+        assert_eq!(
+            database_url_for("postgres://u:p@h:5/postgres?sslmode=disable", "dt_x").unwrap(),
+            "postgres://u:p@h:5/dt_x?sslmode=disable"
+        );
+        assert_eq!(
+            database_url_for("host=/tmp port=5", "dt_x").unwrap(),
+            "host=/tmp port=5 dbname=dt_x"
+        );
+    }
 }
