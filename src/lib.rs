@@ -1,4 +1,53 @@
 #![doc = include_str!("../README.md")]
+//!
+//! ## A runnable example
+//!
+//! This one runs as a doctest, against a throwaway database:
+//!
+//! ```
+//! use diesel::prelude::*;
+//! use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+//! use diesel_tenancy::{Domain, NewTenant, SchemaName, TenantPool, create_tenant, run_shared_migrations};
+//!
+//! const SHARED: EmbeddedMigrations = embed_migrations!("migrations_shared");
+//! const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+//!
+//! diesel::table! {
+//!     customers (id) {
+//!         id -> BigInt,
+//!         name -> Text,
+//!         email -> Text,
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let db = diesel_tenancy::testing::TestDatabase::new()?;
+//! # let database_url = db.url();
+//! let pool = TenantPool::builder(database_url).max_size(4).build()?;
+//! run_shared_migrations(&mut *pool.public()?, SHARED)?;
+//!
+//! let mut tenants = Vec::new();
+//! for schema in ["acme", "globex"] {
+//!     let new = NewTenant::new(SchemaName::new(schema)?, schema)
+//!         .domain(Domain::parse(&format!("{schema}.example.com"))?);
+//!     tenants.push(create_tenant(&mut *pool.public()?, &new, TENANT)?);
+//! }
+//!
+//! for tenant in &tenants {
+//!     let owner = format!("owner of {}", tenant.name());
+//!     pool.with_tenant(tenant, |conn| {
+//!         diesel::insert_into(customers::table)
+//!             .values((customers::name.eq(&owner), customers::email.eq("owner@example.com")))
+//!             .execute(conn)
+//!     })?;
+//! }
+//!
+//! let seen: Vec<String> = pool.with_tenant(&tenants[0], |conn| {
+//!     customers::table.select(customers::name).load(conn)
+//! })?;
+//! assert_eq!(seen, ["owner of acme"]);
+//! # Ok(()) }
+//! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod domain;

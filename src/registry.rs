@@ -19,7 +19,7 @@ use crate::{Domain, Error, Result, SchemaName};
 pub const REGISTRY_VERSION: i32 = 1;
 
 /// Advisory lock key that serialises registry installs ("tenancy" in ASCII).
-const INSTALL_LOCK: i64 = 0x7465_6e61_6e63_79;
+const INSTALL_LOCK: i64 = 0x0074_656e_616e_6379;
 
 /// Registry upgrades, in order; step `n` brings the registry to version `n + 1`.
 const STEPS: &[&str] = &[r#"

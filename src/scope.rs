@@ -223,14 +223,13 @@ impl Instrumentation for ScopeWatch {
                 self.flags |= PATH_DIRTY;
             }
             InstrumentationEvent::StartQuery { query, .. } => {
-                if !std::mem::take(&mut self.transaction_statement) {
+                let from_transaction_manager = std::mem::take(&mut self.transaction_statement);
+                if !from_transaction_manager {
                     self.classify(query);
                 }
             }
-            InstrumentationEvent::FinishQuery { error, .. } => {
-                if error.is_some() {
-                    self.flags |= PATH_DIRTY;
-                }
+            InstrumentationEvent::FinishQuery { error: Some(_), .. } => {
+                self.flags |= PATH_DIRTY;
             }
             _ => {}
         }
