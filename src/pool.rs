@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, Connection, SimpleConnection, TransactionManager};
+use diesel::connection::{
+    AnsiTransactionManager, Connection, SimpleConnection, TransactionManager,
+};
 use diesel::pg::PgConnection;
 use diesel::r2d2::R2D2Connection;
 
@@ -155,7 +157,11 @@ impl r2d2::ManageConnection for TenantConnectionManager {
             conn.current = None;
             diesel::r2d2::Error::QueryError(e)
         })?;
-        if conn.current.as_ref().is_some_and(|(_, known)| *known != path) {
+        if conn
+            .current
+            .as_ref()
+            .is_some_and(|(_, known)| *known != path)
+        {
             conn.current = None;
         }
         // Our own statement names search_path; that is no reason to distrust it.
@@ -175,7 +181,10 @@ impl ManagedConnection {
     fn enter(&mut self, scope: ScopeKey) -> Result<()> {
         self.settings.scoped.fetch_add(1, Ordering::Relaxed);
         if self.settings.track_search_path
-            && self.current.as_ref().is_some_and(|(known, _)| *known == scope)
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|(known, _)| *known == scope)
         {
             return Ok(());
         }

@@ -309,7 +309,10 @@ pub fn set_tenant_status(
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .optional()
-        .map_err(Error::db(format!("set status of tenant {:?}", schema.as_str())))?;
+        .map_err(Error::db(format!(
+            "set status of tenant {:?}",
+            schema.as_str()
+        )))?;
     match row {
         Some(row) => Tenant::try_from(row),
         None => Err(Error::TenantNotFound {
@@ -346,12 +349,11 @@ pub fn add_domain(
                 (_, Some(_)) => Error::DomainTaken {
                     domain: domain.as_str().to_owned(),
                 },
-                (
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _),
-                    None,
-                ) => Error::TenantNotFound {
-                    schema: tenant.schema.as_str().to_owned(),
-                },
+                (DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _), None) => {
+                    Error::TenantNotFound {
+                        schema: tenant.schema.as_str().to_owned(),
+                    }
+                }
                 _ => Error::Database {
                     action: action(),
                     source: e,

@@ -318,7 +318,10 @@ fn server_user() -> Result<Option<(u32, u32)>, TestingError> {
 
 fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
     if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid).env("HOME", "/tmp").env("USER", "postgres");
+        cmd.uid(uid)
+            .gid(gid)
+            .env("HOME", "/tmp")
+            .env("USER", "postgres");
     }
 }
 
@@ -358,8 +361,12 @@ impl TestDatabase {
             Ok(url) if !url.trim().is_empty() => (url, true),
             _ => (shared_cluster()?.admin_url().to_owned(), false),
         };
-        let name = SchemaName::new(&format!("dt_test_{}_{}", std::process::id(), unique_suffix()))
-            .expect("generated database names are valid identifiers");
+        let name = SchemaName::new(&format!(
+            "dt_test_{}_{}",
+            std::process::id(),
+            unique_suffix()
+        ))
+        .expect("generated database names are valid identifiers");
         let mut admin = PgConnection::establish(&admin_url)
             .map_err(db_err("connect to the PostgreSQL server for tests"))?;
         admin
@@ -449,8 +456,8 @@ mod tests {
     fn a_missing_installation_names_what_to_install() {
         let empty = std::env::temp_dir().join(format!("dt-no-pg-{}", std::process::id()));
         std::fs::create_dir_all(&empty).unwrap();
-        let err = find_bin_dir_in(Some(empty.clone()), Some(empty.clone().into()), &empty)
-            .unwrap_err();
+        let err =
+            find_bin_dir_in(Some(empty.clone()), Some(empty.clone().into()), &empty).unwrap_err();
         std::fs::remove_dir_all(&empty).unwrap();
         assert!(matches!(err, TestingError::PostgresNotFound));
         let message = err.to_string();

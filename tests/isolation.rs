@@ -29,9 +29,7 @@ fn quiet_deliberate_panics() {
 }
 
 fn assert_sees_only(pool: &TenantPool, tenant: &Tenant) {
-    let seen = pool
-        .with_tenant(tenant, |conn| markers(conn))
-        .expect("read markers");
+    let seen = pool.with_tenant(tenant, markers).expect("read markers");
     assert_eq!(seen, vec![tenant.schema().to_string()], "wrong-tenant read");
 }
 
@@ -103,8 +101,11 @@ fn concurrent_checkouts_never_read_another_tenant() {
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let (pool, tenants) = (pool.clone(), Arc::clone(&tenants));
-            let (reads, wrong, misbehaved) =
-                (Arc::clone(&reads), Arc::clone(&wrong), Arc::clone(&misbehaved));
+            let (reads, wrong, misbehaved) = (
+                Arc::clone(&reads),
+                Arc::clone(&wrong),
+                Arc::clone(&misbehaved),
+            );
             std::thread::spawn(move || {
                 let mut rng = Rng::new(0x5eed + t as u64);
                 for _ in 0..CHECKOUTS / THREADS {
@@ -131,9 +132,7 @@ fn concurrent_checkouts_never_read_another_tenant() {
                         assert!(result.is_err() == (kind == MISBEHAVIOURS));
                         misbehaved.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        let seen = pool
-                            .with_tenant(tenant, |conn| markers(conn))
-                            .expect("read");
+                        let seen = pool.with_tenant(tenant, markers).expect("read");
                         reads.fetch_add(1, Ordering::Relaxed);
                         if seen != [tenant.schema().as_str()] {
                             wrong.fetch_add(1, Ordering::Relaxed);
@@ -195,13 +194,11 @@ fn next_borrower_is_scoped(test_on_check_out: bool) {
     // A panic inside the closure.
     assert_sees_only(&pool, a);
     let panicked = catch_unwind(AssertUnwindSafe(|| {
-        pool.with_tenant(a, |conn| {
+        pool.with_tenant::<(), Error, _>(a, |conn| {
             conn.batch_execute(&format!("SET search_path TO {}", b.schema().quoted()))
                 .unwrap();
             std::panic::panic_any(DELIBERATE)
         })
-        .map(|()| ())
-        .map_err(|e: Error| e)
     }));
     assert!(panicked.is_err());
     assert_sees_only(&pool, a);

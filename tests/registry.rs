@@ -72,9 +72,18 @@ fn tenants_are_created_found_listed_and_suspended() {
         registry::insert_tenant(&mut conn, &schema("alpha"), "Again"),
         Err(Error::TenantExists { schema }) if schema == "alpha"
     ));
-    assert_eq!(registry::get_tenant(&mut conn, &schema("alpha")).unwrap(), a);
-    assert_eq!(registry::find_tenant_by_id(&mut conn, b.id()).unwrap(), Some(b.clone()));
-    assert_eq!(registry::find_tenant(&mut conn, &schema("gamma")).unwrap(), None);
+    assert_eq!(
+        registry::get_tenant(&mut conn, &schema("alpha")).unwrap(),
+        a
+    );
+    assert_eq!(
+        registry::find_tenant_by_id(&mut conn, b.id()).unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(
+        registry::find_tenant(&mut conn, &schema("gamma")).unwrap(),
+        None
+    );
     let names: Vec<_> = registry::list_tenants(&mut conn)
         .unwrap()
         .iter()
@@ -92,11 +101,21 @@ fn tenants_are_created_found_listed_and_suspended() {
     drop(conn);
     // A suspended tenant gets a typed error before any query runs in its scope.
     let before = pool.stats();
-    assert!(matches!(pool.get(&suspended), Err(Error::TenantSuspended { schema }) if schema == "alpha"));
+    assert!(
+        matches!(pool.get(&suspended), Err(Error::TenantSuspended { schema }) if schema == "alpha")
+    );
     assert_eq!(pool.stats().scoped, before.scoped);
-    assert!(matches!(pool.tenant("alpha"), Err(Error::TenantSuspended { .. })));
-    assert!(matches!(pool.tenant("nobody"), Err(Error::TenantNotFound { schema }) if schema == "nobody"));
-    assert!(matches!(pool.tenant("Bad Name"), Err(Error::InvalidSchemaName(_))));
+    assert!(matches!(
+        pool.tenant("alpha"),
+        Err(Error::TenantSuspended { .. })
+    ));
+    assert!(
+        matches!(pool.tenant("nobody"), Err(Error::TenantNotFound { schema }) if schema == "nobody")
+    );
+    assert!(matches!(
+        pool.tenant("Bad Name"),
+        Err(Error::InvalidSchemaName(_))
+    ));
 }
 
 #[test]
@@ -152,12 +171,18 @@ fn create_tenant_migrates_its_own_schema_and_ledger() {
     let t = tenants_with_markers(&pool, "fresh", 1);
     assert!(schema_exists(&pool, "fresh0"));
     assert_eq!(
-        count(&pool, "SELECT count(*) AS n FROM fresh0.__diesel_schema_migrations"),
+        count(
+            &pool,
+            "SELECT count(*) AS n FROM fresh0.__diesel_schema_migrations"
+        ),
         2
     );
     // Only the shared set's version is in public's ledger, and no tenant table.
     assert_eq!(
-        count(&pool, "SELECT count(*) AS n FROM public.__diesel_schema_migrations"),
+        count(
+            &pool,
+            "SELECT count(*) AS n FROM public.__diesel_schema_migrations"
+        ),
         1
     );
     assert_eq!(

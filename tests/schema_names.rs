@@ -113,10 +113,10 @@ fn injection_attempts_are_refused() {
         "a\0b",
         "",
         too_long.as_str(),
-        "\u{430}cme",        // Cyrillic а
-        "acm\u{435}",        // Cyrillic е
-        "ａｃｍｅ",          // full-width letters
-        "acme\u{200b}",      // zero-width space
+        "\u{430}cme",   // Cyrillic а
+        "acm\u{435}",   // Cyrillic е
+        "ａｃｍｅ",     // full-width letters
+        "acme\u{200b}", // zero-width space
         "ACME",
         "pg_temp",
         "public",
@@ -153,14 +153,18 @@ fn accepted_names_work_on_the_server() {
 fn check_on_server(conn: &mut PgConnection, name: &str) {
     let name = SchemaName::new(name).unwrap();
     let q = name.quoted();
-    conn.batch_execute(&format!("CREATE SCHEMA {q}; SET search_path TO {q}; CREATE TABLE t (x int)"))
-        .unwrap_or_else(|e| panic!("{name:?} failed on the server: {e}"));
+    conn.batch_execute(&format!(
+        "CREATE SCHEMA {q}; SET search_path TO {q}; CREATE TABLE t (x int)"
+    ))
+    .unwrap_or_else(|e| panic!("{name:?} failed on the server: {e}"));
     let current: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
         "current_schema()",
     ))
     .get_result(conn)
     .unwrap();
     assert_eq!(current, name.as_str());
-    conn.batch_execute(&format!("SET search_path TO public; DROP SCHEMA {q} CASCADE"))
-        .unwrap();
+    conn.batch_execute(&format!(
+        "SET search_path TO public; DROP SCHEMA {q} CASCADE"
+    ))
+    .unwrap();
 }

@@ -31,7 +31,7 @@ pub fn setup_with(
     let pool = settings(db.pool_builder().max_size(size))
         .build()
         .expect("pool");
-    diesel_tenancy::run_shared_migrations(&mut *pool.public().unwrap(), SHARED)
+    diesel_tenancy::run_shared_migrations(&mut pool.public().unwrap(), SHARED)
         .expect("shared migrations");
     (db, pool)
 }
