@@ -111,7 +111,15 @@ fn check_database_url(url: &str) -> Result<()> {
 
 /// A pooled physical connection. It runs no query until scoped into a
 /// [`TenantConnection`], so an unscoped connection can never read whatever
-/// tenant the previous borrower left behind.
+/// tenant the previous borrower left behind:
+///
+/// ```compile_fail
+/// # use diesel::prelude::*;
+/// # fn f(pool: r2d2::Pool<diesel_tenancy::TenantConnectionManager>) {
+/// let mut unscoped = pool.get().unwrap();
+/// diesel::sql_query("SELECT 1").execute(&mut *unscoped); // not a Diesel connection
+/// # }
+/// ```
 pub struct ManagedConnection {
     conn: PgConnection,
     settings: Arc<Settings>,
@@ -518,6 +526,18 @@ impl TenantPool {
     /// the connection gets its own scope. `E` is any error type that a
     /// [`diesel_tenancy::Error`](Error) converts into, including
     /// `diesel::result::Error` and `anyhow::Error`.
+    ///
+    /// The connection cannot escape the closure:
+    ///
+    /// ```compile_fail
+    /// # fn f(pool: &diesel_tenancy::TenantPool, tenant: &diesel_tenancy::Tenant) {
+    /// let mut leaked = None;
+    /// pool.with_tenant(tenant, |conn| {
+    ///     leaked = Some(conn);
+    ///     Ok::<_, diesel_tenancy::Error>(())
+    /// });
+    /// # }
+    /// ```
     pub fn with_tenant<T, E, F>(&self, tenant: &Tenant, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut PgConnection) -> Result<T, E>,
