@@ -266,24 +266,14 @@ fn public_scope_sees_shared_tables_only() {
     let (_db, pool) = setup(1);
     let t = tenants_with_markers(&pool, "pub", 1);
     assert_sees_only(&pool, &t[0]);
+    assert_eq!(common::count(&pool, "SELECT count(*) AS n FROM plans"), 2);
     let mut conn = pool.public().unwrap();
     assert_eq!(conn.scope_name(), "public");
-    let plans: i64 = diesel::sql_query("SELECT count(*) AS n FROM plans")
-        .get_result::<Count>(&mut *conn)
-        .unwrap()
-        .n;
-    assert_eq!(plans, 2);
     let err = markers(&mut conn).unwrap_err();
     assert!(
         err.to_string().contains("does not exist"),
         "public must not see tenant tables: {err}"
     );
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TENANT, markers, setup, tenants_with_markers};
+use common::{Count, TENANT, count, markers, setup, tenants_with_markers};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel_migrations::FileBasedMigrations;
@@ -20,19 +20,6 @@ fn schema(s: &str) -> SchemaName {
 
 fn domain(s: &str) -> Domain {
     Domain::parse(s).unwrap()
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-fn count(pool: &TenantPool, sql: &str) -> i64 {
-    diesel::sql_query(sql)
-        .get_result::<Count>(&mut *pool.public().unwrap())
-        .unwrap()
-        .n
 }
 
 fn schema_exists(pool: &TenantPool, name: &str) -> bool {

@@ -82,3 +82,17 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+#[derive(QueryableByName)]
+pub struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub n: i64,
+}
+
+/// Runs `sql` (which selects one `bigint` column named `n`) on `public`.
+pub fn count(pool: &TenantPool, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<Count>(&mut *pool.public().unwrap())
+        .unwrap()
+        .n
+}
