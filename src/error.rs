@@ -116,6 +116,22 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A migration run finished with failures; the full report is attached.
+    #[error("migration run failed: {summary}")]
+    MigrationsFailed {
+        /// One line: how many failed, and the first failure.
+        summary: String,
+        /// What happened to every tenant.
+        report: Box<crate::MigrationReport>,
+    },
+
+    /// A consistency repair or lifecycle step was refused.
+    #[error("{reason}")]
+    Refused {
+        /// Why.
+        reason: String,
+    },
+
     /// A registry or database operation failed.
     #[error("{action} failed")]
     Database {

@@ -64,8 +64,14 @@ pub mod testing;
 
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
-pub use lifecycle::{NewTenant, create_tenant};
-pub use migrate::{run_shared_migrations, run_tenant_migrations};
+pub use lifecycle::{
+    ConfirmDrop, ConsistencyReport, NewTenant, activate_tenant, check_consistency, create_tenant,
+    create_tenants, drop_tenant, rename_tenant, repair_missing_schemas, suspend_tenant,
+};
+pub use migrate::{
+    LockMode, MigrateOptions, MigrationReport, Migrator, Outcome, Progress, TenantReport, Totals,
+    run_shared_migrations, run_tenant_migrations,
+};
 pub use pool::{
     ManagedConnection, ScopeStats, TenantConnection, TenantConnectionManager, TenantPool,
     TenantPoolBuilder,

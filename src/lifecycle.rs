@@ -1,13 +1,18 @@
-//! Creating tenants: registry row, schema, migrations and domains in one step.
+//! Tenant lifecycle: create (one or many), drop, rename, suspend, and the
+//! consistency checks between the registry and the database.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use diesel::connection::SimpleConnection;
 use diesel::migration::MigrationSource;
 use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::Text;
 
-use crate::registry::{self, Tenant};
-use crate::{Domain, Error, Result, SchemaName, migrate};
+use crate::migrate::{MigrationSet, Target, apply_in_transaction};
+use crate::registry::{self, Tenant, TenantStatus};
+use crate::{Domain, Error, Result, SchemaName, TenantPool};
 
 /// What to create: a schema name, a display name and the domains that route to it
 /// (the first one becomes the primary domain).
@@ -38,38 +43,313 @@ impl NewTenant {
     }
 }
 
+fn schema_error(schema: &SchemaName, action: &str) -> impl FnOnce(DieselError) -> Error {
+    let schema = schema.as_str().to_owned();
+    let action = format!("{action} schema {schema:?}");
+    move |e| match &e {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+            if info.message().contains("already exists") =>
+        {
+            Error::SchemaExists { schema }
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+            if info.message().contains("does not exist") =>
+        {
+            Error::SchemaMissing { schema }
+        }
+        _ => Error::Database { action, source: e },
+    }
+}
+
 /// Creates a tenant in one transaction: the registry row, `CREATE SCHEMA`, every
-/// migration of the tenant set, and the domains. If any step fails, nothing is
-/// left behind: no row, no schema, no domain.
+/// migration of the tenant set (recorded in the schema's own ledger and in the
+/// journal), and the domains. If any step fails, nothing is left behind: no row,
+/// no schema, no domain.
 ///
 /// Expects the registry to be installed
-/// ([`run_shared_migrations`](crate::run_shared_migrations) does it).
+/// ([`run_shared_migrations`](crate::run_shared_migrations) does it). A tenant set
+/// with a migration marked `run_in_transaction = false` is refused.
 pub fn create_tenant<S: MigrationSource<Pg>>(
     conn: &mut PgConnection,
     new: &NewTenant,
     tenant_migrations: S,
 ) -> Result<Tenant> {
+    let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
+    create_with_set(conn, new, &set)
+}
+
+fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
     let schema = &new.schema;
     conn.transaction(|conn| {
         let tenant = registry::insert_tenant(conn, schema, &new.name)?;
         conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
-            .map_err(|e| match e {
-                DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
-                    if info.message().contains("already exists") =>
-                {
-                    Error::SchemaExists {
-                        schema: schema.as_str().to_owned(),
-                    }
-                }
-                e => Error::Database {
-                    action: format!("create schema {:?}", schema.as_str()),
-                    source: e,
-                },
-            })?;
-        migrate::migrate_schema_in_transaction(conn, schema, tenant_migrations)?;
+            .map_err(schema_error(schema, "create"))?;
+        apply_in_transaction(
+            conn,
+            Target::Tenant {
+                schema,
+                id: tenant.id(),
+            },
+            set,
+        )?;
         for (i, domain) in new.domains.iter().enumerate() {
             registry::add_domain(conn, &tenant, domain, i == 0)?;
         }
         Ok(tenant)
     })
+}
+
+/// Creates many tenants, `jobs` at a time, each exactly as [`create_tenant`]
+/// does (its own transaction, all or nothing). Returns one result per entry of
+/// `tenants`, in the same order; one failure does not stop the others.
+pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
+    pool: &TenantPool,
+    tenants: &[NewTenant],
+    tenant_migrations: &S,
+    jobs: usize,
+) -> Vec<Result<Tenant>> {
+    // A backend keeps the catalog entries of each schema it creates: replace
+    // connections now and then.
+    const RECYCLE_AFTER: usize = 250;
+    let next = AtomicUsize::new(0);
+    let worker = || -> Vec<(usize, Result<Tenant>)> {
+        let mut out = Vec::new();
+        let set = MigrationSet::load(tenant_migrations, "tenant set");
+        let mut conn = None;
+        let mut used = 0;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(new) = tenants.get(i) else { break };
+            let set = match &set {
+                Ok(set) => set,
+                Err(e) => {
+                    out.push((
+                        i,
+                        Err(Error::Refused {
+                            reason: crate::migrate::error_chain(e),
+                        }),
+                    ));
+                    continue;
+                }
+            };
+            if used >= RECYCLE_AFTER {
+                if let Some(mut c) = conn.take() {
+                    crate::TenantConnection::discard(&mut c);
+                }
+                used = 0;
+            }
+            if conn.is_none() {
+                match pool.public() {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        out.push((i, Err(e)));
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("set above");
+            used += 1;
+            out.push((i, create_with_set(c, new, set)));
+        }
+        out
+    };
+    let mut results: Vec<(usize, Result<Tenant>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..jobs.clamp(1, tenants.len().max(1)))
+            .map(|_| s.spawn(worker))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    let mut results = results.into_iter().peekable();
+    (0..tenants.len())
+        .map(|i| match results.next_if(|(j, _)| *j == i) {
+            Some((_, r)) => r,
+            None => Err(Error::Refused {
+                reason: format!(
+                    "tenant {:?} was not created: its worker thread panicked",
+                    tenants[i].schema.as_str()
+                ),
+            }),
+        })
+        .collect()
+}
+
+/// The confirmation [`drop_tenant`] requires: dropping a tenant deletes its
+/// schema with every table and row in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmDrop {
+    /// Yes: delete the schema, all of its data, and the registry rows.
+    DeleteSchemaAndAllItsData,
+}
+
+fn lock_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(format!("diesel_tenancy:{}", schema.as_str()))
+        .execute(conn)
+        .map_err(Error::db(format!("lock schema {:?}", schema.as_str())))?;
+    Ok(())
+}
+
+/// Drops a tenant in one transaction: its schema (`CASCADE`: every table and row
+/// in it) and its registry rows (tenant, domains, journal). Waits for a
+/// migration run working on the schema. A registry row whose schema is already
+/// gone is removed all the same.
+pub fn drop_tenant(conn: &mut PgConnection, schema: &SchemaName, confirm: ConfirmDrop) -> Result<()> {
+    let ConfirmDrop::DeleteSchemaAndAllItsData = confirm;
+    conn.transaction(|conn| {
+        lock_schema(conn, schema)?;
+        if registry::delete_tenant_row(conn, schema)? == 0 {
+            return Err(Error::TenantNotFound {
+                schema: schema.as_str().to_owned(),
+            });
+        }
+        conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
+            .map_err(schema_error(schema, "drop"))?;
+        Ok(())
+    })
+}
+
+/// Renames a tenant's schema and its registry row together, in one transaction.
+pub fn rename_tenant(conn: &mut PgConnection, from: &SchemaName, to: &SchemaName) -> Result<Tenant> {
+    conn.transaction(|conn| {
+        lock_schema(conn, from)?;
+        lock_schema(conn, to)?;
+        let tenant = registry::rename_tenant_row(conn, from, to)?;
+        conn.batch_execute(&format!(
+            "ALTER SCHEMA {} RENAME TO {}",
+            from.quoted(),
+            to.quoted()
+        ))
+        .map_err(|e| match schema_error(to, "rename")(e) {
+            Error::SchemaMissing { .. } => Error::SchemaMissing {
+                schema: from.as_str().to_owned(),
+            },
+            other => other,
+        })?;
+        Ok(tenant)
+    })
+}
+
+/// Suspends a tenant: its connections are refused until it is activated again.
+pub fn suspend_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+    registry::set_tenant_status(conn, schema, TenantStatus::Suspended)
+}
+
+/// Activates a suspended tenant.
+pub fn activate_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+    registry::set_tenant_status(conn, schema, TenantStatus::Active)
+}
+
+/// Where the registry and the database disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsistencyReport {
+    /// Registered tenants whose schema does not exist.
+    pub rows_without_schema: Vec<Tenant>,
+    /// Schemas that look like tenants (they hold a Diesel migration ledger) but
+    /// have no registry row.
+    pub schemas_without_row: Vec<String>,
+    /// Tenants with pending migrations of the tenant set, and which.
+    pub tenants_behind: Vec<(Tenant, Vec<String>)>,
+}
+
+impl ConsistencyReport {
+    /// Nothing to report.
+    pub fn is_consistent(&self) -> bool {
+        self.rows_without_schema.is_empty()
+            && self.schemas_without_row.is_empty()
+            && self.tenants_behind.is_empty()
+    }
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+fn rows_without_schema(conn: &mut PgConnection) -> Result<Vec<Tenant>> {
+    let existing: Vec<String> =
+        diesel::sql_query("SELECT nspname::text AS name FROM pg_catalog.pg_namespace")
+            .load::<Name>(conn)
+            .map_err(Error::db("list schemas"))?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+    Ok(registry::list_tenants(conn)?
+        .into_iter()
+        .filter(|t| !existing.iter().any(|s| s == t.schema().as_str()))
+        .collect())
+}
+
+/// Compares the registry with the database: rows without schemas, tenant-looking
+/// schemas without rows, and tenants behind the tenant set (read from each
+/// tenant's own ledger). Changes nothing.
+pub fn check_consistency<S: MigrationSource<Pg>>(
+    conn: &mut PgConnection,
+    tenant_migrations: S,
+) -> Result<ConsistencyReport> {
+    let set = MigrationSet::load(&tenant_migrations, "tenant set")?;
+    let mut report = ConsistencyReport {
+        rows_without_schema: rows_without_schema(conn)?,
+        ..ConsistencyReport::default()
+    };
+    for tenant in registry::list_tenants(conn)? {
+        if report.rows_without_schema.contains(&tenant) {
+            continue;
+        }
+        let target = Target::Tenant {
+            schema: tenant.schema(),
+            id: tenant.id(),
+        };
+        let pending = crate::migrate::pending_versions_of(conn, target, &set)?;
+        if !pending.is_empty() {
+            report.tenants_behind.push((tenant, pending));
+        }
+    }
+    report.schemas_without_row = diesel::sql_query(
+        "SELECT n.nspname::text AS name FROM pg_catalog.pg_namespace n \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = '__diesel_schema_migrations' \
+         WHERE n.nspname <> 'public' \
+           AND NOT EXISTS (SELECT 1 FROM public.tenancy_tenants t WHERE t.schema_name = n.nspname) \
+         ORDER BY 1",
+    )
+    .load::<Name>(conn)
+    .map_err(Error::db("list unregistered tenant schemas"))?
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
+    Ok(report)
+}
+
+/// Repairs registry rows without a schema: creates each missing schema and
+/// applies the whole tenant set to it, one transaction per tenant. Returns the
+/// tenants repaired. Schemas without rows are left alone: whether they hold data
+/// someone wants is not for a tool to decide.
+pub fn repair_missing_schemas<S: MigrationSource<Pg>>(
+    conn: &mut PgConnection,
+    tenant_migrations: S,
+) -> Result<Vec<Tenant>> {
+    let set = MigrationSet::load(&tenant_migrations, "tenant set")?;
+    let mut repaired = Vec::new();
+    for tenant in rows_without_schema(conn)? {
+        conn.transaction(|conn| {
+            lock_schema(conn, tenant.schema())?;
+            conn.batch_execute(&format!("CREATE SCHEMA {}", tenant.schema().quoted()))
+                .map_err(schema_error(tenant.schema(), "create"))?;
+            apply_in_transaction(
+                conn,
+                Target::Tenant {
+                    schema: tenant.schema(),
+                    id: tenant.id(),
+                },
+                &set,
+            )
+        })?;
+        repaired.push(tenant);
+    }
+    Ok(repaired)
 }

@@ -161,15 +161,15 @@ impl r2d2::ManageConnection for TenantConnectionManager {
     /// remembered path if the server disagrees, so a path changed where no
     /// statement showed it (say, by a server-side function) is still caught.
     fn is_valid(&self, conn: &mut ManagedConnection) -> Result<(), Self::Error> {
-        let path = scope::current_search_path(&mut conn.conn).map_err(|e| {
+        let (path, head) = scope::current_search_path(&mut conn.conn).map_err(|e| {
             conn.current = None;
             diesel::r2d2::Error::QueryError(e)
         })?;
-        if conn
-            .current
-            .as_ref()
-            .is_some_and(|(_, known)| *known != path)
-        {
+        // The path text must match, and its first schema must still exist (a
+        // dropped or renamed tenant schema would leave `public` at the head).
+        if conn.current.as_ref().is_some_and(|(scope, known)| {
+            *known != path || head.as_deref() != Some(scope.head())
+        }) {
             conn.current = None;
         }
         // Our own statement names search_path; that is no reason to distrust it.
@@ -308,6 +308,12 @@ impl TenantConnection {
     pub fn scope_public(mut conn: r2d2::PooledConnection<TenantConnectionManager>) -> Result<Self> {
         conn.enter(ScopeKey::Public)?;
         Ok(TenantConnection { conn, tenant: None })
+    }
+
+    /// Close this connection when it is dropped instead of returning it to the
+    /// pool (for example to free a backend's memory after touching many schemas).
+    pub fn discard(&mut self) {
+        self.conn.discard = true;
     }
 
     /// The tenant this connection is scoped to, or `None` for `public`.

@@ -1,7 +1,8 @@
 //! The tenant registry: the crate's own tables in `public`.
 //!
 //! `public.tenancy_tenants` holds one row per tenant, `public.tenancy_domains` the
-//! host names that route to each. [`install`] creates and upgrades them; it runs
+//! host names that route to each, and `public.tenancy_migration_journal` each
+//! tenant's latest migration and last migration error. [`install`] creates and upgrades them; it runs
 //! before an application's shared migrations, which may reference them (for example
 //! `REFERENCES public.tenancy_tenants (id)`). Every function here names its tables
 //! with their schema, so it works whatever the connection's search path is, and
@@ -16,7 +17,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use crate::{Domain, Error, Result, SchemaName};
 
 /// The registry's schema version that this release of the crate installs.
-pub const REGISTRY_VERSION: i32 = 1;
+pub const REGISTRY_VERSION: i32 = 2;
 
 /// Advisory lock key that serialises registry installs ("tenancy" in ASCII).
 const INSTALL_LOCK: i64 = 0x0074_656e_616e_6379;
@@ -38,6 +39,16 @@ CREATE TABLE public.tenancy_domains (
 );
 CREATE INDEX tenancy_domains_tenant ON public.tenancy_domains (tenant_id);
 CREATE UNIQUE INDEX tenancy_domains_one_primary ON public.tenancy_domains (tenant_id) WHERE is_primary;
+"#, r#"
+CREATE TABLE public.tenancy_migration_journal (
+    tenant_id          bigint      PRIMARY KEY REFERENCES public.tenancy_tenants (id) ON DELETE CASCADE,
+    latest_version     text,
+    set_digest         text,
+    migrated_at        timestamptz,
+    last_error         text,
+    last_error_version text,
+    last_error_at      timestamptz
+);
 "#];
 
 mod tables {
@@ -417,4 +428,43 @@ pub fn find_tenant_by_domain(conn: &mut PgConnection, domain: &Domain) -> Result
         )))?
         .map(Tenant::try_from)
         .transpose()
+}
+
+/// Deletes a tenant's row (its domains and journal entry go with it). Returns
+/// the number of rows deleted. The schema is not touched: see
+/// [`drop_tenant`](crate::drop_tenant).
+pub(crate) fn delete_tenant_row(conn: &mut PgConnection, schema: &SchemaName) -> Result<usize> {
+    diesel::delete(tenancy_tenants::table)
+        .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
+        .execute(conn)
+        .map_err(Error::db(format!("delete tenant {:?}", schema.as_str())))
+}
+
+/// Points a tenant's row at a new schema name.
+pub(crate) fn rename_tenant_row(
+    conn: &mut PgConnection,
+    from: &SchemaName,
+    to: &SchemaName,
+) -> Result<Tenant> {
+    let row = diesel::update(tenancy_tenants::table)
+        .filter(tenancy_tenants::schema_name.eq(from.as_str()))
+        .set(tenancy_tenants::schema_name.eq(to.as_str()))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .optional()
+        .map_err(|e| match unique_violation(&e) {
+            Some(_) => Error::TenantExists {
+                schema: to.as_str().to_owned(),
+            },
+            None => Error::Database {
+                action: format!("rename tenant {:?}", from.as_str()),
+                source: e,
+            },
+        })?;
+    match row {
+        Some(row) => Tenant::try_from(row),
+        None => Err(Error::TenantNotFound {
+            schema: from.as_str().to_owned(),
+        }),
+    }
 }

@@ -17,6 +17,14 @@ pub(crate) enum ScopeKey {
 }
 
 impl ScopeKey {
+    /// The schema at the head of the path.
+    pub(crate) fn head(&self) -> &str {
+        match self {
+            ScopeKey::Public => "public",
+            ScopeKey::Tenant(schema) => schema.as_str(),
+        }
+    }
+
     /// The search path value for this scope: `"tenant", public[, extra...]` or
     /// `public[, extra...]`. Every name passes through the one quoting function.
     pub(crate) fn search_path(&self, extra: &[SchemaName]) -> String {
@@ -72,18 +80,17 @@ diesel::define_sql_function! {
     fn current_setting(setting: Text) -> Text;
 }
 
-/// The session's search path, as the server holds it.
-pub(crate) fn current_search_path(conn: &mut PgConnection) -> QueryResult<String> {
-    diesel::select(current_setting("search_path")).get_result(conn)
+diesel::define_sql_function! {
+    /// PostgreSQL's `current_schema()`: the first schema on the path that exists.
+    fn current_schema() -> Nullable<Text>;
 }
 
-/// Puts `schema` alone on the search path (for migrations), if it exists.
-pub(crate) fn set_search_path_only(
+/// The session's search path as the server holds it, and the first schema on it
+/// that exists.
+pub(crate) fn current_search_path(
     conn: &mut PgConnection,
-    schema: &SchemaName,
-    local: bool,
-) -> Result<(), Error> {
-    apply(conn, Some(schema), schema.quoted(), local)
+) -> QueryResult<(String, Option<String>)> {
+    diesel::select((current_setting("search_path"), current_schema())).get_result(conn)
 }
 
 fn apply(

@@ -181,7 +181,7 @@ fn create_tenant_migrates_its_own_schema_and_ledger() {
     );
     // Running again applies nothing.
     let applied =
-        run_tenant_migrations(&mut pool.public().unwrap(), t[0].schema(), TENANT).unwrap();
+        run_tenant_migrations(&mut pool.public().unwrap(), &t[0], TENANT).unwrap();
     assert!(applied.is_empty());
 }
 
@@ -260,7 +260,7 @@ fn a_schema_dropped_behind_the_registry_gives_a_clear_error() {
     assert!(matches!(pool.get(&t[0]), Err(Error::SchemaMissing { schema }) if schema == "gone0"));
     // Migrating it does not fall through to public either.
     assert!(matches!(
-        run_tenant_migrations(&mut pool.public().unwrap(), t[0].schema(), TENANT),
+        run_tenant_migrations(&mut pool.public().unwrap(), &t[0], TENANT),
         Err(Error::SchemaMissing { .. })
     ));
     assert_eq!(

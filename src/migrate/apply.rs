@@ -1,0 +1,480 @@
+//! Applying one migration set to one schema: locked, in one transaction, with only
+//! that schema on the search path, and journalled.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::migration::{CREATE_MIGRATIONS_TABLE, Migration, MigrationSource};
+use diesel::pg::{Pg, PgConnection};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
+
+use super::Outcome;
+use crate::{Error, Result, SchemaName};
+
+/// How a run treats a schema whose migration lock another run holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LockMode {
+    /// Wait for the other run (bounded by the lock timeout, if set). Once the
+    /// lock is ours, the ledger is read again, so nothing is applied twice.
+    #[default]
+    Wait,
+    /// Skip the schema and report it as [`Outcome::Locked`].
+    Skip,
+}
+
+/// A migration set loaded once per worker, sorted by version.
+pub(crate) struct MigrationSet {
+    migrations: Vec<Box<dyn Migration<Pg>>>,
+    versions: Vec<String>,
+    digest: String,
+}
+
+impl MigrationSet {
+    pub(crate) fn load<S: MigrationSource<Pg>>(source: &S, schema: &str) -> Result<Self> {
+        let mut migrations = source.migrations().map_err(|source| Error::Migration {
+            schema: schema.to_owned(),
+            version: None,
+            source,
+        })?;
+        migrations.sort_by_key(|m| m.name().version().to_string());
+        let versions: Vec<String> = migrations
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .collect();
+        let digest = digest(&versions);
+        Ok(MigrationSet {
+            migrations,
+            versions,
+            digest,
+        })
+    }
+
+    /// A short fingerprint of the set's versions: equal digests, same set.
+    pub(crate) fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub(crate) fn pending(&self, applied: &[String]) -> Vec<&dyn Migration<Pg>> {
+        self.migrations
+            .iter()
+            .zip(&self.versions)
+            .filter(|(_, v)| !applied.contains(v))
+            .map(|(m, _)| &**m)
+            .collect()
+    }
+}
+
+/// FNV-1a over the versions, hex-encoded.
+fn digest(versions: &[String]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in versions.join("\n").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}-{}", versions.len())
+}
+
+/// Where a set is applied.
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// The shared set, on `public`.
+    Public,
+    /// A tenant's schema; `id` is its registry id, for the journal.
+    Tenant { schema: &'a SchemaName, id: i64 },
+}
+
+impl Target<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Target::Public => "public",
+            Target::Tenant { schema, .. } => schema.as_str(),
+        }
+    }
+
+    /// The search path while migrating: the schema alone.
+    fn path(&self) -> String {
+        match self {
+            Target::Public => "public".to_owned(),
+            Target::Tenant { schema, .. } => schema.quoted(),
+        }
+    }
+
+    fn ledger(&self) -> String {
+        match self {
+            Target::Public => "public.__diesel_schema_migrations".to_owned(),
+            Target::Tenant { schema, .. } => {
+                format!("{}.__diesel_schema_migrations", schema.quoted())
+            }
+        }
+    }
+
+    fn lock_key(&self) -> String {
+        format!("diesel_tenancy:{}", self.name())
+    }
+
+    fn journal_id(&self) -> Option<i64> {
+        match self {
+            Target::Public => None,
+            Target::Tenant { id, .. } => Some(*id),
+        }
+    }
+}
+
+/// Lock and timeout settings for [`apply`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ApplySettings {
+    pub(crate) lock: LockMode,
+    pub(crate) lock_timeout: Option<Duration>,
+    pub(crate) statement_timeout: Option<Duration>,
+}
+
+enum Stop {
+    Locked,
+    Missing,
+    Failed {
+        version: Option<String>,
+        error: String,
+    },
+}
+
+impl From<diesel::result::Error> for Stop {
+    fn from(e: diesel::result::Error) -> Self {
+        Stop::Failed {
+            version: None,
+            error: e.to_string(),
+        }
+    }
+}
+
+fn millis(d: Option<Duration>) -> Option<String> {
+    d.map(|d| format!("{}ms", d.as_millis().max(1)))
+}
+
+#[derive(QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// In the current transaction: only the target on the path, the timeouts, and the
+/// target's advisory lock, in one statement. Fails if the schema is missing.
+fn prepare(conn: &mut PgConnection, target: Target<'_>, settings: &ApplySettings) -> Result<(), Stop> {
+    let lock = match settings.lock {
+        LockMode::Wait => "pg_advisory_xact_lock(hashtextextended($4, 0))::text IS NOT NULL",
+        LockMode::Skip => "pg_try_advisory_xact_lock(hashtextextended($4, 0))",
+    };
+    let sql = format!(
+        "SELECT set_config('search_path', $1, true) IS NOT NULL \
+           AND set_config('lock_timeout', coalesce($2, current_setting('lock_timeout')), true) IS NOT NULL \
+           AND set_config('statement_timeout', coalesce($3, current_setting('statement_timeout')), true) IS NOT NULL \
+           AND {lock} AS locked \
+         FROM pg_catalog.pg_namespace WHERE nspname = $5"
+    );
+    let row = diesel::sql_query(sql)
+        .bind::<Text, _>(target.path())
+        .bind::<Nullable<Text>, _>(millis(settings.lock_timeout))
+        .bind::<Nullable<Text>, _>(millis(settings.statement_timeout))
+        .bind::<Text, _>(target.lock_key())
+        .bind::<Text, _>(target.name())
+        .get_result::<Prepared>(conn)
+        .optional()?;
+    match row {
+        None => Err(Stop::Missing),
+        Some(Prepared { locked: false }) => Err(Stop::Locked),
+        Some(Prepared { locked: true }) => Ok(()),
+    }
+}
+
+fn applied_versions(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+    conn.batch_execute(CREATE_MIGRATIONS_TABLE)?;
+    Ok(
+        diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations")
+            .load::<Version>(conn)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect(),
+    )
+}
+
+fn run_migration(conn: &mut PgConnection, m: &dyn Migration<Pg>) -> Result<(), Stop> {
+    m.run(conn).map_err(|e| Stop::Failed {
+        version: Some(m.name().version().to_string()),
+        error: e.to_string(),
+    })
+}
+
+/// Records versions in the schema's ledger and, for a tenant whose set is now
+/// complete, the journal entry, in one statement.
+fn record(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    versions: &[String],
+    complete: Option<&MigrationSet>,
+) -> QueryResult<()> {
+    match (target.journal_id(), complete) {
+        (Some(id), Some(set)) => {
+            diesel::sql_query(
+                "WITH ledger AS (INSERT INTO __diesel_schema_migrations (version) SELECT unnest($1::text[])) \
+                 INSERT INTO public.tenancy_migration_journal \
+                     (tenant_id, latest_version, set_digest, migrated_at, last_error, last_error_version, last_error_at) \
+                 VALUES ($2, $3, $4, now(), NULL, NULL, NULL) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET latest_version = EXCLUDED.latest_version, \
+                     set_digest = EXCLUDED.set_digest, migrated_at = now(), \
+                     last_error = NULL, last_error_version = NULL, last_error_at = NULL",
+            )
+            .bind::<Array<Text>, _>(versions)
+            .bind::<BigInt, _>(id)
+            .bind::<Nullable<Text>, _>(set.versions.last())
+            .bind::<Text, _>(&set.digest)
+            .execute(conn)?;
+        }
+        _ if !versions.is_empty() => {
+            diesel::sql_query(
+                "INSERT INTO __diesel_schema_migrations (version) SELECT unnest($1::text[])",
+            )
+            .bind::<Array<Text>, _>(versions)
+            .execute(conn)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Records a failure in the journal (outside the rolled-back transaction).
+fn record_failure(conn: &mut PgConnection, id: i64, version: Option<&str>, error: &str) {
+    // Best effort: the report carries the failure either way.
+    let _ = diesel::sql_query(
+        "INSERT INTO public.tenancy_migration_journal (tenant_id, last_error, last_error_version, last_error_at) \
+         VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (tenant_id) DO UPDATE SET last_error = EXCLUDED.last_error, \
+             last_error_version = EXCLUDED.last_error_version, last_error_at = now()",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<Text, _>(error)
+    .bind::<Nullable<Text>, _>(version)
+    .execute(conn);
+}
+
+/// What one transaction did.
+struct Batch {
+    applied: Vec<String>,
+    /// Index into the pending list of a non-transactional migration to run next.
+    next_non_transactional: Option<String>,
+}
+
+/// One transactional batch: every pending migration up to the first one marked
+/// `run_in_transaction = false`.
+fn batch(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    set: &MigrationSet,
+    settings: &ApplySettings,
+) -> Result<Batch, Stop> {
+    prepare(conn, target, settings)?;
+    let applied = applied_versions(conn)?;
+    let pending = set.pending(&applied);
+    let mut done = Vec::new();
+    let mut next_non_transactional = None;
+    for m in &pending {
+        if !m.metadata().run_in_transaction() {
+            next_non_transactional = Some(m.name().version().to_string());
+            break;
+        }
+        run_migration(conn, *m)?;
+        done.push(m.name().version().to_string());
+    }
+    let complete = next_non_transactional.is_none().then_some(set);
+    record(conn, target, &done, complete)?;
+    Ok(Batch {
+        applied: done,
+        next_non_transactional,
+    })
+}
+
+/// A migration that cannot run in a transaction: on its own, under the
+/// session-level form of the same lock.
+fn non_transactional(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    set: &MigrationSet,
+    version: &str,
+) -> Result<(), Stop> {
+    let m = set
+        .migrations
+        .iter()
+        .find(|m| m.name().version().to_string() == version)
+        .expect("the version comes from this set");
+    diesel::sql_query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(target.lock_key())
+        .execute(conn)?;
+    let result = (|| -> Result<(), Stop> {
+        diesel::sql_query(
+            "SELECT set_config('search_path', $1, false) FROM pg_catalog.pg_namespace WHERE nspname = $2",
+        )
+        .bind::<Text, _>(target.path())
+        .bind::<Text, _>(target.name())
+        .execute(conn)?;
+        if applied_versions(conn)?.iter().any(|v| v == version) {
+            return Ok(());
+        }
+        run_migration(conn, &**m)?;
+        record(conn, target, &[version.to_owned()], None)?;
+        Ok(())
+    })();
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind::<Text, _>(target.lock_key())
+        .execute(conn);
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+/// Applies every pending migration of `set` to `target`: all transactional ones
+/// in one transaction (a failure rolls the schema back to where it was).
+pub(crate) fn apply(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    set: &MigrationSet,
+    settings: &ApplySettings,
+) -> Outcome {
+    let mut versions = Vec::new();
+    let mut non_transactional_done = Vec::new();
+    loop {
+        let result = conn
+            .transaction(|conn| batch(conn, target, set, settings))
+            .and_then(|batch| {
+                versions.extend(batch.applied);
+                match batch.next_non_transactional {
+                    Some(v) => {
+                        non_transactional(conn, target, set, &v)?;
+                        versions.push(v.clone());
+                        non_transactional_done.push(v);
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            });
+        match result {
+            Ok(true) => continue,
+            Ok(false) if versions.is_empty() => return Outcome::UpToDate,
+            Ok(false) => {
+                return Outcome::Applied {
+                    versions,
+                    non_transactional: non_transactional_done,
+                };
+            }
+            Err(Stop::Locked) => return Outcome::Locked,
+            Err(Stop::Missing) => return Outcome::SchemaMissing,
+            Err(Stop::Failed { version, error }) => {
+                if let Some(id) = target.journal_id() {
+                    record_failure(conn, id, version.as_deref(), &error);
+                }
+                return Outcome::Failed {
+                    version,
+                    error,
+                    applied: non_transactional_done,
+                };
+            }
+        }
+    }
+}
+
+/// For a caller already in a transaction (tenant creation): applies every
+/// migration of the set, all of which must be transactional.
+pub(crate) fn apply_in_transaction(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    set: &MigrationSet,
+) -> Result<Vec<String>> {
+    let to_error = |stop| match stop {
+        Stop::Locked => Error::Refused {
+            reason: format!("schema {:?} is locked by a migration run", target.name()),
+        },
+        Stop::Missing => Error::SchemaMissing {
+            schema: target.name().to_owned(),
+        },
+        Stop::Failed { version, error } => Error::Migration {
+            schema: target.name().to_owned(),
+            version,
+            source: error.into(),
+        },
+    };
+    let batch = batch(conn, target, set, &ApplySettings::default()).map_err(to_error)?;
+    if let Some(version) = batch.next_non_transactional {
+        return Err(Error::Refused {
+            reason: format!(
+                "migration {version} has run_in_transaction = false, so schema {:?} cannot be created in one transaction; \
+                 create the tenant with the transactional migrations, then migrate it",
+                target.name()
+            ),
+        });
+    }
+    Ok(batch.applied)
+}
+
+/// Dry run: the versions `set` would apply to `target` (`None`: the schema does
+/// not exist). Reads the ledger without locking or writing anything.
+pub(crate) fn pending_versions(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    set: &MigrationSet,
+) -> Result<Option<Vec<String>>, String> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = Bool)]
+        schema: bool,
+        #[diesel(sql_type = Bool)]
+        ledger: bool,
+    }
+    let exists = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1) AS schema, \
+                to_regclass($2) IS NOT NULL AS ledger",
+    )
+    .bind::<Text, _>(target.name())
+    .bind::<Text, _>(target.ledger())
+    .get_result::<Exists>(conn)
+    .map_err(|e| e.to_string())?;
+    if !exists.schema {
+        return Ok(None);
+    }
+    let applied: Vec<String> = if exists.ledger {
+        diesel::sql_query(format!(
+            "SELECT version::text AS version FROM {}",
+            target.ledger()
+        ))
+        .load::<Version>(conn)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|v| v.version)
+        .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(
+        set.pending(&applied)
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .collect(),
+    ))
+}
+
+/// A dry run's outcome for one schema.
+pub(crate) fn plan(conn: &mut PgConnection, target: Target<'_>, set: &MigrationSet) -> Outcome {
+    match pending_versions(conn, target, set) {
+        Ok(Some(versions)) => Outcome::Pending { versions },
+        Ok(None) => Outcome::SchemaMissing,
+        Err(error) => Outcome::Failed {
+            version: None,
+            error,
+            applied: Vec::new(),
+        },
+    }
+}
