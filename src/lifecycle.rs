@@ -197,7 +197,11 @@ fn lock_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
 /// in it) and its registry rows (tenant, domains, journal). Waits for a
 /// migration run working on the schema. A registry row whose schema is already
 /// gone is removed all the same.
-pub fn drop_tenant(conn: &mut PgConnection, schema: &SchemaName, confirm: ConfirmDrop) -> Result<()> {
+pub fn drop_tenant(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    confirm: ConfirmDrop,
+) -> Result<()> {
     let ConfirmDrop::DeleteSchemaAndAllItsData = confirm;
     conn.transaction(|conn| {
         lock_schema(conn, schema)?;
@@ -206,14 +210,21 @@ pub fn drop_tenant(conn: &mut PgConnection, schema: &SchemaName, confirm: Confir
                 schema: schema.as_str().to_owned(),
             });
         }
-        conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
-            .map_err(schema_error(schema, "drop"))?;
+        conn.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            schema.quoted()
+        ))
+        .map_err(schema_error(schema, "drop"))?;
         Ok(())
     })
 }
 
 /// Renames a tenant's schema and its registry row together, in one transaction.
-pub fn rename_tenant(conn: &mut PgConnection, from: &SchemaName, to: &SchemaName) -> Result<Tenant> {
+pub fn rename_tenant(
+    conn: &mut PgConnection,
+    from: &SchemaName,
+    to: &SchemaName,
+) -> Result<Tenant> {
     conn.transaction(|conn| {
         lock_schema(conn, from)?;
         lock_schema(conn, to)?;

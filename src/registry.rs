@@ -23,7 +23,8 @@ pub const REGISTRY_VERSION: i32 = 2;
 const INSTALL_LOCK: i64 = 0x0074_656e_616e_6379;
 
 /// Registry upgrades, in order; step `n` brings the registry to version `n + 1`.
-const STEPS: &[&str] = &[r#"
+const STEPS: &[&str] = &[
+    r#"
 CREATE TABLE public.tenancy_tenants (
     id          bigserial   PRIMARY KEY,
     schema_name text        NOT NULL UNIQUE
@@ -39,7 +40,8 @@ CREATE TABLE public.tenancy_domains (
 );
 CREATE INDEX tenancy_domains_tenant ON public.tenancy_domains (tenant_id);
 CREATE UNIQUE INDEX tenancy_domains_one_primary ON public.tenancy_domains (tenant_id) WHERE is_primary;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE public.tenancy_migration_journal (
     tenant_id          bigint      PRIMARY KEY REFERENCES public.tenancy_tenants (id) ON DELETE CASCADE,
     latest_version     text,
@@ -49,7 +51,8 @@ CREATE TABLE public.tenancy_migration_journal (
     last_error_version text,
     last_error_at      timestamptz
 );
-"#];
+"#,
+];
 
 mod tables {
     diesel::table! {

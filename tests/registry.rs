@@ -180,8 +180,7 @@ fn create_tenant_migrates_its_own_schema_and_ledger() {
         0
     );
     // Running again applies nothing.
-    let applied =
-        run_tenant_migrations(&mut pool.public().unwrap(), &t[0], TENANT).unwrap();
+    let applied = run_tenant_migrations(&mut pool.public().unwrap(), &t[0], TENANT).unwrap();
     assert!(applied.is_empty());
 }
 

@@ -166,7 +166,11 @@ struct Version {
 
 /// In the current transaction: only the target on the path, the timeouts, and the
 /// target's advisory lock, in one statement. Fails if the schema is missing.
-fn prepare(conn: &mut PgConnection, target: Target<'_>, settings: &ApplySettings) -> Result<(), Stop> {
+fn prepare(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    settings: &ApplySettings,
+) -> Result<(), Stop> {
     let lock = match settings.lock {
         LockMode::Wait => "pg_advisory_xact_lock(hashtextextended($4, 0))::text IS NOT NULL",
         LockMode::Skip => "pg_try_advisory_xact_lock(hashtextextended($4, 0))",

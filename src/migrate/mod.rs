@@ -418,9 +418,10 @@ where
         }
         let mut work = Vec::new();
         for row in rows.into_iter().filter(|r| chosen(r)) {
-            let schema = SchemaName::try_from(row.schema_name).map_err(|e| Error::CorruptRegistry {
-                reason: e.to_string(),
-            })?;
+            let schema =
+                SchemaName::try_from(row.schema_name).map_err(|e| Error::CorruptRegistry {
+                    reason: e.to_string(),
+                })?;
             let up_to_date = row.set_digest.as_deref() == Some(set.digest());
             if up_to_date && !options.verify {
                 report.decided_by_journal += 1;
@@ -445,9 +446,7 @@ where
         let (done, connections) = self.run_workers(pool, options, &work);
         report.connections += connections;
         report.tenants.extend(done);
-        report
-            .tenants
-            .sort_by(|a, b| a.schema.cmp(&b.schema));
+        report.tenants.sort_by(|a, b| a.schema.cmp(&b.schema));
         report.elapsed = started.elapsed();
         Ok(report)
     }
@@ -485,7 +484,9 @@ where
             let mut used = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((id, schema)) = work.get(i) else { break };
+                let Some((id, schema)) = work.get(i) else {
+                    break;
+                };
                 if stop.load(Ordering::Relaxed) {
                     out.push(TenantReport {
                         tenant_id: *id,

@@ -96,3 +96,116 @@ pub fn count(pool: &TenantPool, sql: &str) -> i64 {
         .unwrap()
         .n
 }
+
+/// A migration directory of its own: a copy of the sample tenant set, to which a
+/// test adds migrations.
+pub struct MigrationDir {
+    pub dir: std::path::PathBuf,
+}
+
+impl MigrationDir {
+    /// A copy of `migrations_tenant`.
+    pub fn tenant_copy() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "dt-migrations-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations_tenant");
+        for entry in std::fs::read_dir(src).unwrap() {
+            let entry = entry.unwrap();
+            let to = dir.join(entry.file_name());
+            std::fs::create_dir_all(&to).unwrap();
+            for file in std::fs::read_dir(entry.path()).unwrap() {
+                let file = file.unwrap();
+                std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+            }
+        }
+        MigrationDir { dir }
+    }
+
+    /// Adds a migration `<version>_<name>` with this `up.sql`.
+    pub fn add(&self, version: &str, name: &str, up: &str) {
+        let m = self.dir.join(format!("{version}_{name}"));
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("up.sql"), up).unwrap();
+        std::fs::write(m.join("down.sql"), "").unwrap();
+    }
+
+    /// Adds a migration marked `run_in_transaction = false`.
+    pub fn add_non_transactional(&self, version: &str, name: &str, up: &str) {
+        self.add(version, name, up);
+        std::fs::write(
+            self.dir
+                .join(format!("{version}_{name}"))
+                .join("metadata.toml"),
+            "run_in_transaction = false\n",
+        )
+        .unwrap();
+    }
+
+    pub fn source(&self) -> diesel_migrations::FileBasedMigrations {
+        diesel_migrations::FileBasedMigrations::from_path(&self.dir).unwrap()
+    }
+}
+
+impl Drop for MigrationDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `schema.table` has `column`.
+pub fn has_column(pool: &TenantPool, schema: &str, table: &str, column: &str) -> bool {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = $2 AND column_name = $3",
+    )
+    .bind::<diesel::sql_types::Text, _>(schema)
+    .bind::<diesel::sql_types::Text, _>(table)
+    .bind::<diesel::sql_types::Text, _>(column)
+    .get_result::<Count>(&mut *pool.public().unwrap())
+    .unwrap()
+    .n == 1
+}
+
+/// Whether `schema`'s own ledger records `version`.
+pub fn ledger_has(pool: &TenantPool, schema: &str, version: &str) -> bool {
+    let qualified = match schema {
+        "public" => "public".to_owned(),
+        tenant => diesel_tenancy::SchemaName::new(tenant).unwrap().quoted(),
+    };
+    let sql = format!(
+        "SELECT count(*) AS n FROM {qualified}.__diesel_schema_migrations WHERE version = $1"
+    );
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Text, _>(version)
+        .get_result::<Count>(&mut *pool.public().unwrap())
+        .unwrap()
+        .n
+        == 1
+}
+
+/// `n` tenants `prefix0..` created through the bulk API with `migrations`.
+pub fn bulk_tenants(
+    pool: &TenantPool,
+    prefix: &str,
+    n: usize,
+    migrations: &diesel_migrations::FileBasedMigrations,
+) -> Vec<Tenant> {
+    let news: Vec<_> = (0..n)
+        .map(|i| {
+            diesel_tenancy::NewTenant::new(
+                diesel_tenancy::SchemaName::new(&format!("{prefix}{i}")).unwrap(),
+                format!("Tenant {i}"),
+            )
+        })
+        .collect();
+    diesel_tenancy::create_tenants(pool, &news, migrations, 2)
+        .into_iter()
+        .map(|r| r.expect("create tenant"))
+        .collect()
+}
