@@ -1,0 +1,242 @@
+//! Benchmarks, each beside a floor measured in the same run.
+//!
+//! ```text
+//! cargo run --release --example bench -- create  --tenants 1000
+//! cargo run --release --example bench -- migrate --tenants 10000
+//! cargo run --release --example bench -- noop    --tenants 10000
+//! ```
+//!
+//! Options: `--tenants N` (default 1000), `--jobs J` (parallel workers, default 2).
+//! Uses a fresh database on the server at `DATABASE_URL` if set (dropped
+//! afterwards), otherwise a throwaway PostgreSQL cluster. Each scenario ends with
+//! one line `RESULT scenario=<name> tenants=<N> total_ms=<t> ms_per_tenant=<x>
+//! floor_ms_per_tenant=<f>`; the floor is the same DDL sent as plain SQL over one
+//! connection (for `noop`: the one query that lists tenants and their journal).
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_migrations::{EmbeddedMigrations, FileBasedMigrations, embed_migrations};
+use diesel_tenancy::testing::TestDatabase;
+use diesel_tenancy::{
+    MigrateOptions, Migrator, NewTenant, SchemaName, TenantPool, create_tenants,
+    run_shared_migrations,
+};
+
+const SHARED: EmbeddedMigrations = embed_migrations!("migrations_shared");
+
+struct Args {
+    scenario: String,
+    tenants: usize,
+    jobs: usize,
+}
+
+fn args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let scenario = it
+        .next()
+        .context("usage: bench <create|migrate|noop> [--tenants N] [--jobs J]")?;
+    let mut args = Args {
+        scenario,
+        tenants: 1000,
+        jobs: 2,
+    };
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--tenants" => args.tenants = value.parse()?,
+            "--jobs" => args.jobs = value.parse()?,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(args)
+}
+
+/// A copy of the sample tenant migrations that the bench can add to.
+struct TenantSet {
+    dir: PathBuf,
+}
+
+impl TenantSet {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("dt-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations_tenant");
+        for entry in std::fs::read_dir(src)? {
+            let entry = entry?;
+            std::fs::create_dir_all(dir.join(entry.file_name()))?;
+            for file in std::fs::read_dir(entry.path())? {
+                let file = file?;
+                std::fs::copy(
+                    file.path(),
+                    dir.join(entry.file_name()).join(file.file_name()),
+                )?;
+            }
+        }
+        Ok(TenantSet { dir })
+    }
+
+    fn source(&self) -> Result<FileBasedMigrations> {
+        Ok(FileBasedMigrations::from_path(&self.dir)?)
+    }
+
+    /// The up.sql of every migration, in order.
+    fn up_sql(&self) -> Result<Vec<String>> {
+        let mut dirs: Vec<_> = std::fs::read_dir(&self.dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        dirs.sort();
+        dirs.iter()
+            .map(|d| Ok(std::fs::read_to_string(d.join("up.sql"))?))
+            .collect()
+    }
+
+    fn add(&self, name: &str, up: &str) -> Result<()> {
+        let m = self.dir.join(name);
+        std::fs::create_dir_all(&m)?;
+        std::fs::write(m.join("up.sql"), up)?;
+        std::fs::write(m.join("down.sql"), "")?;
+        Ok(())
+    }
+}
+
+impl Drop for TenantSet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn create(
+    pool: &TenantPool,
+    set: &TenantSet,
+    prefix: &str,
+    n: usize,
+    jobs: usize,
+) -> Result<Duration> {
+    let news: Vec<_> = (0..n)
+        .map(|i| {
+            Ok(NewTenant::new(
+                SchemaName::new(&format!("{prefix}{i}"))?,
+                format!("Tenant {i}"),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let source = set.source()?;
+    let started = Instant::now();
+    let results = create_tenants(pool, &news, &source, jobs);
+    let elapsed = started.elapsed();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    ensure!(
+        failed == 0,
+        "{failed} tenants failed: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    Ok(elapsed)
+}
+
+fn result(scenario: &str, n: usize, total: Duration, per_tenant: f64, floor: f64) {
+    println!(
+        "RESULT scenario={scenario} tenants={n} total_ms={:.1} ms_per_tenant={per_tenant:.3} floor_ms_per_tenant={floor:.3}",
+        ms(total)
+    );
+}
+
+fn main() -> Result<()> {
+    let args = args()?;
+    let db = TestDatabase::new()?;
+    let pool = TenantPool::builder(db.url())
+        .max_size(args.jobs as u32 + 1)
+        .build()?;
+    run_shared_migrations(&mut *pool.public()?, SHARED)?;
+    let set = TenantSet::new()?;
+    let mut floor_conn = PgConnection::establish(db.url())?;
+    eprintln!(
+        "bench: scenario {}, {} tenants, {} jobs, {} cores",
+        args.scenario,
+        args.tenants,
+        args.jobs,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let n = args.tenants;
+    match args.scenario.as_str() {
+        "create" => {
+            let total = create(&pool, &set, "t", n, args.jobs)?;
+            // Floor: CREATE SCHEMA and the same migrations' SQL, one connection.
+            let ddl = set.up_sql()?.join("\n");
+            let started = Instant::now();
+            for i in 0..n {
+                let schema = SchemaName::new(&format!("floor{i}"))?.quoted();
+                floor_conn.batch_execute(&format!(
+                    "BEGIN; CREATE SCHEMA {schema}; SET LOCAL search_path TO {schema}; {ddl}; COMMIT;"
+                ))?;
+            }
+            let floor = ms(started.elapsed()) / n as f64;
+            result("create", n, total, ms(total) / n as f64, floor);
+        }
+        "migrate" => {
+            create(&pool, &set, "t", n, args.jobs)?;
+            let migrator = Migrator::new(SHARED, set.source()?);
+            set.add(
+                "2025-03-01-000000_add_loyalty",
+                "ALTER TABLE customers ADD COLUMN loyalty_points integer NOT NULL DEFAULT 0;",
+            )?;
+            let options = MigrateOptions::new().jobs(args.jobs);
+            let started = Instant::now();
+            let report = migrator.migrate_all(&pool, &options)?;
+            let total = started.elapsed();
+            ensure!(
+                report.is_success(),
+                "migration failed: {:?}",
+                report.failures().next()
+            );
+            ensure!(
+                report.totals().applied == n,
+                "applied to {} tenants",
+                report.totals().applied
+            );
+            // Floor: the same ALTER TABLE on every schema, one connection.
+            let started = Instant::now();
+            for i in 0..n {
+                let schema = SchemaName::new(&format!("t{i}"))?.quoted();
+                floor_conn.batch_execute(&format!(
+                    "ALTER TABLE {schema}.customers ADD COLUMN floor_points integer NOT NULL DEFAULT 0"
+                ))?;
+            }
+            let floor = ms(started.elapsed()) / n as f64;
+            result("migrate", n, total, ms(total) / n as f64, floor);
+        }
+        "noop" => {
+            create(&pool, &set, "t", n, args.jobs)?;
+            let migrator = Migrator::new(SHARED, set.source()?);
+            let options = MigrateOptions::new().jobs(args.jobs);
+            // One warm-up run, then the measured one.
+            migrator.migrate_all(&pool, &options)?;
+            let started = Instant::now();
+            let report = migrator.migrate_all(&pool, &options)?;
+            let total = started.elapsed();
+            ensure!(
+                report.decided_by_journal == n,
+                "journal decided {}",
+                report.decided_by_journal
+            );
+            // Floor: the one query that lists tenants with their journal entry.
+            let started = Instant::now();
+            floor_conn.batch_execute(
+                "SELECT t.id, t.schema_name, t.status, j.set_digest FROM public.tenancy_tenants t \
+                 LEFT JOIN public.tenancy_migration_journal j ON j.tenant_id = t.id ORDER BY t.schema_name",
+            )?;
+            let floor = ms(started.elapsed()) / n as f64;
+            result("noop", n, total, ms(total) / n as f64, floor);
+        }
+        other => bail!("unknown scenario {other:?}: create, migrate or noop"),
+    }
+    Ok(())
+}
