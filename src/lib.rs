@@ -56,8 +56,10 @@ mod lifecycle;
 mod migrate;
 mod pool;
 pub mod registry;
+mod resolve;
 mod schema_name;
 mod scope;
+pub mod web;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -77,6 +79,10 @@ pub use pool::{
     TenantPoolBuilder,
 };
 pub use registry::{DomainRecord, Tenant, TenantStatus};
+pub use resolve::{
+    Host, IpHosts, ListenerGuard, RequestInfo, Resolution, Resolver, ResolverBuilder,
+    normalize_host,
+};
 pub use schema_name::{
     MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError, quote_ident,
 };

@@ -80,7 +80,7 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
 
 fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
     let schema = &new.schema;
-    conn.transaction(|conn| {
+    committed(conn.transaction(|conn| {
         let tenant = registry::insert_tenant(conn, schema, &new.name)?;
         conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
             .map_err(schema_error(schema, "create"))?;
@@ -96,7 +96,16 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
             registry::add_domain(conn, &tenant, domain, i == 0)?;
         }
         Ok(tenant)
-    })
+    }))
+}
+
+/// Caches of registry answers in this process are stale once a registry change
+/// commits (the triggers tell other processes).
+fn committed<T>(result: Result<T>) -> Result<T> {
+    if result.is_ok() {
+        registry::bump_generation();
+    }
+    result
 }
 
 /// Creates many tenants, `jobs` at a time, each exactly as [`create_tenant`]
@@ -203,7 +212,7 @@ pub fn drop_tenant(
     confirm: ConfirmDrop,
 ) -> Result<()> {
     let ConfirmDrop::DeleteSchemaAndAllItsData = confirm;
-    conn.transaction(|conn| {
+    committed(conn.transaction(|conn| {
         lock_schema(conn, schema)?;
         if registry::delete_tenant_row(conn, schema)? == 0 {
             return Err(Error::TenantNotFound {
@@ -216,7 +225,7 @@ pub fn drop_tenant(
         ))
         .map_err(schema_error(schema, "drop"))?;
         Ok(())
-    })
+    }))
 }
 
 /// Renames a tenant's schema and its registry row together, in one transaction.
@@ -225,7 +234,7 @@ pub fn rename_tenant(
     from: &SchemaName,
     to: &SchemaName,
 ) -> Result<Tenant> {
-    conn.transaction(|conn| {
+    committed(conn.transaction(|conn| {
         lock_schema(conn, from)?;
         lock_schema(conn, to)?;
         let tenant = registry::rename_tenant_row(conn, from, to)?;
@@ -241,7 +250,7 @@ pub fn rename_tenant(
             other => other,
         })?;
         Ok(tenant)
-    })
+    }))
 }
 
 /// Suspends a tenant: its connections are refused until it is activated again.

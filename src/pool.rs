@@ -508,6 +508,11 @@ impl TenantPool {
         &self.pool
     }
 
+    /// The URL the pool connects to.
+    pub(crate) fn database_url(&self) -> &str {
+        &self.manager.settings.database_url
+    }
+
     /// How many checkouts were scoped, and how many of them had to set the path.
     pub fn stats(&self) -> ScopeStats {
         self.manager.stats()

@@ -17,7 +17,24 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use crate::{Domain, Error, Result, SchemaName};
 
 /// The registry's schema version that this release of the crate installs.
-pub const REGISTRY_VERSION: i32 = 2;
+pub const REGISTRY_VERSION: i32 = 3;
+
+/// The channel on which the registry's triggers announce every change to tenants
+/// or domains, whichever process or tool made it.
+pub const CHANGE_CHANNEL: &str = "diesel_tenancy_registry";
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A counter that moves whenever this process changes the registry (or hears of
+/// a change through [`CHANGE_CHANNEL`]); caches compare it to know they are stale.
+pub fn generation() -> u64 {
+    GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Marks every cached registry answer in this process as stale.
+pub fn bump_generation() {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
 
 /// Advisory lock key that serialises registry installs ("tenancy" in ASCII).
 const INSTALL_LOCK: i64 = 0x0074_656e_616e_6379;
@@ -249,6 +266,7 @@ fn unique_violation(e: &DieselError) -> Option<&str> {
 /// Adds a tenant row (status active). This writes the registry only; to create the
 /// schema and run migrations as well, use [`create_tenant`](crate::create_tenant).
 pub fn insert_tenant(conn: &mut PgConnection, schema: &SchemaName, name: &str) -> Result<Tenant> {
+    bump_generation();
     let row = diesel::insert_into(tenancy_tenants::table)
         .values((
             tenancy_tenants::schema_name.eq(schema.as_str()),
@@ -317,6 +335,7 @@ pub fn set_tenant_status(
     schema: &SchemaName,
     status: TenantStatus,
 ) -> Result<Tenant> {
+    bump_generation();
     let row = diesel::update(tenancy_tenants::table)
         .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
         .set(tenancy_tenants::status.eq(status.as_str()))
@@ -343,6 +362,7 @@ pub fn add_domain(
     domain: &Domain,
     is_primary: bool,
 ) -> Result<DomainRecord> {
+    bump_generation();
     let action = || format!("add domain {:?}", domain.as_str());
     conn.transaction(|conn| {
         if is_primary {
@@ -383,6 +403,7 @@ pub fn add_domain(
 
 /// Removes a domain; [`Error::DomainNotFound`] if it was not registered.
 pub fn remove_domain(conn: &mut PgConnection, domain: &Domain) -> Result<()> {
+    bump_generation();
     let n = diesel::delete(tenancy_domains::table.find(domain.as_str()))
         .execute(conn)
         .map_err(Error::db(format!("remove domain {:?}", domain.as_str())))?;
@@ -437,6 +458,7 @@ pub fn find_tenant_by_domain(conn: &mut PgConnection, domain: &Domain) -> Result
 /// the number of rows deleted. The schema is not touched: see
 /// [`drop_tenant`](crate::drop_tenant).
 pub(crate) fn delete_tenant_row(conn: &mut PgConnection, schema: &SchemaName) -> Result<usize> {
+    bump_generation();
     diesel::delete(tenancy_tenants::table)
         .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
         .execute(conn)
@@ -449,6 +471,7 @@ pub(crate) fn rename_tenant_row(
     from: &SchemaName,
     to: &SchemaName,
 ) -> Result<Tenant> {
+    bump_generation();
     let row = diesel::update(tenancy_tenants::table)
         .filter(tenancy_tenants::schema_name.eq(from.as_str()))
         .set(tenancy_tenants::schema_name.eq(to.as_str()))

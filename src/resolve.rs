@@ -1,0 +1,588 @@
+//! From a request's host to a tenant: normalisation, the domain lookup, the cache
+//! in front of it and its invalidation. Framework-free; the web adapters only
+//! turn a request into a [`RequestInfo`] and a [`Resolution`] into a response.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+use crate::registry::{self, Tenant};
+use crate::{Domain, DomainError, Error, Result, SchemaName, TenantPool};
+
+/// What a request's host (and, in path-prefix mode, its path) resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// A tenant's host (or a public host with a tenant path prefix).
+    Tenant {
+        /// The tenant, active.
+        tenant: Tenant,
+        /// With path-prefix routing, the length of the prefix (`/t/<tenant>`)
+        /// to strip from the path before routing.
+        strip_prefix: Option<usize>,
+    },
+    /// One of the public domains: the public site.
+    Public,
+    /// No tenant here (unknown or suspended): answer 404.
+    NotFound {
+        /// The normalised host.
+        host: String,
+    },
+    /// The host is malformed, or outside every configured base domain: answer 400.
+    BadRequest {
+        /// Why, for the response body.
+        reason: String,
+    },
+}
+
+/// How hosts that are IP addresses are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IpHosts {
+    /// Serve the public site.
+    Public,
+    /// Answer 404.
+    #[default]
+    NotFound,
+}
+
+/// The parts of a request the resolver looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestInfo<'a> {
+    /// The `Host` header (or the URI's authority).
+    pub host: Option<&'a str>,
+    /// The `X-Forwarded-Host` header, used only if trusted.
+    pub x_forwarded_host: Option<&'a str>,
+    /// The `Forwarded` header, whose `host=` is used only if trusted.
+    pub forwarded: Option<&'a str>,
+    /// The request path, for path-prefix routing.
+    pub path: &'a str,
+}
+
+/// A normalised host: a domain name or an IP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A domain name, normalised as [`Domain`] is.
+    Name(Domain),
+    /// An IP address.
+    Ip(IpAddr),
+}
+
+/// Normalises a `Host` header: lowercase, port and trailing dot removed,
+/// international names IDNA-encoded; IP addresses (`127.0.0.1:8000`, `[::1]`)
+/// recognised.
+pub fn normalize_host(raw: &str) -> std::result::Result<Host, DomainError> {
+    match Domain::parse(raw) {
+        Ok(domain) => Ok(Host::Name(domain)),
+        Err(DomainError::IpAddress { .. }) => {
+            let bare = raw.trim_end_matches('.');
+            let ip = if let Some(rest) = bare.strip_prefix('[') {
+                rest.split(']').next().and_then(|s| s.parse().ok())
+            } else {
+                bare.parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| bare.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+            };
+            ip.map(Host::Ip).ok_or(DomainError::Invalid {
+                input: raw.chars().take(300).collect(),
+                reason: "not a valid IP address",
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    tenant: Option<Tenant>,
+    expires: Instant,
+    generation: u64,
+}
+
+/// A bounded cache of domain lookups, found and not found alike.
+struct Cache {
+    map: HashMap<Box<str>, Entry>,
+    order: VecDeque<Box<str>>,
+    capacity: usize,
+}
+
+impl Cache {
+    fn get(&self, key: &str, now: Instant, generation: u64) -> Option<Option<Tenant>> {
+        let entry = self.map.get(key)?;
+        (entry.expires > now && entry.generation == generation).then(|| entry.tenant.clone())
+    }
+
+    fn insert(&mut self, key: &str, entry: Entry) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(key.into(), entry).is_none() {
+            self.order.push_back(key.into());
+        }
+        while self.map.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+}
+
+/// Builds a [`Resolver`]. Every setting has a default, documented on its method.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ResolverBuilder {
+    pool: TenantPool,
+    public_domains: Vec<Domain>,
+    base_domains: Vec<Domain>,
+    default_tenant: Option<SchemaName>,
+    ip_hosts: IpHosts,
+    trust_forwarded: bool,
+    path_prefix: Option<String>,
+    capacity: usize,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl ResolverBuilder {
+    /// A host that serves the public site (repeatable), e.g. `example.com`.
+    /// Defaults to none.
+    pub fn public_domain(mut self, domain: Domain) -> Self {
+        self.public_domains.push(domain);
+        self
+    }
+
+    /// A base domain (repeatable): a host that is neither one of them nor below one
+    /// of them gets [`Resolution::BadRequest`] (400) instead of a 404. Defaults to
+    /// none (every host is looked up).
+    pub fn base_domain(mut self, domain: Domain) -> Self {
+        self.base_domains.push(domain);
+        self
+    }
+
+    /// Serve this tenant for hosts that match no domain, instead of a 404.
+    /// Defaults to none.
+    pub fn default_tenant(mut self, schema: SchemaName) -> Self {
+        self.default_tenant = Some(schema);
+        self
+    }
+
+    /// What IP-address hosts get. Defaults to [`IpHosts::NotFound`].
+    pub fn ip_hosts(mut self, policy: IpHosts) -> Self {
+        self.ip_hosts = policy;
+        self
+    }
+
+    /// Use `X-Forwarded-Host` (or `Forwarded: host=`) instead of `Host`. Only for
+    /// apps behind a proxy that sets it: a client can send any value. Defaults to
+    /// `false`.
+    pub fn trust_forwarded_host(mut self, trust: bool) -> Self {
+        self.trust_forwarded = trust;
+        self
+    }
+
+    /// Path-prefix routing for apps that cannot use subdomains: on a public host,
+    /// `<prefix><schema>/...` is routed to that tenant with the prefix stripped,
+    /// e.g. `"/t/"`. Defaults to off.
+    pub fn path_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Most domains cached. Defaults to 10,000.
+    pub fn cache_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// How long a found tenant stays cached (changes made through this crate
+    /// invalidate at once). Defaults to 60 seconds.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a not-found answer stays cached. Defaults to 10 seconds.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// The resolver.
+    pub fn build(self) -> Result<Resolver> {
+        if let Some(prefix) = &self.path_prefix {
+            if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
+                return Err(Error::Config {
+                    reason: format!("path prefix {prefix:?} must start and end with '/'"),
+                });
+            }
+        }
+        Ok(Resolver {
+            inner: Arc::new(Inner {
+                cache: Mutex::new(Cache {
+                    map: HashMap::new(),
+                    order: VecDeque::new(),
+                    capacity: self.capacity,
+                }),
+                config: self,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    config: ResolverBuilder,
+    cache: Mutex<Cache>,
+}
+
+/// Resolves request hosts to tenants, with a cache in front of the registry.
+///
+/// A cache hit costs no query. Cached answers are dropped at once when this
+/// process changes the registry, and within milliseconds when another process
+/// does, once [`Resolver::listen`] runs. Cloning is cheap and shares the cache.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("public_domains", &self.inner.config.public_domains)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The registry lookup the cache stands in front of.
+enum Lookup {
+    Done(Resolution),
+    Domain(Domain),
+    Schema(SchemaName, usize),
+}
+
+impl Resolver {
+    /// A builder for a resolver that looks domains up through `pool`.
+    pub fn builder(pool: TenantPool) -> ResolverBuilder {
+        ResolverBuilder {
+            pool,
+            public_domains: Vec::new(),
+            base_domains: Vec::new(),
+            default_tenant: None,
+            ip_hosts: IpHosts::NotFound,
+            trust_forwarded: false,
+            path_prefix: None,
+            capacity: 10_000,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// The pool the resolver looks tenants up with.
+    pub fn pool(&self) -> &TenantPool {
+        &self.inner.config.pool
+    }
+
+    /// Resolves a request, querying the registry on a cache miss (blocking; from
+    /// async code, try [`Resolver::resolve_cached`] first).
+    pub fn resolve(&self, request: &RequestInfo<'_>) -> Result<Resolution> {
+        match self.classify(request) {
+            Lookup::Done(resolution) => Ok(resolution),
+            Lookup::Domain(domain) => {
+                let key = domain.as_str();
+                let found = match self.cached(key) {
+                    Some(found) => found,
+                    None => self.load(key, |conn| registry::find_tenant_by_domain(conn, &domain))?,
+                };
+                self.domain_answer(domain, found)
+            }
+            Lookup::Schema(schema, len) => {
+                let key = format!("/{schema}");
+                let found = match self.cached(&key) {
+                    Some(found) => found,
+                    None => self.load(&key, |conn| registry::find_tenant(conn, &schema))?,
+                };
+                Ok(Self::tenant_answer(found, Some(len), schema.as_str()))
+            }
+        }
+    }
+
+    /// Resolves a request from the cache alone: `None` on a miss (then call
+    /// [`Resolver::resolve`], off the async executor).
+    pub fn resolve_cached(&self, request: &RequestInfo<'_>) -> Option<Result<Resolution>> {
+        match self.classify(request) {
+            Lookup::Done(resolution) => Some(Ok(resolution)),
+            Lookup::Domain(domain) => {
+                let found = self.cached(domain.as_str())?;
+                Some(self.domain_answer(domain, found))
+            }
+            Lookup::Schema(schema, len) => {
+                let found = self.cached(&format!("/{schema}"))?;
+                Some(Ok(Self::tenant_answer(found, Some(len), schema.as_str())))
+            }
+        }
+    }
+
+    fn classify(&self, request: &RequestInfo<'_>) -> Lookup {
+        let config = &self.inner.config;
+        let forwarded = if config.trust_forwarded {
+            request
+                .x_forwarded_host
+                .and_then(|h| h.split(',').next())
+                .map(str::trim)
+                .or_else(|| request.forwarded.and_then(forwarded_host))
+        } else {
+            None
+        };
+        let Some(raw) = forwarded.or(request.host) else {
+            return Lookup::Done(Resolution::BadRequest {
+                reason: "the request has no Host header".into(),
+            });
+        };
+        let host = match normalize_host(raw) {
+            Ok(host) => host,
+            Err(e) => {
+                return Lookup::Done(Resolution::BadRequest {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let domain = match host {
+            Host::Ip(_) => {
+                return Lookup::Done(match config.ip_hosts {
+                    IpHosts::Public => Resolution::Public,
+                    IpHosts::NotFound => Resolution::NotFound { host: raw.into() },
+                });
+            }
+            Host::Name(domain) => domain,
+        };
+        if config.public_domains.contains(&domain) {
+            return match self.prefixed_schema(request.path) {
+                Some(Ok((schema, len))) => Lookup::Schema(schema, len),
+                Some(Err(_)) => Lookup::Done(Resolution::NotFound {
+                    host: domain.to_string(),
+                }),
+                None => Lookup::Done(Resolution::Public),
+            };
+        }
+        if !config.base_domains.is_empty()
+            && !config.base_domains.iter().any(|base| {
+                domain == *base
+                    || domain
+                        .as_str()
+                        .strip_suffix(base.as_str())
+                        .is_some_and(|head| head.ends_with('.'))
+            })
+        {
+            return Lookup::Done(Resolution::BadRequest {
+                reason: format!("{domain} is not served here"),
+            });
+        }
+        Lookup::Domain(domain)
+    }
+
+    /// In path-prefix mode, the tenant schema named by the path.
+    fn prefixed_schema(
+        &self,
+        path: &str,
+    ) -> Option<std::result::Result<(SchemaName, usize), crate::SchemaNameError>> {
+        let prefix = self.inner.config.path_prefix.as_deref()?;
+        let rest = path.strip_prefix(prefix)?;
+        let name = rest.split('/').next().unwrap_or("");
+        Some(SchemaName::new(name).map(|s| (s, prefix.len() + name.len())))
+    }
+
+    fn domain_answer(&self, domain: Domain, found: Option<Tenant>) -> Result<Resolution> {
+        if found.is_none() {
+            if let Some(schema) = &self.inner.config.default_tenant {
+                let key = format!("/{schema}");
+                let fallback = match self.cached(&key) {
+                    Some(found) => found,
+                    None => self.load(&key, |conn| registry::find_tenant(conn, schema))?,
+                };
+                return Ok(Self::tenant_answer(fallback, None, domain.as_str()));
+            }
+        }
+        Ok(Self::tenant_answer(found, None, domain.as_str()))
+    }
+
+    fn tenant_answer(found: Option<Tenant>, strip_prefix: Option<usize>, host: &str) -> Resolution {
+        match found {
+            Some(tenant) if tenant.is_active() => Resolution::Tenant {
+                tenant,
+                strip_prefix,
+            },
+            _ => Resolution::NotFound { host: host.into() },
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<Option<Tenant>> {
+        let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(key, Instant::now(), registry::generation())
+    }
+
+    fn load(
+        &self,
+        key: &str,
+        query: impl FnOnce(&mut PgConnection) -> Result<Option<Tenant>>,
+    ) -> Result<Option<Tenant>> {
+        // Read the generation first: a change committed during the query makes
+        // this answer stale at once.
+        let generation = registry::generation();
+        let found = query(&mut *self.inner.config.pool.public()?)?;
+        let ttl = if found.is_some() {
+            self.inner.config.ttl
+        } else {
+            self.inner.config.negative_ttl
+        };
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(
+            key,
+            Entry {
+                tenant: found.clone(),
+                expires: Instant::now() + ttl,
+                generation,
+            },
+        );
+        Ok(found)
+    }
+
+    /// Drops every cached answer.
+    pub fn invalidate_all(&self) {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Starts a thread that listens on [`registry::CHANGE_CHANNEL`] and drops
+    /// every cached answer (in this process) when any process changes tenants or
+    /// domains. The thread stops when the returned guard is dropped. If its
+    /// connection fails, it reconnects and invalidates, since it may have missed
+    /// a change.
+    pub fn listen(&self) -> Result<ListenerGuard> {
+        let url = self.inner.config.pool.database_url().to_owned();
+        let mut conn = connect_listener(&url)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("diesel-tenancy-listen".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) && weak.strong_count() > 0 {
+                    let mut heard = false;
+                    let mut broken = false;
+                    for n in conn.notifications_iter() {
+                        match n {
+                            Ok(_) => heard = true,
+                            Err(_) => {
+                                broken = true;
+                                break;
+                            }
+                        }
+                    }
+                    if broken {
+                        registry::bump_generation();
+                        loop {
+                            if flag.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(500));
+                            if let Ok(c) = connect_listener(&url) {
+                                conn = c;
+                                break;
+                            }
+                        }
+                        registry::bump_generation();
+                    } else if heard {
+                        registry::bump_generation();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .map_err(|e| Error::Config {
+                reason: format!("could not start the listener thread: {e}"),
+            })?;
+        Ok(ListenerGuard {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+fn connect_listener(url: &str) -> Result<PgConnection> {
+    let mut conn = PgConnection::establish(url).map_err(Error::Connect)?;
+    conn.batch_execute(&format!("LISTEN {}", registry::CHANGE_CHANNEL))
+        .map_err(Error::db("listen for registry changes"))?;
+    Ok(conn)
+}
+
+/// Keeps [`Resolver::listen`]'s thread running; dropping it stops the thread.
+#[derive(Debug)]
+pub struct ListenerGuard {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The `host=` of a `Forwarded` header (first element).
+fn forwarded_host(header: &str) -> Option<&str> {
+    header
+        .split(',')
+        .next()?
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim().trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalise() {
+        let name = |s: &str| match normalize_host(s).unwrap() {
+            Host::Name(d) => d.to_string(),
+            Host::Ip(ip) => ip.to_string(),
+        };
+        assert_eq!(name("ACME.Example.com:8000"), "acme.example.com");
+        assert_eq!(name("acme.localhost."), "acme.localhost");
+        assert_eq!(name("127.0.0.1:8000"), "127.0.0.1");
+        assert_eq!(name("[::1]:8000"), "::1");
+        assert_eq!(name("Bücher.example"), "xn--bcher-kva.example");
+        assert!(normalize_host("a b").is_err());
+        assert!(normalize_host(&"a".repeat(8192)).is_err());
+        assert!(normalize_host("[::1").is_err());
+    }
+
+    #[test]
+    fn forwarded_header_host() {
+        assert_eq!(
+            forwarded_host("for=1.2.3.4;host=acme.example.com;proto=https"),
+            Some("acme.example.com")
+        );
+        assert_eq!(forwarded_host("host=\"a.b\", host=c.d"), Some("a.b"));
+        assert_eq!(forwarded_host("for=1.2.3.4"), None);
+    }
+}

@@ -1,0 +1,277 @@
+//! actix-web integration: middleware that resolves the tenant once per request,
+//! and extractors for the tenant and a tenant-scoped connection. Same behaviour
+//! as the axum adapter; all logic lives in the [`Resolver`].
+//!
+//! ```no_run
+//! use actix_web::{App, HttpServer, web};
+//! use diesel_tenancy::web::actix::{CurrentTenant, Tenancy};
+//! use diesel_tenancy::{Domain, Resolver, TenantPool};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = TenantPool::builder("postgres://localhost/app").build()?;
+//! let resolver = Resolver::builder(pool)
+//!     .public_domain(Domain::parse("example.com")?)
+//!     .build()?;
+//! HttpServer::new(move || {
+//!     App::new().wrap(Tenancy::new(resolver.clone())).route(
+//!         "/",
+//!         web::get().to(|t: CurrentTenant| async move { format!("hello {}", t.0.name()) }),
+//!     )
+//! })
+//! .bind("127.0.0.1:8000")?
+//! .run()
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::rc::Rc;
+
+use actix_web::body::EitherBody;
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::{StatusCode, Uri, header};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use diesel::pg::PgConnection;
+use tracing::Instrument;
+
+use super::{OwnedRequestInfo, not_found_html};
+use crate::{Error, Resolution, Resolver, Tenant, TenantPool};
+
+/// Middleware resolving each request's tenant (see [`Resolver`]); answers 404 for
+/// hosts with no tenant, 400 for malformed hosts, 503 if the registry cannot be
+/// read.
+#[derive(Clone, Debug)]
+pub struct Tenancy {
+    resolver: Resolver,
+}
+
+impl Tenancy {
+    /// Middleware resolving through `resolver`.
+    pub fn new(resolver: Resolver) -> Self {
+        Tenancy { resolver }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Tenancy
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    S::Future: 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type InitError = ();
+    type Transform = TenancyMiddleware<S>;
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(TenancyMiddleware {
+            service: Rc::new(service),
+            resolver: self.resolver.clone(),
+        }))
+    }
+}
+
+/// The service [`Tenancy`] wraps around an inner service.
+#[derive(Debug)]
+pub struct TenancyMiddleware<S> {
+    service: Rc<S>,
+    resolver: Resolver,
+}
+
+/// What the middleware found, in the request extensions of every request it lets
+/// through.
+#[derive(Clone, Debug)]
+pub struct RequestScope {
+    /// The pool tenants are served from.
+    pub pool: TenantPool,
+    /// The request's tenant, or `None` for the public site.
+    pub tenant: Option<Tenant>,
+}
+
+fn header_str(req: &ServiceRequest, name: header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
+}
+
+fn strip_prefix(req: &mut ServiceRequest, len: usize) {
+    let uri = req.uri();
+    let path = OwnedRequestInfo::stripped_path(uri.path(), len);
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    if let Ok(new) = path_and_query.parse::<Uri>() {
+        req.match_info_mut().get_mut().update(&new);
+        req.head_mut().uri = new;
+    }
+}
+
+type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> Service<ServiceRequest> for TenancyMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    S::Future: 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = LocalFuture<Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let resolver = self.resolver.clone();
+        Box::pin(async move {
+            // Never `connection_info()`: it trusts forwarded headers on its own.
+            let info = OwnedRequestInfo {
+                host: header_str(&req, header::HOST)
+                    .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned())),
+                x_forwarded_host: header_str(
+                    &req,
+                    header::HeaderName::from_static("x-forwarded-host"),
+                ),
+                forwarded: header_str(&req, header::FORWARDED),
+                path: req.path().to_owned(),
+            };
+            let resolution = match resolver.resolve_cached(&info.info()) {
+                Some(r) => r,
+                None => {
+                    let blocking = resolver.clone();
+                    actix_web::web::block(move || blocking.resolve(&info.info()))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Error::Refused {
+                                reason: format!("tenant resolution failed: {e}"),
+                            })
+                        })
+                }
+            };
+            let pool = resolver.pool().clone();
+            let (scope, span) = match resolution {
+                Ok(Resolution::Tenant {
+                    tenant,
+                    strip_prefix: prefix,
+                }) => {
+                    if let Some(len) = prefix {
+                        strip_prefix(&mut req, len);
+                    }
+                    let span = tracing::info_span!("tenant_request", tenant = %tenant.schema());
+                    req.extensions_mut().insert(CurrentTenant(tenant.clone()));
+                    (
+                        RequestScope {
+                            pool,
+                            tenant: Some(tenant),
+                        },
+                        span,
+                    )
+                }
+                Ok(Resolution::Public) => (
+                    RequestScope { pool, tenant: None },
+                    tracing::info_span!("tenant_request", tenant = "public"),
+                ),
+                Ok(Resolution::NotFound { host }) => {
+                    let response = HttpResponse::NotFound()
+                        .content_type("text/html; charset=utf-8")
+                        .body(not_found_html(&host));
+                    return Ok(req.into_response(response).map_into_right_body());
+                }
+                Ok(Resolution::BadRequest { reason }) => {
+                    let response =
+                        HttpResponse::BadRequest().body(format!("bad request: {reason}"));
+                    return Ok(req.into_response(response).map_into_right_body());
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::migrate::error_chain(&e), "tenant resolution failed");
+                    let response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
+                        .body("service unavailable");
+                    return Ok(req.into_response(response).map_into_right_body());
+                }
+            };
+            req.extensions_mut().insert(scope);
+            let response = service.call(req).instrument(span).await?;
+            Ok(response.map_into_left_body())
+        })
+    }
+}
+
+/// The request's tenant. Fails with 404 on public hosts (and 500 if the
+/// [`Tenancy`] middleware is missing).
+#[derive(Debug, Clone)]
+pub struct CurrentTenant(pub Tenant);
+
+impl FromRequest for CurrentTenant {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let extensions = req.extensions();
+        ready(match extensions.get::<CurrentTenant>() {
+            Some(t) => Ok(t.clone()),
+            None if extensions.get::<RequestScope>().is_some() => {
+                Err(actix_web::error::ErrorNotFound("not found"))
+            }
+            None => Err(missing_middleware()),
+        })
+    }
+}
+
+fn missing_middleware() -> actix_web::Error {
+    actix_web::error::ErrorInternalServerError("the Tenancy middleware is not installed")
+}
+
+/// A database handle scoped to the request: the tenant's schema on tenant hosts,
+/// `public` on public hosts. Work runs on actix's blocking pool.
+#[derive(Debug, Clone)]
+pub struct TenantDb {
+    scope: RequestScope,
+}
+
+impl FromRequest for TenantDb {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<RequestScope>()
+                .map(|scope| TenantDb {
+                    scope: scope.clone(),
+                })
+                .ok_or_else(missing_middleware),
+        )
+    }
+}
+
+impl TenantDb {
+    /// The request's tenant, or `None` on the public site.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        self.scope.tenant.as_ref()
+    }
+
+    /// Runs `f` on a scoped connection, on a blocking thread.
+    pub async fn run<F, R>(&self, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut PgConnection) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let scope = self.scope.clone();
+        actix_web::web::block(move || {
+            let mut conn = match &scope.tenant {
+                Some(tenant) => scope.pool.get(tenant)?,
+                None => scope.pool.public()?,
+            };
+            Ok(f(&mut conn))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Refused {
+                reason: format!("database task failed: {e}"),
+            })
+        })
+    }
+}

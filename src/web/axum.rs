@@ -1,0 +1,307 @@
+//! axum integration: a tower layer that resolves the tenant once per request,
+//! extractors for the tenant and a tenant-scoped connection, and a helper that
+//! serves a public router for public hosts and a tenant router for tenant hosts.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use diesel_tenancy::web::axum::{CurrentTenant, TenancyLayer, tenant_routing};
+//! use diesel_tenancy::{Domain, Resolver, TenantPool};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = TenantPool::builder("postgres://localhost/app").build()?;
+//! let resolver = Resolver::builder(pool)
+//!     .public_domain(Domain::parse("example.com")?)
+//!     .build()?;
+//! let public = Router::new().route("/", get(|| async { "the public site" }));
+//! let tenant = Router::new().route(
+//!     "/",
+//!     get(|CurrentTenant(t): CurrentTenant| async move { format!("hello {}", t.name()) }),
+//! );
+//! let app = tenant_routing(public, tenant, TenancyLayer::new(resolver));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::header::{self, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use diesel::pg::PgConnection;
+use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+use super::{OwnedRequestInfo, not_found_html};
+use crate::{Error, Resolution, Resolver, Tenant, TenantPool};
+
+type NotFoundPage = Arc<dyn Fn(&str) -> Response + Send + Sync>;
+
+/// Resolves each request's tenant (see [`Resolver`]) and puts it in the request
+/// extensions; answers 404 (or the configured page) for hosts with no tenant,
+/// 400 for malformed hosts, and 503 if the registry cannot be read.
+#[derive(Clone)]
+pub struct TenancyLayer {
+    resolver: Resolver,
+    not_found: Option<NotFoundPage>,
+}
+
+impl std::fmt::Debug for TenancyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenancyLayer")
+            .field("resolver", &self.resolver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenancyLayer {
+    /// A layer resolving through `resolver`.
+    pub fn new(resolver: Resolver) -> Self {
+        TenancyLayer {
+            resolver,
+            not_found: None,
+        }
+    }
+
+    /// The response for hosts that serve no tenant (given the normalised host).
+    /// Defaults to a plain 404 page.
+    pub fn not_found_page(mut self, page: impl Fn(&str) -> Response + Send + Sync + 'static) -> Self {
+        self.not_found = Some(Arc::new(page));
+        self
+    }
+}
+
+impl<S> Layer<S> for TenancyLayer {
+    type Service = TenancyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TenancyService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`TenancyLayer`] wraps around an inner service.
+#[derive(Clone, Debug)]
+pub struct TenancyService<S> {
+    inner: S,
+    layer: TenancyLayer,
+}
+
+/// What the layer found, in the request extensions of every request it lets
+/// through: the pool and the tenant (`None` on public hosts).
+#[derive(Clone, Debug)]
+pub struct RequestScope {
+    /// The pool tenants are served from.
+    pub pool: TenantPool,
+    /// The request's tenant, or `None` for the public site.
+    pub tenant: Option<Tenant>,
+}
+
+fn header_str(req: &Request, name: header::HeaderName) -> Option<String> {
+    // A header that is not text is kept, as something that will not parse.
+    req.headers()
+        .get(name)
+        .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{fffd}").to_owned())
+}
+
+fn request_info(req: &Request) -> OwnedRequestInfo {
+    OwnedRequestInfo {
+        host: header_str(req, header::HOST)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned())),
+        x_forwarded_host: header_str(req, header::HeaderName::from_static("x-forwarded-host")),
+        forwarded: header_str(req, header::FORWARDED),
+        path: req.uri().path().to_owned(),
+    }
+}
+
+fn strip_prefix(req: &mut Request, len: usize) {
+    let uri = req.uri();
+    let path = OwnedRequestInfo::stripped_path(uri.path(), len);
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+impl<S> Service<Request> for TenancyService<S>
+where
+    S: Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let layer = self.layer.clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let info = request_info(&req);
+            let resolution = match layer.resolver.resolve_cached(&info.info()) {
+                Some(r) => r,
+                None => {
+                    let resolver = layer.resolver.clone();
+                    tokio::task::spawn_blocking(move || resolver.resolve(&info.info()))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Error::Refused {
+                                reason: format!("tenant resolution panicked: {e}"),
+                            })
+                        })
+                }
+            };
+            let pool = layer.resolver.pool().clone();
+            match resolution {
+                Ok(Resolution::Tenant {
+                    tenant,
+                    strip_prefix: prefix,
+                }) => {
+                    if let Some(len) = prefix {
+                        strip_prefix(&mut req, len);
+                    }
+                    let span = tracing::info_span!("tenant_request", tenant = %tenant.schema());
+                    req.extensions_mut().insert(CurrentTenant(tenant.clone()));
+                    req.extensions_mut().insert(RequestScope {
+                        pool,
+                        tenant: Some(tenant),
+                    });
+                    inner.call(req).instrument(span).await
+                }
+                Ok(Resolution::Public) => {
+                    let span = tracing::info_span!("tenant_request", tenant = "public");
+                    req.extensions_mut().insert(RequestScope { pool, tenant: None });
+                    inner.call(req).instrument(span).await
+                }
+                Ok(Resolution::NotFound { host }) => Ok(match &layer.not_found {
+                    Some(page) => page(&host),
+                    None => (StatusCode::NOT_FOUND, Html(not_found_html(&host))).into_response(),
+                }),
+                Ok(Resolution::BadRequest { reason }) => {
+                    Ok((StatusCode::BAD_REQUEST, format!("bad request: {reason}")).into_response())
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::migrate::error_chain(&e), "tenant resolution failed");
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response())
+                }
+            }
+        })
+    }
+}
+
+/// The request's tenant. Rejects with 404 on public hosts (and 500 if the
+/// [`TenancyLayer`] is missing).
+#[derive(Debug, Clone)]
+pub struct CurrentTenant(pub Tenant);
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentTenant {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<CurrentTenant>() {
+            Some(t) => Ok(t.clone()),
+            None if parts.extensions.get::<RequestScope>().is_some() => {
+                Err((StatusCode::NOT_FOUND, "not found").into_response())
+            }
+            None => Err(missing_layer()),
+        }
+    }
+}
+
+fn missing_layer() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the TenancyLayer is not installed on this route",
+    )
+        .into_response()
+}
+
+/// A database handle scoped to the request: the tenant's schema on tenant hosts,
+/// `public` on public hosts. Diesel is synchronous, so work runs on a blocking
+/// thread through [`TenantDb::run`].
+#[derive(Debug, Clone)]
+pub struct TenantDb {
+    scope: RequestScope,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantDb {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestScope>()
+            .map(|scope| TenantDb {
+                scope: scope.clone(),
+            })
+            .ok_or_else(missing_layer)
+    }
+}
+
+impl TenantDb {
+    /// The request's tenant, or `None` on the public site.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        self.scope.tenant.as_ref()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &TenantPool {
+        &self.scope.pool
+    }
+
+    /// Runs `f` on a scoped connection, on a blocking thread.
+    pub async fn run<F, R>(&self, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut PgConnection) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let scope = self.scope.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = match &scope.tenant {
+                Some(tenant) => scope.pool.get(tenant)?,
+                None => scope.pool.public()?,
+            };
+            Ok(f(&mut conn))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Refused {
+                reason: format!("database task failed: {e}"),
+            })
+        })
+    }
+}
+
+/// Serves `public` on public hosts and `tenant` on tenant hosts, both behind
+/// `layer`: the equivalent of django-tenant-schemas' `PUBLIC_SCHEMA_URLCONF`.
+pub fn tenant_routing(public: Router, tenant: Router, layer: TenancyLayer) -> Router {
+    let dispatch = tower::service_fn(move |req: Request<Body>| {
+        let router = if req.extensions().get::<CurrentTenant>().is_some() {
+            tenant.clone()
+        } else {
+            public.clone()
+        };
+        async move { Ok::<_, Infallible>(router.oneshot(req).await.into_response()) }
+    });
+    Router::new().fallback_service(dispatch).layer(layer)
+}

@@ -1,0 +1,67 @@
+//! Thin adapters from web frameworks to the [`Resolver`](crate::Resolver): they
+//! turn a request into a [`RequestInfo`](crate::RequestInfo) and a
+//! [`Resolution`](crate::Resolution) into a response. All tenancy logic lives in
+//! the resolver.
+
+#[cfg(feature = "actix")]
+#[cfg_attr(docsrs, doc(cfg(feature = "actix")))]
+pub mod actix;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+
+/// The request fields the resolver reads, owned, so resolution can move to a
+/// blocking thread on a cache miss.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+pub(crate) struct OwnedRequestInfo {
+    pub(crate) host: Option<String>,
+    pub(crate) x_forwarded_host: Option<String>,
+    pub(crate) forwarded: Option<String>,
+    pub(crate) path: String,
+}
+
+#[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+impl OwnedRequestInfo {
+    pub(crate) fn info(&self) -> crate::RequestInfo<'_> {
+        crate::RequestInfo {
+            host: self.host.as_deref(),
+            x_forwarded_host: self.x_forwarded_host.as_deref(),
+            forwarded: self.forwarded.as_deref(),
+            path: &self.path,
+        }
+    }
+
+    /// The path with a tenant prefix of `len` bytes removed.
+    pub(crate) fn stripped_path(path: &str, len: usize) -> &str {
+        match path.get(len..) {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        }
+    }
+}
+
+/// The plain page for a host that serves no tenant.
+#[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+pub(crate) fn not_found_html(host: &str) -> String {
+    format!(
+        "<!doctype html><title>Not found</title><h1>404 Not Found</h1><p>No site is served at {}.</p>",
+        escape_html(host)
+    )
+}
+
+/// Escapes text for HTML.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
