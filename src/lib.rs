@@ -59,10 +59,10 @@ pub mod registry;
 mod resolve;
 mod schema_name;
 mod scope;
-pub mod web;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+pub mod web;
 
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};

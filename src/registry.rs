@@ -69,6 +69,18 @@ CREATE TABLE public.tenancy_migration_journal (
     last_error_at      timestamptz
 );
 "#,
+    r#"
+CREATE FUNCTION public.tenancy_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('diesel_tenancy_registry', TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tenancy_tenants_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON public.tenancy_tenants FOR EACH STATEMENT EXECUTE FUNCTION public.tenancy_notify_change();
+CREATE TRIGGER tenancy_domains_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON public.tenancy_domains FOR EACH STATEMENT EXECUTE FUNCTION public.tenancy_notify_change();
+"#,
 ];
 
 mod tables {
@@ -492,5 +504,13 @@ pub(crate) fn rename_tenant_row(
         None => Err(Error::TenantNotFound {
             schema: from.as_str().to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_step_per_version() {
+        assert_eq!(super::STEPS.len(), super::REGISTRY_VERSION as usize);
     }
 }

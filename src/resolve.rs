@@ -82,7 +82,13 @@ pub fn normalize_host(raw: &str) -> std::result::Result<Host, DomainError> {
         Err(DomainError::IpAddress { .. }) => {
             let bare = raw.trim_end_matches('.');
             let ip = if let Some(rest) = bare.strip_prefix('[') {
-                rest.split(']').next().and_then(|s| s.parse().ok())
+                rest.split_once(']').and_then(|(ip, port)| {
+                    let port_ok = port.is_empty()
+                        || port
+                            .strip_prefix(':')
+                            .is_some_and(|p| p.parse::<u16>().is_ok());
+                    port_ok.then(|| ip.parse().ok()).flatten()
+                })
             } else {
                 bare.parse::<IpAddr>()
                     .ok()
@@ -303,7 +309,9 @@ impl Resolver {
                 let key = domain.as_str();
                 let found = match self.cached(key) {
                     Some(found) => found,
-                    None => self.load(key, |conn| registry::find_tenant_by_domain(conn, &domain))?,
+                    None => {
+                        self.load(key, |conn| registry::find_tenant_by_domain(conn, &domain))?
+                    }
                 };
                 self.domain_answer(domain, found)
             }

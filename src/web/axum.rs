@@ -73,7 +73,10 @@ impl TenancyLayer {
 
     /// The response for hosts that serve no tenant (given the normalised host).
     /// Defaults to a plain 404 page.
-    pub fn not_found_page(mut self, page: impl Fn(&str) -> Response + Send + Sync + 'static) -> Self {
+    pub fn not_found_page(
+        mut self,
+        page: impl Fn(&str) -> Response + Send + Sync + 'static,
+    ) -> Self {
         self.not_found = Some(Arc::new(page));
         self
     }
@@ -190,7 +193,8 @@ where
                 }
                 Ok(Resolution::Public) => {
                     let span = tracing::info_span!("tenant_request", tenant = "public");
-                    req.extensions_mut().insert(RequestScope { pool, tenant: None });
+                    req.extensions_mut()
+                        .insert(RequestScope { pool, tenant: None });
                     inner.call(req).instrument(span).await
                 }
                 Ok(Resolution::NotFound { host }) => Ok(match &layer.not_found {

@@ -1,0 +1,102 @@
+//! The resolver's cache: a hit costs no query, and a change made by another
+//! process arrives through NOTIFY. In a test binary of its own, one test at a
+//! time: any registry change in the process invalidates the cache, so other
+//! tests running beside these would hide what they check.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{TENANT, setup};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_tenancy::{
+    Domain, NewTenant, RequestInfo, Resolution, Resolver, SchemaName, create_tenant,
+};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn info(host: &str) -> RequestInfo<'_> {
+    RequestInfo {
+        host: Some(host),
+        path: "/",
+        ..RequestInfo::default()
+    }
+}
+
+fn tenant_of(resolution: Resolution) -> Option<String> {
+    match resolution {
+        Resolution::Tenant { tenant, .. } => Some(tenant.schema().to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_cache_hit_costs_no_query() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (_db, pool) = setup(2);
+    let new = NewTenant::new(SchemaName::new("acme").unwrap(), "Acme")
+        .domain(Domain::parse("acme.example.com").unwrap());
+    create_tenant(&mut pool.public().unwrap(), &new, TENANT).unwrap();
+    let resolver = Resolver::builder(pool.clone()).build().unwrap();
+    for (host, found) in [("acme.example.com", true), ("nobody.example.com", false)] {
+        let info = RequestInfo {
+            host: Some(host),
+            path: "/",
+            ..RequestInfo::default()
+        };
+        let first = resolver.resolve(&info).unwrap();
+        assert_eq!(matches!(first, Resolution::Tenant { .. }), found);
+        let before = pool.stats().scoped;
+        for _ in 0..10 {
+            assert_eq!(resolver.resolve(&info).unwrap(), first);
+            assert_eq!(resolver.resolve_cached(&info).unwrap().unwrap(), first);
+        }
+        assert_eq!(pool.stats().scoped, before, "{host} was looked up again");
+    }
+}
+
+#[test]
+fn another_process_moving_a_domain_is_heard_through_notify() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (db, pool) = setup(2);
+    for (schema, host) in [
+        ("acme", "shared.example.com"),
+        ("globex", "globex.example.com"),
+    ] {
+        let new = NewTenant::new(SchemaName::new(schema).unwrap(), schema)
+            .domain(Domain::parse(host).unwrap());
+        create_tenant(&mut pool.public().unwrap(), &new, TENANT).unwrap();
+    }
+    let resolver = Resolver::builder(pool.clone())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let _listener = resolver.listen().unwrap();
+    let shared = info("shared.example.com");
+    assert_eq!(
+        tenant_of(resolver.resolve(&shared).unwrap()).as_deref(),
+        Some("acme")
+    );
+    // Another process (raw SQL on its own connection: nothing in this process
+    // knows) moves the domain.
+    let mut other = PgConnection::establish(db.url()).unwrap();
+    other
+        .batch_execute(
+            "UPDATE tenancy_domains SET is_primary = false, \
+             tenant_id = (SELECT id FROM tenancy_tenants WHERE schema_name = 'globex') \
+             WHERE domain = 'shared.example.com'",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = tenant_of(resolver.resolve(&shared).unwrap());
+        if now.as_deref() == Some("globex") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still routed to {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,435 @@
+//! Host routing through the resolver and both web adapters, with explicit `Host`
+//! headers against a real database.
+#![allow(missing_docs)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::{TENANT, markers, setup};
+use diesel::connection::SimpleConnection;
+use diesel_tenancy::web::{actix as ax, axum as am};
+use diesel_tenancy::{
+    Domain, IpHosts, NewTenant, RequestInfo, Resolution, Resolver, SchemaName, TenantPool,
+    create_tenant, registry,
+};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn domain(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+
+/// acme (acme.example.com, shared.example.com), globex (globex.example.com,
+/// bücher.example), sleepy (suspended, sleepy.example.com); each tenant's
+/// `customers` holds one row named after its schema.
+fn world() -> (diesel_tenancy::testing::TestDatabase, TenantPool) {
+    let (db, pool) = setup(4);
+    for (schema, domains) in [
+        ("acme", &["acme.example.com", "shared.example.com"][..]),
+        ("globex", &["globex.example.com", "bücher.example"][..]),
+        ("sleepy", &["sleepy.example.com"][..]),
+    ] {
+        let mut new = NewTenant::new(SchemaName::new(schema).unwrap(), schema);
+        for d in domains {
+            new = new.domain(domain(d));
+        }
+        let t = create_tenant(&mut pool.public().unwrap(), &new, TENANT).unwrap();
+        pool.with_tenant(&t, |conn| {
+            conn.batch_execute(&format!(
+                "INSERT INTO customers (name, email) VALUES ('{schema}', 'x@{schema}')"
+            ))
+        })
+        .unwrap();
+    }
+    diesel_tenancy::suspend_tenant(
+        &mut pool.public().unwrap(),
+        &SchemaName::new("sleepy").unwrap(),
+    )
+    .unwrap();
+    (db, pool)
+}
+
+fn resolver(pool: &TenantPool) -> diesel_tenancy::ResolverBuilder {
+    Resolver::builder(pool.clone()).public_domain(domain("example.com"))
+}
+
+/// One request: headers, and what must come back.
+struct Case {
+    headers: &'static [(&'static str, &'static str)],
+    status: u16,
+    body: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        headers: &[("host", "acme.example.com")],
+        status: 200,
+        body: "tenant acme sees [\"acme\"]",
+    },
+    Case {
+        headers: &[("host", "globex.example.com")],
+        status: 200,
+        body: "tenant globex sees [\"globex\"]",
+    },
+    Case {
+        headers: &[("host", "example.com")],
+        status: 200,
+        body: "public site",
+    },
+    Case {
+        headers: &[("host", "nobody.example.com")],
+        status: 404,
+        body: "404 Not Found",
+    },
+    Case {
+        headers: &[("host", "ACME.Example.COM:8443")],
+        status: 200,
+        body: "tenant acme",
+    },
+    Case {
+        headers: &[("host", "acme.example.com.")],
+        status: 200,
+        body: "tenant acme",
+    },
+    Case {
+        headers: &[("host", "xn--bcher-kva.example")],
+        status: 200,
+        body: "tenant globex",
+    },
+    Case {
+        headers: &[("host", "XN--BCHER-KVA.EXAMPLE:80")],
+        status: 200,
+        body: "tenant globex",
+    },
+    Case {
+        headers: &[("host", "acme..example.com")],
+        status: 400,
+        body: "bad request",
+    },
+    Case {
+        headers: &[("host", "acme.example.com:99999")],
+        status: 400,
+        body: "bad request",
+    },
+    Case {
+        headers: &[("host", "sleepy.example.com")],
+        status: 404,
+        body: "404",
+    },
+    Case {
+        headers: &[("host", "127.0.0.1:8000")],
+        status: 404,
+        body: "404",
+    },
+    // Forwarded headers are ignored unless trusted.
+    Case {
+        headers: &[
+            ("host", "proxy.internal"),
+            ("x-forwarded-host", "acme.example.com"),
+        ],
+        status: 404,
+        body: "404",
+    },
+    Case {
+        headers: &[
+            ("host", "example.com"),
+            ("forwarded", "host=acme.example.com"),
+        ],
+        status: 200,
+        body: "public site",
+    },
+];
+
+const TRUSTED_CASES: &[Case] = &[
+    Case {
+        headers: &[
+            ("host", "proxy.internal"),
+            ("x-forwarded-host", "acme.example.com, proxy.internal"),
+        ],
+        status: 200,
+        body: "tenant acme",
+    },
+    Case {
+        headers: &[
+            ("host", "proxy.internal"),
+            ("forwarded", "for=10.0.0.1;host=globex.example.com"),
+        ],
+        status: 200,
+        body: "tenant globex",
+    },
+];
+
+fn body_for(tenant: Option<&diesel_tenancy::Tenant>, seen: Vec<String>) -> String {
+    match tenant {
+        Some(t) => format!("tenant {} sees {seen:?}", t.schema()),
+        None => "public site".to_owned(),
+    }
+}
+
+fn axum_app(resolver: Resolver) -> axum::Router {
+    use axum::routing::get;
+    let public = axum::Router::new().route("/", get(|| async { "public site" }));
+    let tenant = axum::Router::new().route(
+        "/",
+        get(|db: am::TenantDb| async move {
+            let seen = db.run(markers).await.unwrap().unwrap();
+            body_for(db.tenant(), seen)
+        }),
+    );
+    am::tenant_routing(public, tenant, am::TenancyLayer::new(resolver))
+}
+
+async fn axum_call(app: &axum::Router, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = Request::builder().uri("/");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn check(adapter: &str, case: &Case, (status, body): (u16, String)) {
+    assert_eq!(status, case.status, "{adapter} {:?}: {body}", case.headers);
+    assert!(
+        body.contains(case.body),
+        "{adapter} {:?}: {body:?} lacks {:?}",
+        case.headers,
+        case.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_routes_by_host() {
+    let (_db, pool) = world();
+    let app = axum_app(resolver(&pool).build().unwrap());
+    for case in CASES {
+        check("axum", case, axum_call(&app, case.headers).await);
+    }
+    let trusted = axum_app(resolver(&pool).trust_forwarded_host(true).build().unwrap());
+    for case in TRUSTED_CASES {
+        check(
+            "axum trusted",
+            case,
+            axum_call(&trusted, case.headers).await,
+        );
+    }
+}
+
+mod actix_app {
+    use super::*;
+    use actix_web::{App, test, web};
+
+    async fn handler(db: ax::TenantDb) -> String {
+        if db.tenant().is_none() {
+            return body_for(None, Vec::new());
+        }
+        let seen = db.run(markers).await.unwrap().unwrap();
+        body_for(db.tenant(), seen)
+    }
+
+    async fn run_cases(resolver: Resolver, cases: &[Case]) {
+        let app = test::init_service(
+            App::new()
+                .wrap(ax::Tenancy::new(resolver))
+                .route("/", web::get().to(handler))
+                .route(
+                    "/whoami",
+                    web::get().to(|t: ax::CurrentTenant| async move { t.0.schema().to_string() }),
+                ),
+        )
+        .await;
+        for case in cases {
+            let mut req = test::TestRequest::get().uri("/");
+            for (k, v) in case.headers {
+                req = req.insert_header((*k, *v));
+            }
+            let res = test::call_service(&app, req.to_request()).await;
+            let status = res.status().as_u16();
+            let body = test::read_body(res).await;
+            check(
+                "actix",
+                case,
+                (status, String::from_utf8_lossy(&body).into_owned()),
+            );
+        }
+        // The tenant extractor refuses public requests.
+        let req = test::TestRequest::get()
+            .uri("/whoami")
+            .insert_header(("host", "example.com"))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status().as_u16(), 404);
+    }
+
+    #[actix_web::test]
+    async fn actix_routes_by_host() {
+        let (_db, pool) = world();
+        run_cases(resolver(&pool).build().unwrap(), CASES).await;
+        run_cases(
+            resolver(&pool).trust_forwarded_host(true).build().unwrap(),
+            TRUSTED_CASES,
+        )
+        .await;
+    }
+}
+
+fn info(host: &str) -> RequestInfo<'_> {
+    RequestInfo {
+        host: Some(host),
+        path: "/",
+        ..RequestInfo::default()
+    }
+}
+
+fn tenant_of(resolution: Resolution) -> Option<String> {
+    match resolution {
+        Resolution::Tenant { tenant, .. } => Some(tenant.schema().to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_domain_routes_to_its_new_owner_at_once() {
+    let (_db, pool) = world();
+    let app = axum_app(resolver(&pool).build().unwrap());
+    let host = [("host", "shared.example.com")];
+    assert!(axum_call(&app, &host).await.1.contains("tenant acme"));
+    // Moved through the registry API in this process: the next request follows.
+    let mut conn = pool.public().unwrap();
+    let globex = registry::get_tenant(&mut conn, &SchemaName::new("globex").unwrap()).unwrap();
+    registry::remove_domain(&mut conn, &domain("shared.example.com")).unwrap();
+    registry::add_domain(&mut conn, &globex, &domain("shared.example.com"), false).unwrap();
+    drop(conn);
+    assert!(axum_call(&app, &host).await.1.contains("tenant globex"));
+}
+
+#[test]
+fn fallbacks_prefixes_and_ip_hosts() {
+    let (_db, pool) = world();
+    // A default tenant instead of 404.
+    let r = resolver(&pool)
+        .default_tenant(SchemaName::new("acme").unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        tenant_of(r.resolve(&info("nobody.example.com")).unwrap()).as_deref(),
+        Some("acme")
+    );
+    // Hosts outside every base domain get 400.
+    let r = resolver(&pool)
+        .base_domain(domain("example.com"))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        r.resolve(&info("evil.test")).unwrap(),
+        Resolution::BadRequest { .. }
+    ));
+    assert!(matches!(
+        r.resolve(&info("notexample.com")).unwrap(),
+        Resolution::BadRequest { .. }
+    ));
+    assert!(matches!(
+        r.resolve(&info("nobody.example.com")).unwrap(),
+        Resolution::NotFound { .. }
+    ));
+    // IP hosts: public site by configuration.
+    let r = resolver(&pool).ip_hosts(IpHosts::Public).build().unwrap();
+    assert_eq!(
+        r.resolve(&info("127.0.0.1:8000")).unwrap(),
+        Resolution::Public
+    );
+    assert_eq!(r.resolve(&info("[::1]:8000")).unwrap(), Resolution::Public);
+    // Path prefixes on the public host.
+    let r = resolver(&pool).path_prefix("/t/").build().unwrap();
+    let prefixed = RequestInfo {
+        host: Some("example.com"),
+        path: "/t/globex/products",
+        ..RequestInfo::default()
+    };
+    match r.resolve(&prefixed).unwrap() {
+        Resolution::Tenant {
+            tenant,
+            strip_prefix,
+        } => {
+            assert_eq!(tenant.schema().as_str(), "globex");
+            assert_eq!(&prefixed.path[strip_prefix.unwrap()..], "/products");
+        }
+        other => panic!("{other:?}"),
+    }
+    let unknown = RequestInfo {
+        path: "/t/nobody/",
+        ..prefixed
+    };
+    assert!(matches!(
+        r.resolve(&unknown).unwrap(),
+        Resolution::NotFound { .. }
+    ));
+    let bad = RequestInfo {
+        path: "/t/Bad;Name/",
+        ..prefixed
+    };
+    assert!(matches!(
+        r.resolve(&bad).unwrap(),
+        Resolution::NotFound { .. }
+    ));
+    // Bad input never panics and is never looked up.
+    for host in [
+        "",
+        " ",
+        "a\u{0}b",
+        &"a".repeat(8192),
+        "[::1",
+        "acme.example.com:",
+    ] {
+        assert!(
+            matches!(
+                r.resolve(&info(host)).unwrap(),
+                Resolution::BadRequest { .. }
+            ),
+            "{host:?}"
+        );
+    }
+    let none = RequestInfo {
+        host: None,
+        path: "/",
+        ..RequestInfo::default()
+    };
+    assert!(matches!(
+        r.resolve(&none).unwrap(),
+        Resolution::BadRequest { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_strips_the_path_prefix() {
+    use axum::routing::get;
+    let (_db, pool) = world();
+    let r = resolver(&pool).path_prefix("/t/").build().unwrap();
+    let public = axum::Router::new().route("/", get(|| async { "public site" }));
+    let tenant = axum::Router::new().route(
+        "/products",
+        get(|am::CurrentTenant(t): am::CurrentTenant| async move {
+            format!("products of {}", t.schema())
+        }),
+    );
+    let app = am::tenant_routing(public, tenant, am::TenancyLayer::new(r));
+    let res = app
+        .oneshot(
+            Request::builder()
+                .uri("/t/acme/products?page=2")
+                .header("host", "example.com")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"products of acme");
+}
