@@ -507,6 +507,74 @@ pub(crate) fn rename_tenant_row(
     }
 }
 
+/// A tenant's line in the migration journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalEntry {
+    /// The tenant's registry id.
+    pub tenant_id: i64,
+    /// The latest version of the tenant set applied when the set was last
+    /// completed.
+    pub latest_version: Option<String>,
+    /// The last migration error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// The version that failed.
+    pub last_error_version: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct JournalRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    tenant_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    latest_version: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    last_error: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    last_error_version: Option<String>,
+}
+
+/// Every tenant's journal entry (tenants never migrated have none).
+pub fn journal(conn: &mut PgConnection) -> Result<Vec<JournalEntry>> {
+    Ok(diesel::sql_query(
+        "SELECT tenant_id, latest_version, last_error, last_error_version \
+         FROM public.tenancy_migration_journal ORDER BY tenant_id",
+    )
+    .load::<JournalRow>(conn)
+    .map_err(Error::db("read the migration journal"))?
+    .into_iter()
+    .map(|r| JournalEntry {
+        tenant_id: r.tenant_id,
+        latest_version: r.latest_version,
+        last_error: r.last_error,
+        last_error_version: r.last_error_version,
+    })
+    .collect())
+}
+
+/// The registry version installed in this database (0: not installed).
+pub fn installed_version(conn: &mut PgConnection) -> Result<i32> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let db = || Error::db("read the registry version");
+    let exists = diesel::sql_query(
+        "SELECT to_regclass('public.tenancy_registry_version') IS NOT NULL AS exists",
+    )
+    .get_result::<Exists>(conn)
+    .map_err(db())?
+    .exists;
+    if !exists {
+        return Ok(0);
+    }
+    diesel::sql_query("SELECT max(version) AS version FROM public.tenancy_registry_version")
+        .get_result::<VersionRow>(conn)
+        .map(|r| r.version.unwrap_or(0))
+        .map_err(db())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

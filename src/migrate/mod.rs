@@ -392,6 +392,17 @@ where
         }
 
         let set = MigrationSet::load(&self.tenant, "tenant set")?;
+        if options.dry_run && registry::installed_version(&mut conn)? < registry::REGISTRY_VERSION {
+            // A plan on a database the registry has not reached (or not fully):
+            // there are no tenants to read, and nothing may be installed.
+            if let Some(list) = options.tenants.as_ref().and_then(|l| l.first()) {
+                return Err(Error::TenantNotFound {
+                    schema: list.as_str().to_owned(),
+                });
+            }
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
         let rows = diesel::sql_query(
             "SELECT t.id, t.schema_name, t.status, j.set_digest \
              FROM public.tenancy_tenants t \

@@ -1,0 +1,181 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Schema-per-tenant PostgreSQL for Diesel applications: migrations for public
+/// and every tenant schema, tenants, domains and health checks.
+#[derive(Debug, Parser)]
+#[command(name = "diesel-tenancy", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// The database URL.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// The shared migrations (run on public).
+    #[arg(long, default_value = "migrations_shared", global = true)]
+    pub(crate) shared_dir: PathBuf,
+
+    /// The tenant migrations (run on every tenant schema).
+    #[arg(long, default_value = "migrations_tenant", global = true)]
+    pub(crate) tenant_dir: PathBuf,
+
+    /// Print the result as JSON on standard output.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// Seconds to wait for a database connection.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub(crate) connect_timeout: u64,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run pending migrations: the shared set on public, then the tenant set on every tenant.
+    Migrate(Migrate),
+    /// Create, drop, rename, suspend, activate, list and show tenants.
+    #[command(subcommand)]
+    Tenant(Tenant),
+    /// Add, remove and list the domains that route to tenants.
+    #[command(subcommand)]
+    Domain(Domain),
+    /// A table of tenants: schema, status, applied version, pending migrations, last error.
+    Status,
+    /// Find registry rows without schemas, schemas without rows, tenants behind.
+    Doctor {
+        /// Also fix what can be fixed safely: create and migrate missing schemas,
+        /// migrate tenants that are behind.
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Run an SQL statement or file in every tenant (or the chosen ones), each in
+    /// its own transaction.
+    Exec(Exec),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Migrate {
+    /// Only the shared set, on public.
+    #[arg(long, conflicts_with = "tenants_only")]
+    pub(crate) shared_only: bool,
+    /// Only the tenant set, on tenant schemas.
+    #[arg(long)]
+    pub(crate) tenants_only: bool,
+    /// Only this tenant (repeatable).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    pub(crate) schemas: Vec<String>,
+    /// Tenants migrated in parallel.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) jobs: usize,
+    /// Stop at the first failing tenant (default: continue and report).
+    #[arg(long)]
+    pub(crate) fail_fast: bool,
+    /// Show what is pending per tenant; apply nothing.
+    #[arg(long)]
+    pub(crate) plan: bool,
+    /// Read every tenant's own ledger instead of trusting the journal.
+    #[arg(long)]
+    pub(crate) verify: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Tenant {
+    /// Create a tenant: registry row, schema, every tenant migration, domains.
+    Create {
+        /// The schema name.
+        schema: String,
+        /// The display name (default: the schema name).
+        #[arg(long)]
+        name: Option<String>,
+        /// A domain routed to the tenant (repeatable; the first is primary).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+    },
+    /// Drop a tenant: its schema with all its data, and its registry rows.
+    Drop {
+        /// The schema name.
+        schema: String,
+        /// Required: confirms that the schema and all its data are deleted.
+        #[arg(long)]
+        yes_delete_all_data: bool,
+    },
+    /// Rename a tenant's schema (and its registry row).
+    Rename {
+        /// The current schema name.
+        from: String,
+        /// The new schema name.
+        to: String,
+    },
+    /// Suspend a tenant: it keeps its data but is not served.
+    Suspend {
+        /// The schema name.
+        schema: String,
+    },
+    /// Activate a suspended tenant.
+    Activate {
+        /// The schema name.
+        schema: String,
+    },
+    /// List tenants.
+    List,
+    /// Show one tenant, its domains and its migration state.
+    Show {
+        /// The schema name.
+        schema: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Domain {
+    /// Route a domain to a tenant.
+    Add {
+        /// The tenant's schema.
+        schema: String,
+        /// The domain.
+        domain: String,
+        /// Make it the tenant's primary domain.
+        #[arg(long)]
+        primary: bool,
+    },
+    /// Remove a domain.
+    Remove {
+        /// The domain.
+        domain: String,
+    },
+    /// List domains (of one tenant, or all).
+    List {
+        /// Only this tenant's domains.
+        schema: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Exec {
+    /// The SQL to run.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    pub(crate) sql: Option<String>,
+    /// A file of SQL to run.
+    #[arg(long)]
+    pub(crate) file: Option<PathBuf>,
+    /// Only this tenant (repeatable; default: every active tenant).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    pub(crate) schemas: Vec<String>,
+}
