@@ -44,7 +44,8 @@ impl Cli {
             "{args:?}: stdout {stdout} stderr {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
     }
 
     /// Runs without `--json`, checks the exit code, returns stdout and stderr.
@@ -86,27 +87,57 @@ fn migrate_plan_and_tenants() {
     assert_eq!(done["shared"]["versions"][0], "20250101000001");
 
     let acme = cli.json(
-        &["tenant", "create", "acme", "--name", "Acme Corp", "--domain", "ACME.example.com"],
+        &[
+            "tenant",
+            "create",
+            "acme",
+            "--name",
+            "Acme Corp",
+            "--domain",
+            "ACME.example.com",
+        ],
         0,
     );
     assert_eq!(acme["schema"], "acme");
     assert_eq!(acme["status"], "active");
     cli.json(&["tenant", "create", "globex"], 0);
     let list = cli.json(&["tenant", "list"], 0);
-    let names: Vec<_> = list["tenants"].as_array().unwrap().iter().map(|t| t["schema"].clone()).collect();
+    let names: Vec<_> = list["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["schema"].clone())
+        .collect();
     assert_eq!(names, ["acme", "globex"]);
 
     // A new migration: the plan lists it, applies nothing; migrate applies it.
-    dir.add("20250301000000", "add_note", "ALTER TABLE customers ADD COLUMN note text;");
+    dir.add(
+        "20250301000000",
+        "add_note",
+        "ALTER TABLE customers ADD COLUMN note text;",
+    );
     let plan = cli.json(&["migrate", "--plan", "--verify"], 0);
     assert_eq!(
         results(&plan),
-        [("acme".into(), "pending".into()), ("globex".into(), "pending".into())]
+        [
+            ("acme".into(), "pending".into()),
+            ("globex".into(), "pending".into())
+        ]
     );
     let status = cli.json(&["status"], 0);
     assert_eq!(status["tenants"][0]["pending"], 1);
     assert_eq!(status["tenants"][0]["applied_version"], "20250101000002");
-    let only = cli.json(&["migrate", "--tenants-only", "--schema", "acme", "--jobs", "1"], 0);
+    let only = cli.json(
+        &[
+            "migrate",
+            "--tenants-only",
+            "--schema",
+            "acme",
+            "--jobs",
+            "1",
+        ],
+        0,
+    );
     assert_eq!(results(&only), [("acme".into(), "applied".into())]);
     assert!(only["shared"].is_null());
     let rest = cli.json(&["migrate"], 0);
@@ -126,13 +157,24 @@ fn migrate_plan_and_tenants() {
     assert_eq!(show["name"], "Acme Corp");
     assert_eq!(show["domains"][0]["domain"], "acme.example.com");
     assert_eq!(show["migrations"]["result"], "up_to_date");
-    assert_eq!(cli.json(&["tenant", "suspend", "globex"], 0)["status"], "suspended");
-    assert_eq!(cli.json(&["tenant", "activate", "globex"], 0)["status"], "active");
-    assert_eq!(cli.json(&["tenant", "rename", "globex", "initech"], 0)["schema"], "initech");
-    assert!(cli.json(&["tenant", "show", "globex"], 1)["error"]
-        .as_str()
-        .unwrap()
-        .contains("globex"));
+    assert_eq!(
+        cli.json(&["tenant", "suspend", "globex"], 0)["status"],
+        "suspended"
+    );
+    assert_eq!(
+        cli.json(&["tenant", "activate", "globex"], 0)["status"],
+        "active"
+    );
+    assert_eq!(
+        cli.json(&["tenant", "rename", "globex", "initech"], 0)["schema"],
+        "initech"
+    );
+    assert!(
+        cli.json(&["tenant", "show", "globex"], 1)["error"]
+            .as_str()
+            .unwrap()
+            .contains("globex")
+    );
 }
 
 #[test]
@@ -141,7 +183,10 @@ fn domains() {
     let cli = Cli::new(&dir);
     cli.json(&["migrate"], 0);
     cli.json(&["tenant", "create", "acme"], 0);
-    let added = cli.json(&["domain", "add", "acme", "Shop.Example.COM:443", "--primary"], 0);
+    let added = cli.json(
+        &["domain", "add", "acme", "Shop.Example.COM:443", "--primary"],
+        0,
+    );
     assert_eq!(added["domain"], "shop.example.com");
     cli.json(&["domain", "add", "acme", "www.example.com"], 0);
     let list = cli.json(&["domain", "list", "acme"], 0);
@@ -149,17 +194,30 @@ fn domains() {
     assert_eq!(list["domains"][0]["primary"], true);
     assert_eq!(list["domains"].as_array().unwrap().len(), 2);
     // Taken, and bad input.
-    assert!(cli.json(&["domain", "add", "acme", "www.example.com"], 1)["error"]
-        .as_str()
-        .unwrap()
-        .contains("www.example.com"));
-    assert_eq!(cli.json(&["domain", "add", "acme", "bad domain"], 2)["exit_code"], 2);
+    assert!(
+        cli.json(&["domain", "add", "acme", "www.example.com"], 1)["error"]
+            .as_str()
+            .unwrap()
+            .contains("www.example.com")
+    );
+    assert_eq!(
+        cli.json(&["domain", "add", "acme", "bad domain"], 2)["exit_code"],
+        2
+    );
     cli.json(&["domain", "remove", "www.example.com"], 0);
-    assert!(cli.json(&["domain", "remove", "www.example.com"], 1)["error"]
-        .as_str()
-        .unwrap()
-        .contains("not in the registry"));
-    assert_eq!(cli.json(&["domain", "list"], 0)["domains"].as_array().unwrap().len(), 1);
+    assert!(
+        cli.json(&["domain", "remove", "www.example.com"], 1)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the registry")
+    );
+    assert_eq!(
+        cli.json(&["domain", "list"], 0)["domains"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -171,15 +229,39 @@ fn a_failing_tenant_exits_1_and_is_named() {
         cli.json(&["tenant", "create", t], 0);
     }
     // exec: each tenant in its own transaction; a2 refuses the row.
-    cli.json(&["exec", "--schema", "a2", "--sql", "ALTER TABLE customers ADD CONSTRAINT no_x CHECK (name <> 'x')"], 0);
-    let exec = cli.json(&["exec", "--sql", "INSERT INTO customers (name, email) VALUES ('x', 'x@x')"], 1);
+    cli.json(
+        &[
+            "exec",
+            "--schema",
+            "a2",
+            "--sql",
+            "ALTER TABLE customers ADD CONSTRAINT no_x CHECK (name <> 'x')",
+        ],
+        0,
+    );
+    let exec = cli.json(
+        &[
+            "exec",
+            "--sql",
+            "INSERT INTO customers (name, email) VALUES ('x', 'x@x')",
+        ],
+        1,
+    );
     assert_eq!(exec["ok"], 2);
     assert_eq!(exec["failed"], 1);
-    assert!(exec["tenants"][1]["error"].as_str().unwrap().contains("no_x"));
+    assert!(
+        exec["tenants"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_x")
+    );
     // The same SQL from a file, in one chosen tenant.
     let file = dir.dir.join("exec.sql");
     std::fs::write(&file, "UPDATE customers SET name = 'y' WHERE name = 'x';").unwrap();
-    let from_file = cli.json(&["exec", "--schema", "a1", "--file", file.to_str().unwrap()], 0);
+    let from_file = cli.json(
+        &["exec", "--schema", "a1", "--file", file.to_str().unwrap()],
+        0,
+    );
     assert_eq!(from_file["ok"], 1);
 
     // migrate: a migration that fails only where a 'y' customer exists (a1).
@@ -200,7 +282,12 @@ fn a_failing_tenant_exits_1_and_is_named() {
     let (_, stderr) = cli.text(&["migrate", "--fail-fast"], 1);
     assert!(stderr.contains("a1: failed at 20250301000000"), "{stderr}");
     let status = cli.json(&["status"], 0);
-    assert!(status["tenants"][0]["last_error"].as_str().unwrap().contains("no_y"));
+    assert!(
+        status["tenants"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no_y")
+    );
 }
 
 #[test]
@@ -210,8 +297,21 @@ fn doctor_finds_and_fixes() {
     cli.json(&["migrate"], 0);
     cli.json(&["tenant", "create", "lost"], 0);
     cli.json(&["tenant", "create", "fine"], 0);
-    cli.json(&["exec", "--schema", "lost", "--sql", "DROP SCHEMA lost CASCADE"], 0);
-    dir.add("20250301000000", "add_note", "ALTER TABLE customers ADD COLUMN note text;");
+    cli.json(
+        &[
+            "exec",
+            "--schema",
+            "lost",
+            "--sql",
+            "DROP SCHEMA lost CASCADE",
+        ],
+        0,
+    );
+    dir.add(
+        "20250301000000",
+        "add_note",
+        "ALTER TABLE customers ADD COLUMN note text;",
+    );
     let doctor = cli.json(&["doctor"], 1);
     assert_eq!(doctor["consistent"], false);
     assert_eq!(doctor["rows_without_schema"][0], "lost");
@@ -233,18 +333,43 @@ fn bad_input_gets_exit_2_and_one_clear_line() {
     let (_, stderr) = cli.text(&["tenant", "drop", "keep"], 2);
     assert!(stderr.contains("--yes-delete-all-data"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert_eq!(cli.json(&["tenant", "list"], 0)["tenants"].as_array().unwrap().len(), 1);
-    assert_eq!(cli.json(&["tenant", "drop", "keep", "--yes-delete-all-data"], 0)["dropped"], "keep");
-    assert_eq!(cli.json(&["tenant", "list"], 0)["tenants"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        cli.json(&["tenant", "list"], 0)["tenants"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        cli.json(&["tenant", "drop", "keep", "--yes-delete-all-data"], 0)["dropped"],
+        "keep"
+    );
+    assert_eq!(
+        cli.json(&["tenant", "list"], 0)["tenants"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
     // A bad schema name.
     let (_, stderr) = cli.text(&["tenant", "create", "Bad;Name"], 2);
-    assert!(stderr.starts_with("error: schema name \"Bad;Name\""), "{stderr}");
+    assert!(
+        stderr.starts_with("error: schema name \"Bad;Name\""),
+        "{stderr}"
+    );
     // A server that is not there.
     let out = Command::cargo_bin("diesel-tenancy")
         .unwrap()
         .env_remove("DATABASE_URL")
-        .args(["--database-url", "postgres://nobody@127.0.0.1:1/none", "--connect-timeout", "1", "tenant", "list"])
+        .args([
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--connect-timeout",
+            "1",
+            "tenant",
+            "list",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -271,7 +396,13 @@ fn bad_input_gets_exit_2_and_one_clear_line() {
     let out = Command::cargo_bin("diesel-tenancy")
         .unwrap()
         .env_remove("DATABASE_URL")
-        .args(["--database-url", cli.db.url(), "--tenant-dir", "/nonexistent", "migrate"])
+        .args([
+            "--database-url",
+            cli.db.url(),
+            "--tenant-dir",
+            "/nonexistent",
+            "migrate",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -287,11 +418,22 @@ fn completions_and_man_page() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("migrate"), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("migrate"),
+            "{shell}"
+        );
     }
-    let man = Command::cargo_bin("diesel-tenancy").unwrap().arg("man").output().unwrap();
+    let man = Command::cargo_bin("diesel-tenancy")
+        .unwrap()
+        .arg("man")
+        .output()
+        .unwrap();
     assert!(man.status.success());
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH diesel-tenancy"));
-    let version = Command::cargo_bin("diesel-tenancy").unwrap().arg("--version").output().unwrap();
+    let version = Command::cargo_bin("diesel-tenancy")
+        .unwrap()
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("diesel-tenancy "));
 }

@@ -11,8 +11,8 @@ use diesel::prelude::*;
 use diesel_migrations::FileBasedMigrations;
 use diesel_tenancy::{
     ConfirmDrop, Domain, MigrateOptions, MigrationReport, Migrator, NewTenant, Outcome, Progress,
-    SchemaName, Tenant, TenantPool, activate_tenant, check_consistency, create_tenant,
-    drop_tenant, registry, rename_tenant, repair_missing_schemas, suspend_tenant,
+    SchemaName, Tenant, TenantPool, activate_tenant, check_consistency, create_tenant, drop_tenant,
+    registry, rename_tenant, repair_missing_schemas, suspend_tenant,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -99,9 +99,13 @@ pub(crate) fn run(cli: Cli, terminal: bool) -> Result<Ended> {
         }
         _ => {}
     }
-    let url = cli.database_url.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
-        UsageError("no database URL: pass --database-url or set DATABASE_URL".into())
-    })?;
+    let url = cli
+        .database_url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            UsageError("no database URL: pass --database-url or set DATABASE_URL".into())
+        })?;
     let jobs = match &cli.command {
         Command::Migrate(m) => m.jobs.max(1),
         _ => 1,
@@ -134,7 +138,9 @@ fn outcome_json(outcome: &Outcome) -> Value {
         Outcome::Applied {
             versions,
             non_transactional,
-        } => json!({ "result": "applied", "versions": versions, "non_transactional": non_transactional }),
+        } => {
+            json!({ "result": "applied", "versions": versions, "non_transactional": non_transactional })
+        }
         Outcome::UpToDate => json!({ "result": "up_to_date" }),
         Outcome::Pending { versions } if versions.is_empty() => json!({ "result": "up_to_date" }),
         Outcome::Pending { versions } => json!({ "result": "pending", "versions": versions }),
@@ -143,7 +149,9 @@ fn outcome_json(outcome: &Outcome) -> Value {
             error,
             applied,
         } => json!({ "result": "failed", "version": version, "error": error, "applied": applied }),
-        Outcome::SchemaMissing => json!({ "result": "schema_missing", "error": "the schema does not exist" }),
+        Outcome::SchemaMissing => {
+            json!({ "result": "schema_missing", "error": "the schema does not exist" })
+        }
         Outcome::Locked => json!({ "result": "locked" }),
         Outcome::NotRun => json!({ "result": "not_run" }),
         other => json!({ "result": other.to_string() }),
@@ -177,7 +185,10 @@ fn report_text(report: &MigrationReport) -> String {
         out += &format!("public: {shared}\n");
     }
     for r in &report.tenants {
-        if matches!(r.outcome, Outcome::UpToDate) && report.decided_by_journal > 0 && !report.dry_run {
+        if matches!(r.outcome, Outcome::UpToDate)
+            && report.decided_by_journal > 0
+            && !report.dry_run
+        {
             continue;
         }
         out += &format!("{}: {}\n", r.schema, r.outcome);
@@ -215,7 +226,11 @@ fn progress(ctx: &Ctx) -> impl Fn(&Progress<'_>) + Send + Sync + 'static {
                 b
             });
         }
-        Progress::Finished { report, done, total } => {
+        Progress::Finished {
+            report,
+            done,
+            total,
+        } => {
             if terminal {
                 if let Some(b) = bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                     b.set_position(*done as u64);
@@ -244,7 +259,11 @@ fn migrate(ctx: &Ctx, m: args::Migrate) -> Result<Ended> {
     if m.shared_only {
         options = options.tenants([]);
     } else if !m.schemas.is_empty() {
-        let schemas = m.schemas.iter().map(|s| schema(s)).collect::<Result<Vec<_>>>()?;
+        let schemas = m
+            .schemas
+            .iter()
+            .map(|s| schema(s))
+            .collect::<Result<Vec<_>>>()?;
         options = options.tenants(schemas);
     }
     let report = migrator.migrate_all(&ctx.pool, &options)?;
@@ -321,7 +340,12 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
                 || {
                     let mut out = format!("{:<30} {:<10} NAME", "SCHEMA", "STATUS");
                     for t in &tenants {
-                        out += &format!("\n{:<30} {:<10} {}", t.schema(), t.status().as_str(), t.name());
+                        out += &format!(
+                            "\n{:<30} {:<10} {}",
+                            t.schema(),
+                            t.status().as_str(),
+                            t.name()
+                        );
                     }
                     out
                 },
@@ -344,11 +368,14 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
             )?;
             let outcome = plan.tenants.first().map(|r| r.outcome.clone());
             let mut value = tenant_json(&tenant);
-            value["domains"] = json!(domains
-                .iter()
-                .map(|d| json!({ "domain": d.domain.as_str(), "primary": d.is_primary }))
-                .collect::<Vec<_>>());
-            value["latest_version"] = json!(journal.as_ref().and_then(|j| j.latest_version.clone()));
+            value["domains"] = json!(
+                domains
+                    .iter()
+                    .map(|d| json!({ "domain": d.domain.as_str(), "primary": d.is_primary }))
+                    .collect::<Vec<_>>()
+            );
+            value["latest_version"] =
+                json!(journal.as_ref().and_then(|j| j.latest_version.clone()));
             value["last_error"] = json!(journal.as_ref().and_then(|j| j.last_error.clone()));
             value["migrations"] = outcome.as_ref().map_or(Value::Null, outcome_json);
             ctx.print(value, || {
@@ -359,7 +386,11 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
                     tenant.status().as_str(),
                     domains
                         .iter()
-                        .map(|d| if d.is_primary { format!("{} (primary)", d.domain) } else { d.domain.to_string() })
+                        .map(|d| if d.is_primary {
+                            format!("{} (primary)", d.domain)
+                        } else {
+                            d.domain.to_string()
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
@@ -490,7 +521,11 @@ fn status(ctx: &Ctx) -> Result<Ended> {
                     t.schema(),
                     t.status().as_str(),
                     applied.as_deref().unwrap_or("-"),
-                    if *missing { "no schema".to_owned() } else { pending.map_or("-".into(), |p| p.to_string()) },
+                    if *missing {
+                        "no schema".to_owned()
+                    } else {
+                        pending.map_or("-".into(), |p| p.to_string())
+                    },
                     error.as_deref().unwrap_or("")
                 );
             }
@@ -505,7 +540,10 @@ fn doctor(ctx: &Ctx, fix: bool) -> Result<Ended> {
     let mut fixed = Vec::new();
     if fix {
         for t in repair_missing_schemas(&mut *ctx.conn()?, ctx.tenant_set()?)? {
-            fixed.push(format!("created and migrated the missing schema of {}", t.schema()));
+            fixed.push(format!(
+                "created and migrated the missing schema of {}",
+                t.schema()
+            ));
         }
         let behind: Vec<SchemaName> = report
             .tenants_behind
@@ -591,10 +629,15 @@ fn exec(ctx: &Ctx, e: args::Exec) -> Result<Ended> {
             eprintln!(
                 "{}: {}",
                 t.schema(),
-                result.as_ref().map_or_else(|e| format!("failed: {e:#}"), |_| "ok".into())
+                result
+                    .as_ref()
+                    .map_or_else(|e| format!("failed: {e:#}"), |_| "ok".into())
             );
         }
-        results.push((t.schema().to_string(), result.err().map(|e| format!("{e:#}"))));
+        results.push((
+            t.schema().to_string(),
+            result.err().map(|e| format!("{e:#}")),
+        ));
     }
     let failed = results.iter().filter(|(_, e)| e.is_some()).count();
     ctx.print(
