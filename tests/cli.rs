@@ -140,6 +140,9 @@ fn migrate_plan_and_tenants() {
     );
     assert_eq!(results(&only), [("acme".into(), "applied".into())]);
     assert!(only["shared"].is_null());
+    let shared_only = cli.json(&["migrate", "--shared-only"], 0);
+    assert_eq!(shared_only["shared"]["result"], "up_to_date");
+    assert_eq!(shared_only["tenants"].as_array().unwrap().len(), 0);
     let rest = cli.json(&["migrate"], 0);
     assert_eq!(rest["totals"]["applied"], 1);
     assert_eq!(rest["totals"]["up_to_date"], 1);
