@@ -50,6 +50,9 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+mod async_pool;
 mod domain;
 mod error;
 mod lifecycle;
@@ -64,6 +67,12 @@ mod scope;
 pub mod testing;
 pub mod web;
 
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+pub use async_pool::{
+    AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, current_tenant,
+    spawn_with_tenant, with_current_tenant,
+};
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
 pub use lifecycle::{

@@ -139,6 +139,13 @@ pub(crate) const RAW_TRANSACTION: u8 = 2;
 /// Events are passed on to the instrumentation Diesel would otherwise have used.
 pub(crate) struct ScopeWatch {
     flags: u8,
+    /// Statements started and not finished: non-zero when a borrower's future
+    /// was dropped mid-query (async pool).
+    pub(crate) in_flight: u32,
+    /// The scope and path the session holds, when known (async pool; the sync
+    /// pool keeps this in its connection wrapper).
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) current: Option<(ScopeKey, String)>,
     /// The next statement comes from Diesel's transaction manager.
     transaction_statement: bool,
     buf: String,
@@ -157,6 +164,8 @@ impl ScopeWatch {
     pub(crate) fn new(inner: Option<Box<dyn Instrumentation>>) -> Self {
         ScopeWatch {
             flags: 0,
+            in_flight: 0,
+            current: None,
             transaction_statement: false,
             buf: String::new(),
             inner,
@@ -230,13 +239,17 @@ impl Instrumentation for ScopeWatch {
                 self.flags |= PATH_DIRTY;
             }
             InstrumentationEvent::StartQuery { query, .. } => {
+                self.in_flight += 1;
                 let from_transaction_manager = std::mem::take(&mut self.transaction_statement);
                 if !from_transaction_manager {
                     self.classify(query);
                 }
             }
-            InstrumentationEvent::FinishQuery { error: Some(_), .. } => {
-                self.flags |= PATH_DIRTY;
+            InstrumentationEvent::FinishQuery { error, .. } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                if error.is_some() {
+                    self.flags |= PATH_DIRTY;
+                }
             }
             _ => {}
         }

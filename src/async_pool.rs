@@ -1,0 +1,439 @@
+//! The tenant-scoped pool over diesel-async (deadpool), with the sync pool's
+//! guarantees, and a task-local current tenant.
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use diesel::sql_types::{Nullable, Text};
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager};
+
+use crate::scope::{PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
+use crate::{Error, Result, SchemaName, ScopeStats, Tenant};
+
+tokio::task_local! {
+    static CURRENT_TENANT: Tenant;
+}
+
+/// The tenant the current task runs for, if it runs inside
+/// [`AsyncTenantPool::with_tenant`], [`with_current_tenant`] or a task started by
+/// [`spawn_with_tenant`].
+pub fn current_tenant() -> Option<Tenant> {
+    CURRENT_TENANT.try_with(Tenant::clone).ok()
+}
+
+/// Runs `future` with `tenant` as the task's [`current_tenant`].
+pub async fn with_current_tenant<F: Future>(tenant: Tenant, future: F) -> F::Output {
+    CURRENT_TENANT.scope(tenant, future).await
+}
+
+/// Spawns a task that carries the current task's tenant along (or none).
+pub fn spawn_with_tenant<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match current_tenant() {
+        Some(tenant) => tokio::spawn(CURRENT_TENANT.scope(tenant, future)),
+        None => tokio::spawn(future),
+    }
+}
+
+#[derive(Debug)]
+struct Settings {
+    extra_schemas: Vec<SchemaName>,
+    track_search_path: bool,
+    test_on_check_out: bool,
+    max_lifetime: Option<Duration>,
+    scoped: AtomicU64,
+    path_sets: AtomicU64,
+}
+
+/// Builds an [`AsyncTenantPool`]. The same settings as
+/// [`TenantPoolBuilder`](crate::TenantPoolBuilder), with the same defaults.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct AsyncTenantPoolBuilder {
+    database_url: String,
+    max_size: usize,
+    connection_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    test_on_check_out: bool,
+    extra_schemas: Vec<SchemaName>,
+    track_search_path: bool,
+}
+
+impl AsyncTenantPoolBuilder {
+    /// Maximum number of connections. Defaults to 10.
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// How long a checkout waits for a connection. Defaults to 30 seconds.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// The age at which a connection is closed instead of reused. Defaults to 30
+    /// minutes (a backend keeps the catalog entries of every schema it touched).
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Check each connection on checkout. Defaults to `true`. The check is the
+    /// statement that sets or reads back the search path, so it costs the same
+    /// single round trip as diesel-async's own `Verified` recycling.
+    pub fn test_on_check_out(mut self, test: bool) -> Self {
+        self.test_on_check_out = test;
+        self
+    }
+
+    /// A schema placed after `public` on every path. Defaults to none.
+    pub fn extra_schema(mut self, schema: SchemaName) -> Self {
+        self.extra_schemas.push(schema);
+        self
+    }
+
+    /// Remember each connection's search path. Defaults to `true`.
+    pub fn track_search_path(mut self, track: bool) -> Self {
+        self.track_search_path = track;
+        self
+    }
+
+    /// The pool. Connections are opened on first use.
+    pub fn build(self) -> Result<AsyncTenantPool> {
+        if self.max_size == 0 {
+            return Err(Error::Config {
+                reason: "max_size must be at least 1".into(),
+            });
+        }
+        // Validate the URL as the sync pool does.
+        crate::TenantConnectionManager::new(self.database_url.clone())?;
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        // The checkout's own statement is the liveness check.
+        config.recycling_method = RecyclingMethod::Fast;
+        config.custom_setup = Box::new(|url| {
+            let url = url.to_owned();
+            Box::pin(async move {
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                let inner = diesel::connection::get_default_instrumentation();
+                conn.set_instrumentation(ScopeWatch::new(inner));
+                Ok(conn)
+            })
+        });
+        let manager = AsyncDieselConnectionManager::new_with_config(self.database_url, config);
+        let pool = Pool::builder(manager)
+            .max_size(self.max_size)
+            .wait_timeout(Some(self.connection_timeout))
+            .create_timeout(Some(self.connection_timeout))
+            .recycle_timeout(Some(self.connection_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Config {
+                reason: format!("could not build the pool: {e}"),
+            })?;
+        Ok(AsyncTenantPool {
+            pool,
+            settings: Arc::new(Settings {
+                extra_schemas: self.extra_schemas,
+                track_search_path: self.track_search_path,
+                test_on_check_out: self.test_on_check_out,
+                max_lifetime: self.max_lifetime,
+                scoped: AtomicU64::new(0),
+                path_sets: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// A pool of diesel-async PostgreSQL connections, each scoped to one tenant while
+/// in use: [`TenantPool`](crate::TenantPool)'s API and guarantees, for async code.
+///
+/// ```no_run
+/// # async fn run(tenant: diesel_tenancy::Tenant) -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel_async::RunQueryDsl;
+/// use diesel_tenancy::AsyncTenantPool;
+///
+/// let pool = AsyncTenantPool::builder("postgres://localhost/app").build()?;
+/// let n: i64 = pool
+///     .with_tenant(&tenant, async |conn| {
+///         diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("1"))
+///             .get_result(conn)
+///             .await
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AsyncTenantPool {
+    pool: Pool<AsyncPgConnection>,
+    settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for AsyncTenantPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncTenantPool")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct PathRow {
+    #[diesel(sql_type = Text)]
+    path: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    head: Option<String>,
+}
+
+fn watch(conn: &mut AsyncPgConnection) -> Option<&mut ScopeWatch> {
+    conn.instrumentation().downcast_mut::<ScopeWatch>()
+}
+
+impl AsyncTenantPool {
+    /// A builder for a pool on `database_url`.
+    pub fn builder(database_url: impl Into<String>) -> AsyncTenantPoolBuilder {
+        AsyncTenantPoolBuilder {
+            database_url: database_url.into(),
+            max_size: 10,
+            connection_timeout: Duration::from_secs(30),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            test_on_check_out: true,
+            extra_schemas: Vec::new(),
+            track_search_path: true,
+        }
+    }
+
+    /// How many checkouts were scoped, and how many had to set the path.
+    pub fn stats(&self) -> ScopeStats {
+        ScopeStats {
+            scoped: self.settings.scoped.load(Ordering::Relaxed),
+            path_sets: self.settings.path_sets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A connection scoped to `tenant`. Fails with [`Error::TenantSuspended`]
+    /// before any statement runs if the tenant is suspended, and with
+    /// [`Error::SchemaMissing`] if its schema is gone.
+    pub async fn get(&self, tenant: &Tenant) -> Result<AsyncTenantConnection> {
+        if !tenant.is_active() {
+            return Err(Error::TenantSuspended {
+                schema: tenant.schema().as_str().to_owned(),
+            });
+        }
+        let conn = self.checkout(ScopeKey::Tenant(tenant.schema().clone())).await?;
+        Ok(AsyncTenantConnection {
+            conn: Some(conn),
+            tenant: Some(tenant.clone()),
+        })
+    }
+
+    /// A connection scoped to the shared `public` schema.
+    pub async fn public(&self) -> Result<AsyncTenantConnection> {
+        let conn = self.checkout(ScopeKey::Public).await?;
+        Ok(AsyncTenantConnection {
+            conn: Some(conn),
+            tenant: None,
+        })
+    }
+
+    /// Runs `f` on a connection scoped to `tenant`, with `tenant` as the task's
+    /// [`current_tenant`]. Whatever `f` does (returns an error, rolls back,
+    /// panics, or is cancelled by dropping this future) the next borrower of the
+    /// connection gets its own scope.
+    pub async fn with_tenant<T, E, F>(&self, tenant: &Tenant, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.get(tenant).await?;
+        CURRENT_TENANT.scope(tenant.clone(), f(&mut conn)).await
+    }
+
+    /// Runs `f` on a connection scoped to `public`.
+    pub async fn with_public<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut conn = self.public().await?;
+        f(&mut conn).await
+    }
+
+    async fn checkout(&self, scope: ScopeKey) -> Result<Object<AsyncPgConnection>> {
+        self.settings.scoped.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let mut conn = self.pool.get().await.map_err(|e| Error::Config {
+                reason: format!("could not get a database connection: {e}"),
+            })?;
+            let too_old = self
+                .settings
+                .max_lifetime
+                .is_some_and(|max| Object::metrics(&conn).age() > max);
+            if too_old || watch(&mut conn).is_none() {
+                drop(Object::take(conn));
+                continue;
+            }
+            match self.enter(&mut conn, &scope).await {
+                Ok(()) => return Ok(conn),
+                Err(e @ Error::SchemaMissing { .. }) => return Err(e),
+                Err(e) => {
+                    drop(Object::take(conn));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Puts the connection on `scope`'s path, in one statement: setting the path
+    /// on a switch, reading it back (the liveness check) when it is already
+    /// there, or nothing when it is there and checks are off.
+    async fn enter(&self, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
+        use diesel_async::RunQueryDsl;
+        let path = scope.search_path(&self.settings.extra_schemas);
+        let known = watch(conn).and_then(|w| w.current.clone());
+        let tracked = self.settings.track_search_path
+            && known.as_ref().is_some_and(|(k, p)| k == scope && *p == path);
+        let scope_err = |source| Error::Scope {
+            scope: scope.head().to_owned(),
+            source,
+        };
+        if tracked {
+            if !self.settings.test_on_check_out {
+                return Ok(());
+            }
+            let row = diesel::sql_query(
+                "SELECT current_setting('search_path') AS path, current_schema()::text AS head",
+            )
+            .get_result::<PathRow>(conn)
+            .await
+            .map_err(scope_err)?;
+            if row.path == path && row.head.as_deref() == Some(scope.head()) {
+                if let Some(w) = watch(conn) {
+                    w.take_flags();
+                }
+                return Ok(());
+            }
+        }
+        self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = watch(conn) {
+            w.current = None;
+        }
+        let set = match scope {
+            ScopeKey::Public => diesel::sql_query(
+                "SELECT set_config('search_path', $1, false) AS path, current_schema()::text AS head",
+            )
+            .bind::<Text, _>(&path)
+            .get_result::<PathRow>(conn)
+            .await
+            .map(Some),
+            ScopeKey::Tenant(schema) => diesel::sql_query(
+                "SELECT set_config('search_path', $1, false) AS path, $2::text AS head \
+                 FROM pg_catalog.pg_namespace WHERE nspname = $2",
+            )
+            .bind::<Text, _>(&path)
+            .bind::<Text, _>(schema.as_str())
+            .get_result::<PathRow>(conn)
+            .await
+            .map(Some)
+            .or_else(|e| match e {
+                diesel::result::Error::NotFound => Ok(None),
+                e => Err(e),
+            }),
+        }
+        .map_err(scope_err)?;
+        let w = watch(conn);
+        match (set, w) {
+            (Some(_), Some(w)) => {
+                w.take_flags();
+                w.current = Some((scope.clone(), path));
+                Ok(())
+            }
+            (None, Some(w)) => {
+                w.take_flags();
+                Err(Error::SchemaMissing {
+                    schema: scope.head().to_owned(),
+                })
+            }
+            (_, None) => Err(Error::Refused {
+                reason: "the connection's instrumentation was replaced".into(),
+            }),
+        }
+    }
+}
+
+/// A pooled diesel-async connection scoped to one tenant (or `public`) while it
+/// lives. Dereferences to [`AsyncPgConnection`]; use `&mut *conn` with
+/// `diesel_async::RunQueryDsl`.
+pub struct AsyncTenantConnection {
+    conn: Option<Object<AsyncPgConnection>>,
+    tenant: Option<Tenant>,
+}
+
+impl std::fmt::Debug for AsyncTenantConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncTenantConnection")
+            .field("tenant", &self.tenant.as_ref().map(|t| t.schema()))
+            .finish()
+    }
+}
+
+impl AsyncTenantConnection {
+    /// The tenant, or `None` for `public`.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        self.tenant.as_ref()
+    }
+}
+
+impl Deref for AsyncTenantConnection {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &AsyncPgConnection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl DerefMut for AsyncTenantConnection {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for AsyncTenantConnection {
+    /// Decides, without awaiting, whether the connection can serve the next
+    /// borrower: it is discarded after a panic, with a query still in flight (the
+    /// borrower's future was dropped mid-query), with a transaction open (Diesel's
+    /// or raw SQL's), or if its instrumentation was replaced; otherwise the
+    /// remembered path is kept unless a statement could have changed it.
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let keep = !std::thread::panicking() && {
+            let in_transaction = !matches!(
+                AnsiTransactionManager::transaction_manager_status_mut(&mut *conn)
+                    .transaction_depth(),
+                Ok(None)
+            );
+            match watch(&mut conn) {
+                None => false,
+                Some(w) => {
+                    let flags = w.take_flags();
+                    if flags & PATH_DIRTY != 0 {
+                        w.current = None;
+                    }
+                    w.in_flight == 0 && flags & RAW_TRANSACTION == 0 && !in_transaction
+                }
+            }
+        };
+        if !keep {
+            drop(Object::take(conn));
+        }
+    }
+}
