@@ -15,6 +15,24 @@ use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, T
 use crate::scope::{PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
 use crate::{Error, Result, SchemaName, ScopeStats, Tenant};
 
+mod private {
+    /// Names the future an async closure returns, so that bounds can require it
+    /// to be `Send` (the same device diesel-async uses for `transaction`).
+    #[allow(unreachable_pub)]
+    pub trait SendFn<T, R>: AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as SendFn<T, R>>::Fut {
+        type Fut: Future<Output = R>;
+    }
+
+    impl<F, T, Fut, R> SendFn<T, R> for F
+    where
+        F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        type Fut = Fut;
+    }
+}
+use private::SendFn;
+
 tokio::task_local! {
     static CURRENT_TENANT: Tenant;
 }
@@ -248,23 +266,32 @@ impl AsyncTenantPool {
     /// [`current_tenant`]. Whatever `f` does (returns an error, rolls back,
     /// panics, or is cancelled by dropping this future) the next borrower of the
     /// connection gets its own scope.
+    ///
+    /// The future is `Send` when the closure's is, so it can run in spawned
+    /// tasks and web handlers.
     pub async fn with_tenant<T, E, F>(&self, tenant: &Tenant, f: F) -> Result<T, E>
     where
-        F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<T, E>
+            + SendFn<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send>
+            + Send,
         E: From<Error>,
     {
         let mut conn = self.get(tenant).await?;
-        CURRENT_TENANT.scope(tenant.clone(), f(&mut conn)).await
+        let work: <F as SendFn<&mut AsyncPgConnection, Result<T, E>>>::Fut = f(&mut conn);
+        CURRENT_TENANT.scope(tenant.clone(), work).await
     }
 
     /// Runs `f` on a connection scoped to `public`.
     pub async fn with_public<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<T, E>
+            + SendFn<&'r mut AsyncPgConnection, Result<T, E>, Fut: Send>
+            + Send,
         E: From<Error>,
     {
         let mut conn = self.public().await?;
-        f(&mut conn).await
+        let work: <F as SendFn<&mut AsyncPgConnection, Result<T, E>>>::Fut = f(&mut conn);
+        work.await
     }
 
     async fn checkout(&self, scope: ScopeKey) -> Result<Object<AsyncPgConnection>> {
