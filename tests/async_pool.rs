@@ -262,3 +262,37 @@ async fn the_tenant_follows_the_task() {
     .unwrap();
     assert_eq!(spawned, ["atask0"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_from_async_code() {
+    let (_db, sync_pool) = tokio::task::block_in_place(|| setup(2));
+    let dir = common::MigrationDir::tenant_copy();
+    let source = dir.source();
+    tokio::task::block_in_place(|| common::bulk_tenants(&sync_pool, "amig", 3, &source));
+    dir.add("20250301000000", "add_note", "ALTER TABLE customers ADD COLUMN note text;");
+    let migrator = diesel_tenancy::Migrator::new(common::SHARED, dir.source());
+    // Another task keeps running while the migration blocks its own worker.
+    let ticker = tokio::spawn(async {
+        let mut ticks = 0;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ticks += 1;
+        }
+        ticks
+    });
+    let report = migrator
+        .migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(report.totals().applied, 3);
+    assert_eq!(ticker.await.unwrap(), 5);
+}
+
+#[test]
+fn migrations_from_a_current_thread_runtime_are_refused_not_blocking() {
+    let (_db, sync_pool) = setup(1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let migrator = diesel_tenancy::Migrator::new(common::SHARED, common::TENANT);
+    let result = rt.block_on(migrator.migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new()));
+    assert!(matches!(result, Err(Error::Refused { .. })));
+}

@@ -433,3 +433,36 @@ async fn axum_strips_the_path_prefix() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"products of acme");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_async_connection_extractor_and_task_tenant() {
+    use axum::routing::get;
+    use diesel::prelude::QueryDsl;
+    use diesel_async::RunQueryDsl;
+    let (db, pool) = tokio::task::block_in_place(world);
+    let async_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
+        .max_size(2)
+        .build()
+        .unwrap();
+    let tenant = axum::Router::new().route(
+        "/",
+        get(|mut conn: am::TenantConn| async move {
+            let seen: Vec<String> = common::customers::table
+                .select(common::customers::name)
+                .load(&mut **conn)
+                .await
+                .unwrap();
+            let task = diesel_tenancy::current_tenant().map(|t| t.schema().to_string());
+            format!("{seen:?} task {task:?}")
+        }),
+    );
+    let public = axum::Router::new().route("/", get(|| async { "public site" }));
+    let layer = am::TenancyLayer::new(resolver(&pool).build().unwrap()).async_pool(async_pool);
+    let app = am::tenant_routing(public, tenant, layer);
+    for schema in ["acme", "globex", "acme"] {
+        let host = format!("{schema}.example.com");
+        let (status, body) = axum_call(&app, &[("host", &host)]).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("[\"{schema}\"] task Some(\"{schema}\")"));
+    }
+}

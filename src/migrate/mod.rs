@@ -462,6 +462,28 @@ where
         Ok(report)
     }
 
+    /// [`migrate_all`](Self::migrate_all) from async code: the run moves off the
+    /// async executor's worker (`block_in_place`), so other tasks keep running,
+    /// and returns the same report. Needs tokio's multi-thread runtime (on a
+    /// current-thread runtime it refuses rather than block every task).
+    #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+    pub async fn migrate_all_async(
+        &self,
+        pool: &TenantPool,
+        options: &MigrateOptions,
+    ) -> Result<MigrationReport> {
+        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if !multi_thread {
+            return Err(Error::Refused {
+                reason: "migrate_all_async needs tokio's multi-thread runtime".into(),
+            });
+        }
+        tokio::task::block_in_place(|| self.migrate_all(pool, options))
+    }
+
     /// [`migrate_all`](Self::migrate_all) as a dry run: what is pending where.
     pub fn plan(&self, pool: &TenantPool, options: &MigrateOptions) -> Result<MigrationReport> {
         self.migrate_all(pool, &options.clone().dry_run(true))

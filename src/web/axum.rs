@@ -52,6 +52,8 @@ type NotFoundPage = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 pub struct TenancyLayer {
     resolver: Resolver,
     not_found: Option<NotFoundPage>,
+    #[cfg(feature = "deadpool")]
+    async_pool: Option<crate::AsyncTenantPool>,
 }
 
 impl std::fmt::Debug for TenancyLayer {
@@ -68,7 +70,17 @@ impl TenancyLayer {
         TenancyLayer {
             resolver,
             not_found: None,
+            #[cfg(feature = "deadpool")]
+            async_pool: None,
         }
+    }
+
+    /// The async pool the [`TenantConn`] extractor checks connections out of.
+    #[cfg(feature = "deadpool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+    pub fn async_pool(mut self, pool: crate::AsyncTenantPool) -> Self {
+        self.async_pool = Some(pool);
+        self
     }
 
     /// The response for hosts that serve no tenant (given the normalised host).
@@ -107,6 +119,9 @@ pub struct RequestScope {
     pub pool: TenantPool,
     /// The request's tenant, or `None` for the public site.
     pub tenant: Option<Tenant>,
+    /// The async pool, if the layer has one.
+    #[cfg(feature = "deadpool")]
+    pub async_pool: Option<crate::AsyncTenantPool>,
 }
 
 fn header_str(req: &Request, name: header::HeaderName) -> Option<String> {
@@ -187,14 +202,26 @@ where
                     req.extensions_mut().insert(CurrentTenant(tenant.clone()));
                     req.extensions_mut().insert(RequestScope {
                         pool,
-                        tenant: Some(tenant),
+                        tenant: Some(tenant.clone()),
+                        #[cfg(feature = "deadpool")]
+                        async_pool: layer.async_pool.clone(),
                     });
-                    inner.call(req).instrument(span).await
+                    let call = inner.call(req).instrument(span);
+                    #[cfg(feature = "deadpool")]
+                    let call = crate::with_current_tenant(tenant, call);
+                    #[cfg(not(feature = "deadpool"))]
+                    let _ = tenant;
+                    call.await
                 }
                 Ok(Resolution::Public) => {
                     let span = tracing::info_span!("tenant_request", tenant = "public");
                     req.extensions_mut()
-                        .insert(RequestScope { pool, tenant: None });
+                        .insert(RequestScope {
+                            pool,
+                            tenant: None,
+                            #[cfg(feature = "deadpool")]
+                            async_pool: layer.async_pool.clone(),
+                        });
                     inner.call(req).instrument(span).await
                 }
                 Ok(Resolution::NotFound { host }) => Ok(match &layer.not_found {
@@ -308,4 +335,62 @@ pub fn tenant_routing(public: Router, tenant: Router, layer: TenancyLayer) -> Ro
         async move { Ok::<_, Infallible>(router.oneshot(req).await.into_response()) }
     });
     Router::new().fallback_service(dispatch).layer(layer)
+}
+
+/// An async connection scoped to the request (the tenant's schema on tenant
+/// hosts, `public` on public hosts), from the pool given to
+/// [`TenancyLayer::async_pool`]. Use it with `diesel_async::RunQueryDsl` on
+/// `&mut *conn`. Rejects with 500 if the layer has no async pool, 404 for a
+/// suspended tenant or a missing schema, 503 if no connection is available.
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[derive(Debug)]
+pub struct TenantConn(pub crate::AsyncTenantConnection);
+
+#[cfg(feature = "deadpool")]
+impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let scope = parts
+            .extensions
+            .get::<RequestScope>()
+            .cloned()
+            .ok_or_else(missing_layer)?;
+        let pool = scope.async_pool.ok_or_else(|| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the TenancyLayer has no async pool",
+            )
+                .into_response()
+        })?;
+        let conn = match &scope.tenant {
+            Some(tenant) => pool.get(tenant).await,
+            None => pool.public().await,
+        };
+        conn.map(TenantConn).map_err(|e| match e {
+            Error::TenantSuspended { .. } | Error::SchemaMissing { .. } => {
+                (StatusCode::NOT_FOUND, "not found").into_response()
+            }
+            e => {
+                tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
+                (StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response()
+            }
+        })
+    }
+}
+
+#[cfg(feature = "deadpool")]
+impl std::ops::Deref for TenantConn {
+    type Target = crate::AsyncTenantConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+#[cfg(feature = "deadpool")]
+impl std::ops::DerefMut for TenantConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
