@@ -4,7 +4,18 @@
 //! cargo run --release --example bench -- create  --tenants 1000
 //! cargo run --release --example bench -- migrate --tenants 10000
 //! cargo run --release --example bench -- noop    --tenants 10000
+//! cargo run --release --example bench -- checkout       --tenants 1000 --ops 50000
+//! cargo run --release --example bench -- checkout-async --tenants 1000 --ops 50000
 //! ```
+//!
+//! The checkout scenarios check a connection out and run a primary-key lookup
+//! `ops` times, one at a time: on a plain pool whose connections sit on one
+//! tenant's path (diesel's r2d2 pool, or diesel-async's deadpool pool, both with
+//! their default liveness check), on the tenant pool for that same tenant, and
+//! on the tenant pool switching among all tenants at random. They print
+//! `RESULT scenario=checkout ops=<n> plain_us=<x> same_us=<x> switch_us=<x>
+//! same_ratio=<r> switch_ratio=<r>`, a ratio being the tenant pool's throughput
+//! over the plain pool's.
 //!
 //! Options: `--tenants N` (default 1000), `--jobs J` (parallel workers, default 2).
 //! Uses a fresh database on the server at `DATABASE_URL` if set (dropped
@@ -33,23 +44,26 @@ struct Args {
     scenario: String,
     tenants: usize,
     jobs: usize,
+    ops: usize,
 }
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let scenario = it
         .next()
-        .context("usage: bench <create|migrate|noop> [--tenants N] [--jobs J]")?;
+        .context("usage: bench <create|migrate|noop|checkout|checkout-async> [--tenants N] [--jobs J] [--ops N]")?;
     let mut args = Args {
         scenario,
         tenants: 1000,
         jobs: 2,
+        ops: 50_000,
     };
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--tenants" => args.tenants = value.parse()?,
             "--jobs" => args.jobs = value.parse()?,
+            "--ops" => args.ops = value.parse()?,
             other => bail!("unknown option {other}"),
         }
     }
@@ -236,7 +250,194 @@ fn main() -> Result<()> {
             )?;
             result("noop", n, total, started.elapsed());
         }
-        other => bail!("unknown scenario {other:?}: create, migrate or noop"),
+        "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs)?,
+        "checkout-async" => checkout::asynchronous(&db, &pool, &set, n, args.ops, args.jobs)?,
+        other => bail!("unknown scenario {other:?}: create, migrate, noop, checkout or checkout-async"),
     }
     Ok(())
+}
+
+mod checkout {
+    use super::*;
+    use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+
+    diesel::table! {
+        customers (id) {
+            id -> BigInt,
+            name -> Text,
+            email -> Text,
+        }
+    }
+
+    /// Tenants t0..tN, each with one customer named after its schema.
+    pub(super) fn tenants(
+        pool: &TenantPool,
+        set: &TenantSet,
+        n: usize,
+        jobs: usize,
+    ) -> Result<Vec<diesel_tenancy::Tenant>> {
+        create(pool, set, "t", n, jobs)?;
+        let tenants = diesel_tenancy::registry::list_tenants(&mut *pool.public()?)?;
+        for t in &tenants {
+            pool.with_tenant(t, |conn| {
+                diesel::insert_into(customers::table)
+                    .values((
+                        customers::id.eq(1),
+                        customers::name.eq(t.schema().as_str()),
+                        customers::email.eq("owner@example.com"),
+                    ))
+                    .execute(conn)
+            })?;
+        }
+        Ok(tenants)
+    }
+
+    #[derive(Debug)]
+    struct OnTenant(String);
+
+    impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for OnTenant {
+        fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+            conn.batch_execute(&format!("SET search_path TO {}, public", self.0))
+                .map_err(diesel::r2d2::Error::QueryError)
+        }
+    }
+
+    fn lookup(conn: &mut PgConnection) -> QueryResult<String> {
+        customers::table.find(1).select(customers::name).first(conn)
+    }
+
+    fn line(scenario: &str, ops: usize, plain: f64, same: f64, switch: f64) {
+        println!(
+            "RESULT scenario={scenario} ops={ops} plain_us={plain:.1} same_us={same:.1} switch_us={switch:.1} same_ratio={:.3} switch_ratio={:.3}",
+            plain / same,
+            plain / switch
+        );
+    }
+
+    pub(super) fn sync(
+        db: &TestDatabase,
+        pool: &TenantPool,
+        set: &TenantSet,
+        n: usize,
+        ops: usize,
+        jobs: usize,
+    ) -> Result<()> {
+        let tenants = tenants(pool, set, n, jobs)?;
+        let first = &tenants[0];
+        let plain = Pool::builder()
+            .max_size(2)
+            .connection_customizer(Box::new(OnTenant(first.schema().quoted())))
+            .build(ConnectionManager::<PgConnection>::new(db.url()))?;
+        let tenant_pool = TenantPool::builder(db.url()).max_size(2).build()?;
+        let time = |f: &mut dyn FnMut(usize) -> Result<()>| -> Result<f64> {
+            for i in 0..ops / 10 {
+                f(i)?; // warm-up
+            }
+            let started = Instant::now();
+            for i in 0..ops {
+                f(i)?;
+            }
+            Ok(started.elapsed().as_secs_f64() * 1e6 / ops as f64)
+        };
+        let plain_us = time(&mut |_| {
+            ensure!(lookup(&mut *plain.get()?)? == first.schema().as_str());
+            Ok(())
+        })?;
+        let same_us = time(&mut |_| {
+            ensure!(lookup(&mut *tenant_pool.get(first)?)? == first.schema().as_str());
+            Ok(())
+        })?;
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let switch_us = time(&mut |_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let t = &tenants[(rng % tenants.len() as u64) as usize];
+            ensure!(lookup(&mut *tenant_pool.get(t)?)? == t.schema().as_str(), "wrong tenant");
+            Ok(())
+        })?;
+        line("checkout", ops, plain_us, same_us, switch_us);
+        Ok(())
+    }
+
+    pub(super) fn asynchronous(
+        db: &TestDatabase,
+        pool: &TenantPool,
+        set: &TenantSet,
+        n: usize,
+        ops: usize,
+        jobs: usize,
+    ) -> Result<()> {
+        use diesel_async::pooled_connection::deadpool::Pool as AsyncPool;
+        use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+        use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+        let tenants = tenants(pool, set, n, jobs)?;
+        let first = tenants[0].clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            async fn lookup(conn: &mut AsyncPgConnection) -> QueryResult<String> {
+                let query = customers::table.find(1).select(customers::name);
+                diesel_async::RunQueryDsl::first(query, conn).await
+            }
+            let mut config = ManagerConfig::<AsyncPgConnection>::default();
+            let path = first.schema().quoted();
+            config.custom_setup = Box::new(move |url| {
+                let (url, path) = (url.to_owned(), path.clone());
+                Box::pin(async move {
+                    let mut conn = AsyncPgConnection::establish(&url).await?;
+                    conn.batch_execute(&format!("SET search_path TO {path}, public"))
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                    Ok(conn)
+                })
+            });
+            let plain = AsyncPool::builder(AsyncDieselConnectionManager::new_with_config(
+                db.url(),
+                config,
+            ))
+            .max_size(2)
+            .build()?;
+            let tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
+                .max_size(2)
+                .build()?;
+            let warm = ops / 10;
+            let mut plain_us = 0.0;
+            for phase in [warm, ops] {
+                let started = Instant::now();
+                for _ in 0..phase {
+                    let mut conn = plain.get().await?;
+                    ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                }
+                plain_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
+            }
+            let mut same_us = 0.0;
+            for phase in [warm, ops] {
+                let started = Instant::now();
+                for _ in 0..phase {
+                    let mut conn = tenant_pool.get(&first).await?;
+                    ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                }
+                same_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
+            }
+            let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+            let mut switch_us = 0.0;
+            for phase in [warm, ops] {
+                let started = Instant::now();
+                for _ in 0..phase {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let t = &tenants[(rng % tenants.len() as u64) as usize];
+                    let mut conn = tenant_pool.get(t).await?;
+                    ensure!(lookup(&mut conn).await? == t.schema().as_str(), "wrong tenant");
+                }
+                switch_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
+            }
+            line("checkout-async", ops, plain_us, same_us, switch_us);
+            Ok(())
+        })
+    }
 }
