@@ -252,7 +252,9 @@ fn main() -> Result<()> {
         }
         "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs)?,
         "checkout-async" => checkout::asynchronous(&db, &pool, &set, n, args.ops, args.jobs)?,
-        other => bail!("unknown scenario {other:?}: create, migrate, noop, checkout or checkout-async"),
+        other => {
+            bail!("unknown scenario {other:?}: create, migrate, noop, checkout or checkout-async")
+        }
     }
     Ok(())
 }
@@ -353,7 +355,10 @@ mod checkout {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let t = &tenants[(rng % tenants.len() as u64) as usize];
-            ensure!(lookup(&mut *tenant_pool.get(t)?)? == t.schema().as_str(), "wrong tenant");
+            ensure!(
+                lookup(&mut *tenant_pool.get(t)?)? == t.schema().as_str(),
+                "wrong tenant"
+            );
             Ok(())
         })?;
         line("checkout", ops, plain_us, same_us, switch_us);
@@ -432,7 +437,10 @@ mod checkout {
                     rng ^= rng << 17;
                     let t = &tenants[(rng % tenants.len() as u64) as usize];
                     let mut conn = tenant_pool.get(t).await?;
-                    ensure!(lookup(&mut conn).await? == t.schema().as_str(), "wrong tenant");
+                    ensure!(
+                        lookup(&mut conn).await? == t.schema().as_str(),
+                        "wrong tenant"
+                    );
                 }
                 switch_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
             }

@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use diesel::sql_types::{Nullable, Text};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
-use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager,
+};
 
-use crate::scope::{PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
+use crate::scope::{self, PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
 use crate::{Error, Result, SchemaName, ScopeStats, Tenant};
 
 mod private {
@@ -203,14 +206,6 @@ impl std::fmt::Debug for AsyncTenantPool {
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct PathRow {
-    #[diesel(sql_type = Text)]
-    path: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    head: Option<String>,
-}
-
 fn watch(conn: &mut AsyncPgConnection) -> Option<&mut ScopeWatch> {
     conn.instrumentation().downcast_mut::<ScopeWatch>()
 }
@@ -246,7 +241,9 @@ impl AsyncTenantPool {
                 schema: tenant.schema().as_str().to_owned(),
             });
         }
-        let conn = self.checkout(ScopeKey::Tenant(tenant.schema().clone())).await?;
+        let conn = self
+            .checkout(ScopeKey::Tenant(tenant.schema().clone()))
+            .await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
             tenant: Some(tenant.clone()),
@@ -323,11 +320,14 @@ impl AsyncTenantPool {
     /// on a switch, reading it back (the liveness check) when it is already
     /// there, or nothing when it is there and checks are off.
     async fn enter(&self, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
+        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
         use diesel_async::RunQueryDsl;
         let path = scope.search_path(&self.settings.extra_schemas);
         let known = watch(conn).and_then(|w| w.current.clone());
         let tracked = self.settings.track_search_path
-            && known.as_ref().is_some_and(|(k, p)| k == scope && *p == path);
+            && known
+                .as_ref()
+                .is_some_and(|(k, p)| k == scope && *p == path);
         let scope_err = |source| Error::Scope {
             scope: scope.head().to_owned(),
             source,
@@ -336,13 +336,15 @@ impl AsyncTenantPool {
             if !self.settings.test_on_check_out {
                 return Ok(());
             }
-            let row = diesel::sql_query(
-                "SELECT current_setting('search_path') AS path, current_schema()::text AS head",
-            )
-            .get_result::<PathRow>(conn)
+            // The liveness check: read the path back (a cached statement).
+            let (now, head): (String, Option<String>) = diesel::select((
+                scope::current_setting("search_path"),
+                scope::current_schema(),
+            ))
+            .get_result(conn)
             .await
             .map_err(scope_err)?;
-            if row.path == path && row.head.as_deref() == Some(scope.head()) {
+            if now == path && head.as_deref() == Some(scope.head()) {
                 if let Some(w) = watch(conn) {
                     w.take_flags();
                 }
@@ -353,27 +355,23 @@ impl AsyncTenantPool {
         if let Some(w) = watch(conn) {
             w.current = None;
         }
+        // Setting the path is the liveness check on a switch (a cached statement).
         let set = match scope {
-            ScopeKey::Public => diesel::sql_query(
-                "SELECT set_config('search_path', $1, false) AS path, current_schema()::text AS head",
-            )
-            .bind::<Text, _>(&path)
-            .get_result::<PathRow>(conn)
-            .await
-            .map(Some),
-            ScopeKey::Tenant(schema) => diesel::sql_query(
-                "SELECT set_config('search_path', $1, false) AS path, $2::text AS head \
-                 FROM pg_catalog.pg_namespace WHERE nspname = $2",
-            )
-            .bind::<Text, _>(&path)
-            .bind::<Text, _>(schema.as_str())
-            .get_result::<PathRow>(conn)
-            .await
-            .map(Some)
-            .or_else(|e| match e {
-                diesel::result::Error::NotFound => Ok(None),
-                e => Err(e),
-            }),
+            ScopeKey::Public => {
+                diesel::select(scope::set_config("search_path", path.clone(), false))
+                    .get_result::<String>(conn)
+                    .await
+                    .map(Some)
+            }
+            ScopeKey::Tenant(schema) => {
+                use scope::catalog::pg_namespace::dsl::{nspname, pg_namespace};
+                pg_namespace
+                    .filter(nspname.eq(schema.as_str()))
+                    .select(scope::set_config("search_path", path.clone(), false))
+                    .get_result::<String>(conn)
+                    .await
+                    .optional()
+            }
         }
         .map_err(scope_err)?;
         let w = watch(conn);

@@ -21,6 +21,9 @@ struct Settings {
     database_url: String,
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
+    /// Check the connection at checkout with the statement that reads or sets
+    /// the search path.
+    test_on_check_out: bool,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -62,7 +65,7 @@ impl TenantConnectionManager {
     /// A manager for `database_url` (a `postgres://` URL or a libpq key=value string),
     /// with no extra schemas on the path and search-path tracking on.
     pub fn new(database_url: impl Into<String>) -> Result<Self> {
-        Self::with_settings(database_url.into(), Vec::new(), true)
+        Self::with_settings(database_url.into(), Vec::new(), true, true)
     }
 
     /// Counters of the scoping done on connections from this manager.
@@ -77,6 +80,7 @@ impl TenantConnectionManager {
         database_url: String,
         extra_schemas: Vec<SchemaName>,
         track_search_path: bool,
+        test_on_check_out: bool,
     ) -> Result<Self> {
         check_database_url(&database_url)?;
         Ok(TenantConnectionManager {
@@ -84,6 +88,7 @@ impl TenantConnectionManager {
                 database_url,
                 extra_schemas,
                 track_search_path,
+                test_on_check_out,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -128,6 +133,8 @@ pub struct ManagedConnection {
     current: Option<(ScopeKey, String)>,
     /// Drop this connection instead of returning it to the pool.
     discard: bool,
+    /// r2d2's liveness check has just read the path back, for this checkout.
+    verified: bool,
 }
 
 impl std::fmt::Debug for ManagedConnection {
@@ -153,6 +160,7 @@ impl r2d2::ManageConnection for TenantConnectionManager {
             settings: Arc::clone(&self.settings),
             current: None,
             discard: false,
+            verified: false,
         })
     }
 
@@ -178,6 +186,7 @@ impl r2d2::ManageConnection for TenantConnectionManager {
         if let Some(watch) = conn.watch() {
             watch.take_flags();
         }
+        conn.verified = true;
         Ok(())
     }
 
@@ -190,13 +199,35 @@ impl ManagedConnection {
     /// Puts the session on `scope`'s search path unless it is known to be there.
     fn enter(&mut self, scope: ScopeKey) -> Result<()> {
         self.settings.scoped.fetch_add(1, Ordering::Relaxed);
+        let verified = std::mem::take(&mut self.verified);
         if self.settings.track_search_path
             && self
                 .current
                 .as_ref()
                 .is_some_and(|(known, _)| *known == scope)
         {
-            return Ok(());
+            if verified || !self.settings.test_on_check_out {
+                return Ok(());
+            }
+            // The liveness check: read the path back, one cached statement.
+            match scope::current_search_path(&mut self.conn) {
+                Ok((path, head)) => {
+                    let known = self.current.as_ref().map(|(_, p)| p.as_str());
+                    if known == Some(path.as_str()) && head.as_deref() == Some(scope.head()) {
+                        if let Some(watch) = self.watch() {
+                            watch.take_flags();
+                        }
+                        return Ok(());
+                    }
+                }
+                Err(source) => {
+                    self.discard = true;
+                    return Err(Error::Scope {
+                        scope: scope.head().to_owned(),
+                        source,
+                    });
+                }
+            }
         }
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
         self.current = None;
@@ -405,8 +436,11 @@ impl TenantPoolBuilder {
         self
     }
 
-    /// Check each connection with a `SELECT 1` before handing it out, as r2d2 does by
-    /// default. Defaults to `true`.
+    /// Check each connection before handing it out, as r2d2 does by default.
+    /// Defaults to `true`. The check is the statement that sets the search path
+    /// (on a switch) or reads it back (same tenant), so it costs the single round
+    /// trip r2d2's `SELECT 1` would; a connection that fails it is discarded and
+    /// another one tried.
     pub fn test_on_check_out(mut self, test: bool) -> Self {
         self.test_on_check_out = test;
         self
@@ -439,6 +473,7 @@ impl TenantPoolBuilder {
             self.database_url.clone(),
             self.extra_schemas.clone(),
             self.track_search_path,
+            self.test_on_check_out,
         )
     }
 
@@ -462,7 +497,8 @@ impl TenantPoolBuilder {
             .connection_timeout(self.connection_timeout)
             .max_lifetime(self.max_lifetime)
             .idle_timeout(self.idle_timeout)
-            .test_on_check_out(self.test_on_check_out)
+            // The checkout's own statement is the liveness check.
+            .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(manager.clone())
             .map_err(Error::Pool)?;
@@ -525,12 +561,28 @@ impl TenantPool {
                 schema: tenant.schema().as_str().to_owned(),
             });
         }
-        TenantConnection::scope(self.pool.get().map_err(Error::Pool)?, tenant)
+        self.retrying(|pooled| TenantConnection::scope(pooled, tenant))
+    }
+
+    /// Scopes a checked-out connection; a connection that fails its check is
+    /// discarded and another one tried, up to three times.
+    fn retrying(
+        &self,
+        scope: impl Fn(r2d2::PooledConnection<TenantConnectionManager>) -> Result<TenantConnection>,
+    ) -> Result<TenantConnection> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match scope(self.pool.get().map_err(Error::Pool)?) {
+                Err(Error::Scope { .. }) if attempt < 3 => continue,
+                result => return result,
+            }
+        }
     }
 
     /// A connection scoped to the shared `public` schema.
     pub fn public(&self) -> Result<TenantConnection> {
-        TenantConnection::scope_public(self.pool.get().map_err(Error::Pool)?)
+        self.retrying(TenantConnection::scope_public)
     }
 
     /// Runs `f` on a connection scoped to `tenant`.

@@ -47,7 +47,7 @@ diesel::define_sql_function! {
     fn set_config(setting: Text, value: Text, is_local: Bool) -> Text;
 }
 
-mod catalog {
+pub(crate) mod catalog {
     diesel::table! {
         pg_catalog.pg_namespace (oid) {
             oid -> Oid,

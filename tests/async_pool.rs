@@ -79,7 +79,11 @@ fn quiet_deliberate_panics() {
     });
 }
 
-fn async_pool(db: &diesel_tenancy::testing::TestDatabase, size: usize, check: bool) -> AsyncTenantPool {
+fn async_pool(
+    db: &diesel_tenancy::testing::TestDatabase,
+    size: usize,
+    check: bool,
+) -> AsyncTenantPool {
     AsyncTenantPool::builder(db.url())
         .max_size(size)
         .test_on_check_out(check)
@@ -173,7 +177,11 @@ async fn concurrent_tasks_never_read_another_tenant() {
         AtomicUsize::load(&wrong, Ordering::Relaxed)
     );
     assert!(AtomicUsize::load(&reads, Ordering::Relaxed) > CHECKOUTS * 9 / 10);
-    assert_eq!(AtomicUsize::load(&wrong, Ordering::Relaxed), 0, "wrong-tenant reads");
+    assert_eq!(
+        AtomicUsize::load(&wrong, Ordering::Relaxed),
+        0,
+        "wrong-tenant reads"
+    );
 }
 
 /// One connection: each misbehaviour in `a` moves the path to `b`; the next
@@ -189,7 +197,10 @@ async fn next_borrower_is_scoped_whatever_the_last_one_did() {
             let mut conn = pool.get(&t[0]).await.unwrap();
             misbehave(&mut conn, kind, &t[1]).await;
             drop(conn);
-            assert!(sees_only(&pool, &t[0]).await, "after kind {kind}, check {check}");
+            assert!(
+                sees_only(&pool, &t[0]).await,
+                "after kind {kind}, check {check}"
+            );
             assert!(sees_only(&pool, &t[1]).await);
         }
         // Cancelled while waiting inside with_tenant.
@@ -199,7 +210,11 @@ async fn next_borrower_is_scoped_whatever_the_last_one_did() {
             conn.batch_execute("SELECT pg_sleep(0.2)").await?;
             Ok::<_, Error>(())
         });
-        assert!(tokio::time::timeout(Duration::from_millis(30), work).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), work)
+                .await
+                .is_err()
+        );
         assert!(sees_only(&pool, &t[0]).await);
     }
 }
@@ -220,16 +235,23 @@ async fn tracking_skips_the_statement_and_switches_set_it() {
     // Suspended and missing schemas: typed errors, no fall-through to public.
     let mut suspended = t[1].clone();
     tokio::task::block_in_place(|| {
-        suspended = diesel_tenancy::suspend_tenant(&mut sync_pool.public().unwrap(), t[1].schema()).unwrap();
+        suspended = diesel_tenancy::suspend_tenant(&mut sync_pool.public().unwrap(), t[1].schema())
+            .unwrap();
     });
-    assert!(matches!(pool.get(&suspended).await, Err(Error::TenantSuspended { .. })));
+    assert!(matches!(
+        pool.get(&suspended).await,
+        Err(Error::TenantSuspended { .. })
+    ));
     let mut public = pool.public().await.unwrap();
     public
         .batch_execute(&format!("DROP SCHEMA {} CASCADE", t[0].schema().quoted()))
         .await
         .unwrap();
     drop(public);
-    assert!(matches!(pool.get(&t[0]).await, Err(Error::SchemaMissing { .. })));
+    assert!(matches!(
+        pool.get(&t[0]).await,
+        Err(Error::SchemaMissing { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +291,11 @@ async fn migrations_from_async_code() {
     let dir = common::MigrationDir::tenant_copy();
     let source = dir.source();
     tokio::task::block_in_place(|| common::bulk_tenants(&sync_pool, "amig", 3, &source));
-    dir.add("20250301000000", "add_note", "ALTER TABLE customers ADD COLUMN note text;");
+    dir.add(
+        "20250301000000",
+        "add_note",
+        "ALTER TABLE customers ADD COLUMN note text;",
+    );
     let migrator = diesel_tenancy::Migrator::new(common::SHARED, dir.source());
     // Another task keeps running while the migration blocks its own worker.
     let ticker = tokio::spawn(async {
@@ -291,8 +317,12 @@ async fn migrations_from_async_code() {
 #[test]
 fn migrations_from_a_current_thread_runtime_are_refused_not_blocking() {
     let (_db, sync_pool) = setup(1);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let migrator = diesel_tenancy::Migrator::new(common::SHARED, common::TENANT);
-    let result = rt.block_on(migrator.migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new()));
+    let result =
+        rt.block_on(migrator.migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new()));
     assert!(matches!(result, Err(Error::Refused { .. })));
 }

@@ -338,3 +338,25 @@ fn extra_schemas_follow_public_on_the_path() {
         .unwrap();
     assert_eq!(answer, 42);
 }
+
+/// A connection killed by the server is found dead by the checkout's own
+/// statement, discarded, and another one used.
+#[test]
+fn dead_connections_are_replaced_at_checkout() {
+    let (db, pool) = setup(2);
+    let t = tenants_with_markers(&pool, "dead", 2);
+    // Warm both connections, on both tenants.
+    let (a, b) = (pool.get(&t[0]).unwrap(), pool.get(&t[1]).unwrap());
+    drop((a, b));
+    let mut killer = <PgConnection as diesel::Connection>::establish(db.url()).unwrap();
+    killer
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for tenant in [&t[0], &t[1], &t[0]] {
+        assert_sees_only(&pool, tenant);
+    }
+}

@@ -473,9 +473,8 @@ where
         pool: &TenantPool,
         options: &MigrateOptions,
     ) -> Result<MigrationReport> {
-        let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if !multi_thread {
             return Err(Error::Refused {
                 reason: "migrate_all_async needs tokio's multi-thread runtime".into(),

@@ -215,13 +215,12 @@ where
                 }
                 Ok(Resolution::Public) => {
                     let span = tracing::info_span!("tenant_request", tenant = "public");
-                    req.extensions_mut()
-                        .insert(RequestScope {
-                            pool,
-                            tenant: None,
-                            #[cfg(feature = "deadpool")]
-                            async_pool: layer.async_pool.clone(),
-                        });
+                    req.extensions_mut().insert(RequestScope {
+                        pool,
+                        tenant: None,
+                        #[cfg(feature = "deadpool")]
+                        async_pool: layer.async_pool.clone(),
+                    });
                     inner.call(req).instrument(span).await
                 }
                 Ok(Resolution::NotFound { host }) => Ok(match &layer.not_found {
