@@ -15,7 +15,8 @@
 //! on the tenant pool switching among all tenants at random. They print
 //! `RESULT scenario=checkout ops=<n> plain_us=<x> same_us=<x> switch_us=<x>
 //! same_ratio=<r> switch_ratio=<r>`, a ratio being the tenant pool's throughput
-//! over the plain pool's.
+//! over the plain pool's. `checkout-async` measures the sync pool first, in the
+//! same run, and prints both lines.
 //!
 //! Options: `--tenants N` (default 1000), `--jobs J` (parallel workers, default 2).
 //! Uses a fresh database on the server at `DATABASE_URL` if set (dropped
@@ -325,6 +326,14 @@ mod checkout {
         jobs: usize,
     ) -> Result<()> {
         let tenants = tenants(pool, set, n, jobs)?;
+        measure_sync(db, &tenants, ops)
+    }
+
+    fn measure_sync(
+        db: &TestDatabase,
+        tenants: &[diesel_tenancy::Tenant],
+        ops: usize,
+    ) -> Result<()> {
         let first = &tenants[0];
         let plain = Pool::builder()
             .max_size(2)
@@ -378,6 +387,8 @@ mod checkout {
         use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
         let tenants = tenants(pool, set, n, jobs)?;
+        // The sync pool in the same run, for comparison.
+        measure_sync(db, &tenants, ops)?;
         let first = tenants[0].clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
