@@ -24,6 +24,10 @@ struct Settings {
     /// Check the connection at checkout with the statement that reads or sets
     /// the search path.
     test_on_check_out: bool,
+    /// Every scoped unit of work is a transaction that sets the path locally.
+    transaction_scoped: bool,
+    /// Keep Diesel's prepared-statement cache.
+    statement_cache: bool,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -65,7 +69,7 @@ impl TenantConnectionManager {
     /// A manager for `database_url` (a `postgres://` URL or a libpq key=value string),
     /// with no extra schemas on the path and search-path tracking on.
     pub fn new(database_url: impl Into<String>) -> Result<Self> {
-        Self::with_settings(database_url.into(), Vec::new(), true, true)
+        TenantPool::builder(database_url).build_manager()
     }
 
     /// Counters of the scoping done on connections from this manager.
@@ -76,19 +80,16 @@ impl TenantConnectionManager {
         }
     }
 
-    fn with_settings(
-        database_url: String,
-        extra_schemas: Vec<SchemaName>,
-        track_search_path: bool,
-        test_on_check_out: bool,
-    ) -> Result<Self> {
-        check_database_url(&database_url)?;
+    fn with_settings(b: &TenantPoolBuilder) -> Result<Self> {
+        check_database_url(&b.database_url)?;
         Ok(TenantConnectionManager {
             settings: Arc::new(Settings {
-                database_url,
-                extra_schemas,
-                track_search_path,
-                test_on_check_out,
+                database_url: b.database_url.clone(),
+                extra_schemas: b.extra_schemas.clone(),
+                track_search_path: b.track_search_path && !b.transaction_scoped,
+                test_on_check_out: b.test_on_check_out,
+                transaction_scoped: b.transaction_scoped,
+                statement_cache: b.statement_cache.unwrap_or(!b.transaction_scoped),
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -155,6 +156,9 @@ impl r2d2::ManageConnection for TenantConnectionManager {
             .map_err(diesel::r2d2::Error::ConnectionError)?;
         let inner = diesel::connection::get_default_instrumentation();
         conn.set_instrumentation(ScopeWatch::new(inner));
+        if !self.settings.statement_cache {
+            conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        }
         Ok(ManagedConnection {
             conn,
             settings: Arc::clone(&self.settings),
@@ -246,6 +250,36 @@ impl ManagedConnection {
         result
     }
 
+    /// Transaction-scoped mode: opens a transaction whose first statement sets
+    /// the path for that transaction only (`set_config(..., true)`).
+    fn enter_transaction(&mut self, scope: ScopeKey) -> Result<()> {
+        self.settings.scoped.fetch_add(1, Ordering::Relaxed);
+        self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
+        self.current = None;
+        self.verified = false;
+        let scope_err = |source| Error::Scope {
+            scope: scope.head().to_owned(),
+            source,
+        };
+        if let Err(e) = AnsiTransactionManager::begin_transaction(&mut self.conn) {
+            self.discard = true;
+            return Err(scope_err(e));
+        }
+        let path = scope.search_path(&self.settings.extra_schemas);
+        let result = scope::set_search_path(&mut self.conn, &scope, path, true);
+        if let Err(e) = &result {
+            if AnsiTransactionManager::rollback_transaction(&mut self.conn).is_err()
+                || !matches!(e, Error::SchemaMissing { .. })
+            {
+                self.discard = true;
+            }
+        }
+        if let Some(watch) = self.watch() {
+            watch.take_flags();
+        }
+        result
+    }
+
     fn watch(&mut self) -> Option<&mut ScopeWatch> {
         self.conn.instrumentation().downcast_mut::<ScopeWatch>()
     }
@@ -305,6 +339,8 @@ impl ManagedConnection {
 pub struct TenantConnection {
     conn: r2d2::PooledConnection<TenantConnectionManager>,
     tenant: Option<Tenant>,
+    /// Transaction-scoped mode: the transaction this guard opened is still open.
+    own_transaction: bool,
 }
 
 impl std::fmt::Debug for TenantConnection {
@@ -329,18 +365,50 @@ impl TenantConnection {
                 schema: tenant.schema().as_str().to_owned(),
             });
         }
-        conn.enter(ScopeKey::Tenant(tenant.schema().clone()))?;
+        let scope = ScopeKey::Tenant(tenant.schema().clone());
+        let own_transaction = conn.settings.transaction_scoped;
+        if own_transaction {
+            conn.enter_transaction(scope)?;
+        } else {
+            conn.enter(scope)?;
+        }
         Ok(TenantConnection {
             conn,
             tenant: Some(tenant.clone()),
+            own_transaction,
         })
     }
 
     /// Scopes a connection from a pool of [`TenantConnectionManager`] to the shared
     /// `public` schema (plus the pool's extra schemas).
     pub fn scope_public(mut conn: r2d2::PooledConnection<TenantConnectionManager>) -> Result<Self> {
-        conn.enter(ScopeKey::Public)?;
-        Ok(TenantConnection { conn, tenant: None })
+        let own_transaction = conn.settings.transaction_scoped;
+        if own_transaction {
+            conn.enter_transaction(ScopeKey::Public)?;
+        } else {
+            conn.enter(ScopeKey::Public)?;
+        }
+        Ok(TenantConnection {
+            conn,
+            tenant: None,
+            own_transaction,
+        })
+    }
+
+    /// In transaction-scoped mode, commits the transaction the checkout opened
+    /// (a connection dropped without `commit` rolls it back). In session mode
+    /// there is nothing to commit and this does nothing.
+    pub fn commit(mut self) -> Result<()> {
+        if std::mem::take(&mut self.own_transaction) {
+            AnsiTransactionManager::commit_transaction(&mut self.conn.conn).map_err(|e| {
+                self.conn.discard = true;
+                Error::Database {
+                    action: format!("commit the transaction scoped to {}", self.scope_name()),
+                    source: e,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Close this connection when it is dropped instead of returning it to the
@@ -383,6 +451,15 @@ impl AsMut<PgConnection> for TenantConnection {
 
 impl Drop for TenantConnection {
     fn drop(&mut self) {
+        if std::mem::take(&mut self.own_transaction) && !std::thread::panicking() {
+            let depth = AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn.conn)
+                .transaction_depth();
+            let rolled_back = matches!(depth, Ok(Some(d)) if d.get() == 1)
+                && AnsiTransactionManager::rollback_transaction(&mut self.conn.conn).is_ok();
+            if !rolled_back && !matches!(depth, Ok(None)) {
+                self.conn.discard = true;
+            }
+        }
         self.conn.leave();
     }
 }
@@ -400,9 +477,32 @@ pub struct TenantPoolBuilder {
     test_on_check_out: bool,
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
+    transaction_scoped: bool,
+    statement_cache: Option<bool>,
 }
 
 impl TenantPoolBuilder {
+    /// Transaction-scoped mode, for PgBouncer in transaction pooling mode and RDS
+    /// Proxy: every checkout opens a transaction whose first statement sets the
+    /// path with `set_config(..., true)` (`SET LOCAL`), so nothing relies on
+    /// session state. [`TenantPool::with_tenant`] commits when the closure returns
+    /// `Ok` and rolls back otherwise; a guard from [`TenantPool::get`] is committed
+    /// with [`TenantConnection::commit`] and rolled back if dropped without it.
+    /// Turns path tracking off, and Diesel's prepared-statement cache too (see
+    /// [`statement_cache`](Self::statement_cache)). Defaults to `false`.
+    pub fn transaction_scoped(mut self, on: bool) -> Self {
+        self.transaction_scoped = on;
+        self
+    }
+
+    /// Diesel's prepared-statement cache. Defaults to on, and to off in
+    /// transaction-scoped mode, because PgBouncer before 1.21 (Debian 12 ships
+    /// 1.18) does not track named prepared statements in transaction mode. With
+    /// PgBouncer 1.21+ and `max_prepared_statements > 0`, it can be turned back on.
+    pub fn statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = Some(on);
+        self
+    }
     /// Maximum number of connections. Defaults to 10.
     pub fn max_size(mut self, max_size: u32) -> Self {
         self.max_size = max_size;
@@ -469,12 +569,7 @@ impl TenantPoolBuilder {
     /// The connection manager these settings describe, for use with
     /// [`r2d2::Pool::builder()`] directly.
     pub fn build_manager(&self) -> Result<TenantConnectionManager> {
-        TenantConnectionManager::with_settings(
-            self.database_url.clone(),
-            self.extra_schemas.clone(),
-            self.track_search_path,
-            self.test_on_check_out,
-        )
+        TenantConnectionManager::with_settings(self)
     }
 
     /// Opens the pool. Waits up to the connection timeout for its first
@@ -536,6 +631,8 @@ impl TenantPool {
             test_on_check_out: true,
             extra_schemas: Vec::new(),
             track_search_path: true,
+            transaction_scoped: false,
+            statement_cache: None,
         }
     }
 
@@ -609,7 +706,11 @@ impl TenantPool {
         E: From<Error>,
     {
         let mut conn = self.get(tenant)?;
-        f(&mut conn)
+        let result = f(&mut conn);
+        if result.is_ok() {
+            conn.commit()?;
+        }
+        result
     }
 
     /// Runs `f` on a connection scoped to the shared `public` schema.
@@ -619,7 +720,11 @@ impl TenantPool {
         E: From<Error>,
     {
         let mut conn = self.public()?;
-        f(&mut conn)
+        let result = f(&mut conn);
+        if result.is_ok() {
+            conn.commit()?;
+        }
+        result
     }
 
     /// Looks up an active tenant by schema name in the registry.
