@@ -506,3 +506,132 @@ mod tests {
         );
     }
 }
+
+/// A PgBouncer (Debian's `pgbouncer` package) in front of a test database, on a
+/// free loopback port, for testing behaviour behind a transaction pooler. Stopped
+/// and removed when dropped or when the process ends.
+#[derive(Debug)]
+pub struct PgBouncer {
+    url: String,
+    dir: PathBuf,
+    supervisor: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl PgBouncer {
+    /// The `pgbouncer` binary, if installed.
+    pub fn binary() -> Option<PathBuf> {
+        ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+
+    /// Starts PgBouncer in `pool_mode` (`"transaction"` or `"session"`) in front
+    /// of the server of `database_url`, with `server_pool_size` server
+    /// connections per database. [`PgBouncer::url`] is `database_url` through it.
+    pub fn start(
+        database_url: &str,
+        pool_mode: &str,
+        server_pool_size: u32,
+    ) -> Result<PgBouncer, TestingError> {
+        let bin = Self::binary().ok_or_else(|| TestingError::Database {
+            action: "pgbouncer is not installed (apt-get install pgbouncer)".into(),
+            source: "not found".into(),
+        })?;
+        let upstream = url::Url::parse(database_url).map_err(db_err("parse the database URL"))?;
+        let host = upstream.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = upstream.port().unwrap_or(5432);
+        let user = match upstream.username() {
+            "" => "postgres".to_owned(),
+            u => u.to_owned(),
+        };
+        let run_as = server_user()?;
+        let dir = base_dir().join(format!(
+            "diesel-tenancy-pgbouncer-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        std::fs::create_dir(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let listen = free_port()?;
+        let ini = format!(
+            "[databases]\n* = host={host} port={port}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {dir}/userlist.txt\n\
+             pool_mode = {pool_mode}\ndefault_pool_size = {server_pool_size}\n\
+             max_client_conn = 500\nignore_startup_parameters = extra_float_digits,options\n\
+             logfile = {dir}/pgbouncer.log\n",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(io("write pgbouncer.ini"))?;
+        std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n"))
+            .map_err(io("write userlist.txt"))?;
+        if let Some((uid, gid)) = run_as {
+            for f in ["", "pgbouncer.ini", "userlist.txt"] {
+                std::os::unix::fs::chown(dir.join(f), Some(uid), Some(gid))
+                    .map_err(io("give the pgbouncer directory to the postgres user"))?;
+            }
+        }
+        let script = r#"
+"$1" "$2/pgbouncer.ini" >/dev/null 2>&1 &
+pid=$!
+cat >/dev/null
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$2"
+"#;
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&bin)
+            .arg(&dir)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        as_user(&mut sh, run_as);
+        let mut supervisor = sh.spawn().map_err(io("start pgbouncer"))?;
+        let pipe = supervisor.stdin.take();
+        let mut through = upstream.clone();
+        through
+            .set_host(Some("127.0.0.1"))
+            .map_err(db_err("build the PgBouncer URL"))?;
+        let _ = through.set_port(Some(listen));
+        let bouncer = PgBouncer {
+            url: through.into(),
+            dir,
+            supervisor,
+            pipe,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match PgConnection::establish(&bouncer.url) {
+                Ok(_) => return Ok(bouncer),
+                Err(e) if Instant::now() > deadline => {
+                    let mut log = String::new();
+                    if let Ok(mut f) = std::fs::File::open(bouncer.dir.join("pgbouncer.log")) {
+                        let _ = f.read_to_string(&mut log);
+                    }
+                    return Err(TestingError::ServerStart {
+                        log: format!("pgbouncer: {e}; {log}"),
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// The database URL, through PgBouncer.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        let _ = self.supervisor.wait();
+    }
+}

@@ -360,3 +360,56 @@ fn dead_connections_are_replaced_at_checkout() {
         assert_sees_only(&pool, tenant);
     }
 }
+
+/// Transaction-scoped mode without a pooler: commit on Ok, roll back on Err or on
+/// a dropped guard, and the next borrower is scoped whatever the last one did.
+#[test]
+fn transaction_scoped_mode_commits_rolls_back_and_isolates() {
+    quiet_deliberate_panics();
+    let (db, setup_pool) = setup(1);
+    let t = tenants_with_markers(&setup_pool, "txm", 2);
+    drop(setup_pool);
+    let pool = db
+        .pool_builder()
+        .max_size(1)
+        .transaction_scoped(true)
+        .build()
+        .unwrap();
+    let insert = |name: &'static str| {
+        move |conn: &mut PgConnection| {
+            diesel::insert_into(customers::table)
+                .values((customers::name.eq(name), customers::email.eq(name)))
+                .execute(conn)
+        }
+    };
+    pool.with_tenant(&t[0], insert("kept")).unwrap();
+    let failed: Result<(), diesel::result::Error> = pool.with_tenant(&t[0], |conn| {
+        insert("dropped")(conn)?;
+        Err(diesel::result::Error::NotFound)
+    });
+    assert!(failed.is_err());
+    let mut guard = pool.get(&t[0]).unwrap();
+    insert("guard-dropped")(&mut guard).unwrap();
+    drop(guard);
+    let mut guard = pool.get(&t[0]).unwrap();
+    insert("guard-committed")(&mut guard).unwrap();
+    guard.commit().unwrap();
+    assert_eq!(
+        pool.with_tenant(&t[0], markers).unwrap(),
+        ["txm0", "kept", "guard-committed"]
+    );
+    // Nothing rides on session state: a raw SET on the session is ignored by the
+    // next borrower, who sets the path in its own transaction.
+    for kind in 0..MISBEHAVIOURS {
+        if kind == 5 {
+            continue; // begin_test_transaction inside our own transaction: not meaningful here
+        }
+        pool.with_tenant(&t[0], |conn| {
+            misbehave(conn, kind, &t[1]);
+            Ok::<_, Error>(())
+        })
+        .ok();
+        assert_eq!(pool.with_tenant(&t[0], markers).unwrap()[0], "txm0");
+        assert_eq!(pool.with_tenant(&t[1], markers).unwrap(), ["txm1"]);
+    }
+}
