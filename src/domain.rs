@@ -142,6 +142,12 @@ impl Domain {
                 return Err(invalid("a label starts or ends with '-'"));
             }
         }
+        // Homographs: a label mixing Latin, Cyrillic or Greek letters (such as
+        // "аpple" with a Cyrillic "а") is refused, as browsers refuse to show it.
+        let (unicode, _) = idna::domain_to_unicode(&ascii);
+        if unicode.split('.').any(mixes_scripts) {
+            return Err(invalid("a label mixes Latin, Cyrillic or Greek letters"));
+        }
         Ok(Domain(ascii.into_boxed_str()))
     }
 
@@ -149,6 +155,20 @@ impl Domain {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether a label has letters from more than one of Latin, Cyrillic and Greek.
+fn mixes_scripts(label: &str) -> bool {
+    let (mut latin, mut cyrillic, mut greek) = (false, false, false);
+    for c in label.chars().filter(|c| c.is_alphabetic()) {
+        match c as u32 {
+            0x0041..=0x024F => latin = true,
+            0x0370..=0x03FF | 0x1F00..=0x1FFF => greek = true,
+            0x0400..=0x052F => cyrillic = true,
+            _ => {}
+        }
+    }
+    u8::from(latin) + u8::from(cyrillic) + u8::from(greek) > 1
 }
 
 impl FromStr for Domain {
@@ -212,5 +232,11 @@ mod tests {
         assert!(Domain::parse(&format!("{}.com", "a".repeat(64))).is_err());
         assert!(Domain::parse(&"a.".repeat(200)).is_err());
         assert!(Domain::parse(&"a".repeat(8192)).is_err());
+        // Mixed scripts, spelled in Unicode or in punycode.
+        assert!(Domain::parse("\u{430}pple.com").is_err());
+        let punycode = url::Host::parse("\u{430}pple.com").unwrap().to_string();
+        assert!(Domain::parse(&punycode).is_err(), "{punycode}");
+        // One script is fine, in any script.
+        assert!(Domain::parse("\u{43f}\u{440}\u{438}\u{43c}\u{435}\u{440}.\u{440}\u{444}").is_ok());
     }
 }

@@ -413,3 +413,40 @@ fn transaction_scoped_mode_commits_rolls_back_and_isolates() {
         assert_eq!(pool.with_tenant(&t[1], markers).unwrap(), ["txm1"]);
     }
 }
+
+/// Timeouts reached inside a scope: a clear error, and the next borrower on the
+/// same connection is on its own tenant.
+#[test]
+fn statement_and_lock_timeouts_inside_a_scope() {
+    let (db, pool) = setup(1);
+    let t = tenants_with_markers(&pool, "tmo", 2);
+    let err = pool
+        .with_tenant(&t[0], |conn| {
+            conn.transaction(|c| {
+                c.batch_execute("SET LOCAL statement_timeout = '50ms'")?;
+                c.batch_execute("SELECT pg_sleep(2)")
+            })
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert_sees_only(&pool, &t[1]);
+    assert_sees_only(&pool, &t[0]);
+
+    // Another session holds a row lock in tenant 0.
+    let mut holder = <PgConnection as diesel::Connection>::establish(db.url()).unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM tmo0.customers FOR UPDATE")
+        .unwrap();
+    let err = pool
+        .with_tenant(&t[0], |conn| {
+            conn.transaction(|c| {
+                c.batch_execute("SET LOCAL lock_timeout = '50ms'")?;
+                c.batch_execute("UPDATE customers SET email = 'x'")
+            })
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_sees_only(&pool, &t[1]);
+    assert_sees_only(&pool, &t[0]);
+}

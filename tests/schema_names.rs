@@ -168,3 +168,50 @@ fn check_on_server(conn: &mut PgConnection, name: &str) {
     ))
     .unwrap();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The host normaliser never panics; what it accepts as a name is plain
+    /// lowercase LDH, and normalising again changes nothing.
+    #[test]
+    fn hosts_never_panic_and_accept_only_plain_names(s in any::<String>()) {
+        if let Ok(diesel_tenancy::Host::Name(d)) = diesel_tenancy::normalize_host(&s) {
+            prop_assert!(d.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+            prop_assert_eq!(diesel_tenancy::normalize_host(d.as_str()).unwrap(), diesel_tenancy::Host::Name(d));
+        }
+    }
+
+    /// Hosts with SQL metacharacters, quotes, spaces or NUL are never accepted.
+    #[test]
+    fn hosts_with_metacharacters_are_refused(
+        head in "[a-z]{1,10}",
+        bad in prop::sample::select(vec!["'", "\"", ";", " ", "\0", "/*", "\\", "(", ")", ",", "=", "%", "\n"]),
+        tail in "[a-z]{1,10}",
+    ) {
+        let host = format!("{head}{bad}{tail}.example.com");
+        prop_assert!(diesel_tenancy::normalize_host(&host).is_err(), "{:?} accepted", host);
+        prop_assert!(Domain::parse(&host).is_err());
+    }
+}
+
+#[test]
+fn hostile_hosts_are_refused() {
+    let huge = "a".repeat(8 * 1024);
+    let long_label = format!("{}.example.com", "a".repeat(64));
+    for host in [
+        huge.as_str(),
+        long_label.as_str(),
+        "\u{430}pple.com",  // Cyrillic а among Latin letters
+        "xn--pple-43d.com", // the same, in punycode
+        "p\u{3b1}ypal.com", // Greek α among Latin letters
+        "acme.example.com\0",
+        "acme.example.com:0x50",
+        "",
+    ] {
+        assert!(
+            diesel_tenancy::normalize_host(host).is_err(),
+            "{host:?} accepted"
+        );
+    }
+}
