@@ -6,7 +6,16 @@
 //! cargo run --release --example bench -- noop    --tenants 10000
 //! cargo run --release --example bench -- checkout       --tenants 1000 --ops 50000
 //! cargo run --release --example bench -- checkout-async --tenants 1000 --ops 50000
+//! cargo run --release --example bench -- soak --tenants 1000 --ops 200000
 //! ```
+//!
+//! `soak` runs `ops` checkouts over all tenants from 4 threads on a pool of 4
+//! (connections replaced every `--recycle` tenant switches: 500 by default as
+//! in the pool, 0 for never),
+//! checks every read, samples each backend's memory
+//! (`pg_backend_memory_contexts`) every 100 operations per thread, and prints
+//! `RESULT scenario=soak tenants=<n> ops=<n> ops_per_s=<x> wrong_reads=<n>
+//! leaked_connections=<n> peak_backend_mb=<x> peak_pool_size=<n>`.
 //!
 //! The checkout scenarios check a connection out and run a primary-key lookup
 //! `ops` times, one at a time: on a plain pool whose connections sit on one
@@ -46,6 +55,7 @@ struct Args {
     tenants: usize,
     jobs: usize,
     ops: usize,
+    recycle: u64,
 }
 
 fn args() -> Result<Args> {
@@ -58,6 +68,7 @@ fn args() -> Result<Args> {
         tenants: 1000,
         jobs: 2,
         ops: 50_000,
+        recycle: 500,
     };
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -65,6 +76,7 @@ fn args() -> Result<Args> {
             "--tenants" => args.tenants = value.parse()?,
             "--jobs" => args.jobs = value.parse()?,
             "--ops" => args.ops = value.parse()?,
+            "--recycle" => args.recycle = value.parse()?,
             other => bail!("unknown option {other}"),
         }
     }
@@ -251,6 +263,7 @@ fn main() -> Result<()> {
             )?;
             result("noop", n, total, started.elapsed());
         }
+        "soak" => checkout::soak(&db, &pool, &set, n, args.ops, args.jobs, args.recycle)?,
         "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs)?,
         "checkout-async" => checkout::asynchronous(&db, &pool, &set, n, args.ops, args.jobs)?,
         other => {
@@ -371,6 +384,83 @@ mod checkout {
             Ok(())
         })?;
         line("checkout", ops, plain_us, same_us, switch_us);
+        Ok(())
+    }
+
+    pub(super) fn soak(
+        db: &TestDatabase,
+        pool: &TenantPool,
+        set: &TenantSet,
+        n: usize,
+        ops: usize,
+        jobs: usize,
+        recycle: u64,
+    ) -> Result<()> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        const THREADS: usize = 4;
+        let tenants = Arc::new(tenants(pool, set, n, jobs)?);
+        let soak_pool = TenantPool::builder(db.url())
+            .max_size(THREADS as u32)
+            .recycle_after_switches((recycle > 0).then_some(recycle))
+            .build()?;
+        let wrong = Arc::new(AtomicUsize::new(0));
+        let peak_bytes = Arc::new(AtomicU64::new(0));
+        let peak_size = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (pool, tenants) = (soak_pool.clone(), Arc::clone(&tenants));
+                let (wrong, peak_bytes, peak_size) = (
+                    Arc::clone(&wrong),
+                    Arc::clone(&peak_bytes),
+                    Arc::clone(&peak_size),
+                );
+                std::thread::spawn(move || -> Result<()> {
+                    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (t as u64 + 1);
+                    for i in 0..ops / THREADS {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let tenant = &tenants[(rng % tenants.len() as u64) as usize];
+                        let mut conn = pool.get(tenant)?;
+                        if lookup(&mut conn)? != tenant.schema().as_str() {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if i % 100 == 0 {
+                            let bytes: i64 = diesel::select(diesel::dsl::sql::<
+                                diesel::sql_types::BigInt,
+                            >(
+                                "(SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts)",
+                            ))
+                            .get_result(&mut *conn)?;
+                            peak_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
+                            peak_size.fetch_max(
+                                pool.r2d2().state().connections as usize,
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a soak thread panicked"))??;
+        }
+        let elapsed = started.elapsed();
+        let state = soak_pool.r2d2().state();
+        let leaked = state.connections - state.idle_connections;
+        println!(
+            "RESULT scenario=soak tenants={n} ops={ops} recycle_after={recycle} ops_per_s={:.0} wrong_reads={} leaked_connections={leaked} peak_backend_mb={:.1} peak_pool_size={}",
+            ops as f64 / elapsed.as_secs_f64(),
+            wrong.load(Ordering::Relaxed),
+            peak_bytes.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0),
+            peak_size.load(Ordering::Relaxed)
+        );
+        ensure!(wrong.load(Ordering::Relaxed) == 0, "wrong-tenant reads");
+        ensure!(leaked == 0, "connections still checked out after the run");
         Ok(())
     }
 

@@ -28,6 +28,8 @@ struct Settings {
     transaction_scoped: bool,
     /// Keep Diesel's prepared-statement cache.
     statement_cache: bool,
+    /// Replace a connection after it has set the path this many times.
+    recycle_after_switches: Option<u64>,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -90,6 +92,7 @@ impl TenantConnectionManager {
                 test_on_check_out: b.test_on_check_out,
                 transaction_scoped: b.transaction_scoped,
                 statement_cache: b.statement_cache.unwrap_or(!b.transaction_scoped),
+                recycle_after_switches: b.recycle_after_switches,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -136,6 +139,8 @@ pub struct ManagedConnection {
     discard: bool,
     /// r2d2's liveness check has just read the path back, for this checkout.
     verified: bool,
+    /// Times this connection has set the path (tenant switches).
+    switches: u64,
 }
 
 impl std::fmt::Debug for ManagedConnection {
@@ -165,6 +170,7 @@ impl r2d2::ManageConnection for TenantConnectionManager {
             current: None,
             discard: false,
             verified: false,
+            switches: 0,
         })
     }
 
@@ -234,6 +240,7 @@ impl ManagedConnection {
             }
         }
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
+        self.count_switch();
         self.current = None;
         let path = scope.search_path(&self.settings.extra_schemas);
         let result = scope::set_search_path(&mut self.conn, &scope, path.clone(), false);
@@ -255,6 +262,7 @@ impl ManagedConnection {
     fn enter_transaction(&mut self, scope: ScopeKey) -> Result<()> {
         self.settings.scoped.fetch_add(1, Ordering::Relaxed);
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
+        self.count_switch();
         self.current = None;
         self.verified = false;
         let scope_err = |source| Error::Scope {
@@ -278,6 +286,19 @@ impl ManagedConnection {
             watch.take_flags();
         }
         result
+    }
+
+    /// Each schema a backend touches stays in its catalog cache; after enough
+    /// switches the connection is replaced when it is next released.
+    fn count_switch(&mut self) {
+        self.switches += 1;
+        if self
+            .settings
+            .recycle_after_switches
+            .is_some_and(|max| self.switches >= max)
+        {
+            self.discard = true;
+        }
     }
 
     fn watch(&mut self) -> Option<&mut ScopeWatch> {
@@ -479,9 +500,21 @@ pub struct TenantPoolBuilder {
     track_search_path: bool,
     transaction_scoped: bool,
     statement_cache: Option<bool>,
+    recycle_after_switches: Option<u64>,
 }
 
 impl TenantPoolBuilder {
+    /// Replace a connection once it has switched tenants this many times (it
+    /// finishes the current borrow first). A backend keeps the catalog entries of
+    /// every schema it touched, about 11 KB per table with its indexes, so a
+    /// connection serving thousands of tenants grows without bound; this caps it
+    /// (see the README's *Connection lifetime*). Defaults to 500; `None` turns
+    /// the rule off.
+    pub fn recycle_after_switches(mut self, switches: Option<u64>) -> Self {
+        self.recycle_after_switches = switches.map(|n| n.max(1));
+        self
+    }
+
     /// Transaction-scoped mode, for PgBouncer in transaction pooling mode and RDS
     /// Proxy: every checkout opens a transaction whose first statement sets the
     /// path with `set_config(..., true)` (`SET LOCAL`), so nothing relies on
@@ -633,6 +666,7 @@ impl TenantPool {
             track_search_path: true,
             transaction_scoped: false,
             statement_cache: None,
+            recycle_after_switches: Some(500),
         }
     }
 

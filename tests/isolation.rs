@@ -450,3 +450,34 @@ fn statement_and_lock_timeouts_inside_a_scope() {
     assert_sees_only(&pool, &t[1]);
     assert_sees_only(&pool, &t[0]);
 }
+
+/// After the configured number of tenant switches a connection is replaced.
+#[test]
+fn connections_are_recycled_after_many_switches() {
+    let (db, setup_pool) = setup(1);
+    let t = tenants_with_markers(&setup_pool, "rcy", 2);
+    let pool = db
+        .pool_builder()
+        .max_size(1)
+        .recycle_after_switches(Some(3))
+        .build()
+        .unwrap();
+    let mut pids = Vec::new();
+    for i in 0..7 {
+        let pid: i32 = pool
+            .with_tenant(&t[i % 2], |conn| {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                    "pg_backend_pid()",
+                ))
+                .get_result(conn)
+            })
+            .unwrap();
+        pids.push(pid);
+    }
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        3,
+        "switches 1-3, 4-6 and 7 on three connections: {pids:?}"
+    );
+}
