@@ -170,15 +170,23 @@ impl TestCluster {
         // The supervisor: starts the server, waits until the pipe on its stdin
         // closes (this process ended or dropped the cluster), then stops the
         // server and removes the directory.
+        // The server is started again whenever it stops, until told to stop
+        // (see `restart`).
         let script = r#"
-"$1" -D "$2" -p "$3" -k "$4" -h 127.0.0.1 \
-    -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-    -c max_connections=300 -c shared_buffers=32MB -c max_locks_per_transaction=256 \
-    >"$4/server.log" 2>&1 &
-pid=$!
+(
+    while [ ! -e "$4/stop" ]; do
+        "$1" -D "$2" -p "$3" -k "$4" -h 127.0.0.1 \
+            -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+            -c max_connections=300 -c shared_buffers=32MB -c max_locks_per_transaction=256 \
+            >>"$4/server.log" 2>&1
+        [ -e "$4/stop" ] || sleep 0.2
+    done
+) &
+loop=$!
 cat >/dev/null
-kill -INT "$pid" 2>/dev/null
-wait "$pid"
+touch "$4/stop"
+[ -s "$2/postmaster.pid" ] && kill -INT "$(head -n 1 "$2/postmaster.pid")" 2>/dev/null
+wait "$loop"
 rm -rf "$4"
 "#;
         let mut sh = Command::new("/bin/sh");
@@ -228,6 +236,40 @@ rm -rf "$4"
                 }
             }
         }
+    }
+
+    /// Restarts the server (a fast shutdown, then a start) and waits until it
+    /// accepts connections again, for tests of what survives a restart. Every
+    /// open connection is cut.
+    pub fn restart(&mut self) -> Result<(), TestingError> {
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .map_err(io("read postmaster.pid"))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let status = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .map_err(io("signal the server"))?;
+        if !status.success() {
+            return Err(TestingError::ServerStart {
+                log: format!("could not signal server process {pid}"),
+            });
+        }
+        // Wait for the old server to go, then for the new one.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&pidfile).is_ok_and(|p| p.lines().next() == Some(&pid)) {
+            if Instant::now() > deadline {
+                return Err(TestingError::ServerStart {
+                    log: "the server did not stop".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_ready()
     }
 
     /// A URL to the cluster's `postgres` database, as the `postgres` superuser.

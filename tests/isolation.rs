@@ -481,3 +481,73 @@ fn connections_are_recycled_after_many_switches() {
         "switches 1-3, 4-6 and 7 on three connections: {pids:?}"
     );
 }
+
+/// A server restart under load: callers get errors they can retry, the pool
+/// recovers, and no checkout before, during or after runs on the wrong tenant.
+#[test]
+fn a_server_restart_under_load() {
+    use diesel_tenancy::testing::TestCluster;
+    use std::sync::atomic::AtomicBool;
+    let mut cluster = TestCluster::start().unwrap();
+    let url = cluster.admin_url().to_owned();
+    let pool = TenantPool::builder(&url)
+        .max_size(4)
+        .connection_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    diesel_tenancy::run_shared_migrations(&mut pool.public().unwrap(), common::SHARED).unwrap();
+    let tenants = Arc::new(tenants_with_markers(&pool, "rst", 10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, wrong, errors) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let (pool, tenants, stop) = (pool.clone(), tenants.clone(), stop.clone());
+            let (reads, wrong, errors) = (reads.clone(), wrong.clone(), errors.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(0xe5 + t as u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let tenant = &tenants[rng.below(tenants.len())];
+                    match pool.with_tenant(tenant, markers) {
+                        Ok(seen) => {
+                            reads.fetch_add(1, Ordering::Relaxed);
+                            if seen != [tenant.schema().as_str()] {
+                                wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = reads.load(Ordering::Relaxed);
+    cluster.restart().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let after = reads.load(Ordering::Relaxed);
+    println!(
+        "restart under load: {after} reads ({before} before the restart), {} errors, {} wrong-tenant reads",
+        errors.load(Ordering::Relaxed),
+        wrong.load(Ordering::Relaxed)
+    );
+    assert!(
+        before > 0 && after > before,
+        "reads resumed after the restart"
+    );
+    assert_eq!(wrong.load(Ordering::Relaxed), 0);
+    // And a fresh round over every tenant works.
+    for tenant in tenants.iter() {
+        assert_sees_only(&pool, tenant);
+    }
+}
