@@ -242,7 +242,7 @@ impl AsyncTenantPool {
             });
         }
         let conn = self
-            .checkout(ScopeKey::Tenant(tenant.schema().clone()))
+            .checkout(ScopeKey::Tenant(tenant.schema().clone(), None))
             .await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
@@ -363,7 +363,7 @@ impl AsyncTenantPool {
                     .await
                     .map(Some)
             }
-            ScopeKey::Tenant(schema) => {
+            ScopeKey::Tenant(schema, _) => {
                 use scope::catalog::pg_namespace::dsl::{nspname, pg_namespace};
                 pg_namespace
                     .filter(nspname.eq(schema.as_str()))

@@ -77,7 +77,8 @@ pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
 pub use lifecycle::{
     ConfirmDrop, ConsistencyReport, NewTenant, activate_tenant, check_consistency, create_tenant,
-    create_tenants, drop_tenant, rename_tenant, repair_missing_schemas, suspend_tenant,
+    create_tenants, drop_tenant, ensure_tenant_role, rename_tenant, repair_missing_schemas,
+    suspend_tenant,
 };
 pub use migrate::{
     LockMode, MigrateOptions, MigrationReport, Migrator, Outcome, Progress, TenantReport, Totals,

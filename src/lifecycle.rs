@@ -24,6 +24,9 @@ pub struct NewTenant {
     pub name: String,
     /// Host names routed to the tenant; the first is primary.
     pub domains: Vec<Domain>,
+    /// Give the tenant its own database role (see
+    /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)).
+    pub role: bool,
 }
 
 impl NewTenant {
@@ -33,7 +36,15 @@ impl NewTenant {
             schema,
             name: name.into(),
             domains: Vec::new(),
+            role: false,
         }
+    }
+
+    /// Also create the tenant's own `NOLOGIN` role, with rights on its schema
+    /// and read access to `public` (needs `CREATEROLE`).
+    pub fn with_role(mut self) -> Self {
+        self.role = true;
+        self
     }
 
     /// Adds a domain (the first one added is the primary domain).
@@ -95,7 +106,57 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
         for (i, domain) in new.domains.iter().enumerate() {
             registry::add_domain(conn, &tenant, domain, i == 0)?;
         }
+        if new.role {
+            return create_role(conn, &tenant);
+        }
         Ok(tenant)
+    }))
+}
+
+/// Creates `tenant`'s role (named `dt_<database oid>_<tenant id>`, unique in the
+/// cluster) with rights on its schema, now and for tables made later by the
+/// same user, and read access to `public`; records it in the registry.
+fn create_role(conn: &mut PgConnection, tenant: &Tenant) -> Result<Tenant> {
+    #[derive(QueryableByName)]
+    struct Oid {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        oid: i64,
+    }
+    let oid = diesel::sql_query(
+        "SELECT oid::int8 AS oid FROM pg_catalog.pg_database WHERE datname = current_database()",
+    )
+    .get_result::<Oid>(conn)
+    .map_err(Error::db("read the database oid"))?
+    .oid;
+    let role = SchemaName::new(&format!("dt_{oid}_{}", tenant.id()))?;
+    let (r, s) = (role.quoted(), tenant.schema().quoted());
+    conn.batch_execute(&format!(
+        "CREATE ROLE {r} NOLOGIN; \
+         GRANT {r} TO CURRENT_USER; \
+         GRANT USAGE ON SCHEMA {s} TO {r}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}; \
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r}; \
+         ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {r}; \
+         GRANT USAGE ON SCHEMA public TO {r}; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r};"
+    ))
+    .map_err(Error::db(format!(
+        "create role {role} for tenant {:?}",
+        tenant.schema().as_str()
+    )))?;
+    registry::set_role_name(conn, tenant.id(), &role)
+}
+
+/// Gives an existing tenant its own role if it has none (one transaction).
+pub fn ensure_tenant_role(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+    committed(conn.transaction(|conn| {
+        lock_schema(conn, schema)?;
+        let tenant = registry::get_tenant(conn, schema)?;
+        if tenant.role().is_some() {
+            return Ok(tenant);
+        }
+        create_role(conn, &tenant)
     }))
 }
 
@@ -214,6 +275,7 @@ pub fn drop_tenant(
     let ConfirmDrop::DeleteSchemaAndAllItsData = confirm;
     committed(conn.transaction(|conn| {
         lock_schema(conn, schema)?;
+        let role = registry::find_tenant(conn, schema)?.and_then(|t| t.role().cloned());
         if registry::delete_tenant_row(conn, schema)? == 0 {
             return Err(Error::TenantNotFound {
                 schema: schema.as_str().to_owned(),
@@ -224,6 +286,11 @@ pub fn drop_tenant(
             schema.quoted()
         ))
         .map_err(schema_error(schema, "drop"))?;
+        if let Some(role) = role {
+            let r = role.quoted();
+            conn.batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r};"))
+                .map_err(Error::db(format!("drop role {role}")))?;
+        }
         Ok(())
     }))
 }

@@ -30,6 +30,8 @@ struct Settings {
     statement_cache: bool,
     /// Replace a connection after it has set the path this many times.
     recycle_after_switches: Option<u64>,
+    /// Switch to the tenant's own role while scoped.
+    tenant_roles: bool,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -93,6 +95,7 @@ impl TenantConnectionManager {
                 transaction_scoped: b.transaction_scoped,
                 statement_cache: b.statement_cache.unwrap_or(!b.transaction_scoped),
                 recycle_after_switches: b.recycle_after_switches,
+                tenant_roles: b.tenant_roles,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -179,7 +182,8 @@ impl r2d2::ManageConnection for TenantConnectionManager {
     /// remembered path if the server disagrees, so a path changed where no
     /// statement showed it (say, by a server-side function) is still caught.
     fn is_valid(&self, conn: &mut ManagedConnection) -> Result<(), Self::Error> {
-        let (path, head) = scope::current_search_path(&mut conn.conn).map_err(|e| {
+        let roles = self.settings.tenant_roles;
+        let (path, head, role) = scope::current_search_path(&mut conn.conn).map_err(|e| {
             conn.current = None;
             diesel::r2d2::Error::QueryError(e)
         })?;
@@ -221,9 +225,12 @@ impl ManagedConnection {
             }
             // The liveness check: read the path back, one cached statement.
             match scope::current_search_path(&mut self.conn) {
-                Ok((path, head)) => {
+                Ok((path, head, role)) => {
                     let known = self.current.as_ref().map(|(_, p)| p.as_str());
-                    if known == Some(path.as_str()) && head.as_deref() == Some(scope.head()) {
+                    if known == Some(path.as_str())
+                        && head.as_deref() == Some(scope.head())
+                        && (!self.settings.tenant_roles || role == scope.role_setting())
+                    {
                         if let Some(watch) = self.watch() {
                             watch.take_flags();
                         }
@@ -243,7 +250,13 @@ impl ManagedConnection {
         self.count_switch();
         self.current = None;
         let path = scope.search_path(&self.settings.extra_schemas);
-        let result = scope::set_search_path(&mut self.conn, &scope, path.clone(), false);
+        let result = scope::set_search_path(
+            &mut self.conn,
+            &scope,
+            path.clone(),
+            false,
+            self.settings.tenant_roles,
+        );
         match &result {
             Ok(()) => self.current = Some((scope, path)),
             // The statement ran and found no schema: the session is unchanged.
@@ -274,7 +287,13 @@ impl ManagedConnection {
             return Err(scope_err(e));
         }
         let path = scope.search_path(&self.settings.extra_schemas);
-        let result = scope::set_search_path(&mut self.conn, &scope, path, true);
+        let result = scope::set_search_path(
+            &mut self.conn,
+            &scope,
+            path,
+            true,
+            self.settings.tenant_roles,
+        );
         if let Err(e) = &result {
             if AnsiTransactionManager::rollback_transaction(&mut self.conn).is_err()
                 || !matches!(e, Error::SchemaMissing { .. })
@@ -386,7 +405,17 @@ impl TenantConnection {
                 schema: tenant.schema().as_str().to_owned(),
             });
         }
-        let scope = ScopeKey::Tenant(tenant.schema().clone());
+        let role = if conn.settings.tenant_roles {
+            Some(tenant.role().cloned().ok_or_else(|| Error::Refused {
+                reason: format!(
+                    "tenant {:?} has no role, and the pool switches to tenant roles; create one with ensure_tenant_role",
+                    tenant.schema().as_str()
+                ),
+            })?)
+        } else {
+            None
+        };
+        let scope = ScopeKey::Tenant(tenant.schema().clone(), role);
         let own_transaction = conn.settings.transaction_scoped;
         if own_transaction {
             conn.enter_transaction(scope)?;
@@ -501,9 +530,24 @@ pub struct TenantPoolBuilder {
     transaction_scoped: bool,
     statement_cache: Option<bool>,
     recycle_after_switches: Option<u64>,
+    tenant_roles: bool,
 }
 
 impl TenantPoolBuilder {
+    /// Defence in depth: while scoped to a tenant, a connection also switches to
+    /// the tenant's own `NOLOGIN` role (`SET ROLE`, or `SET LOCAL ROLE` in
+    /// transaction-scoped mode), which has rights on that tenant's schema (and
+    /// reads `public`) only; on `public` it switches back. A query that names
+    /// another tenant's schema, or raw SQL that moves the search path, then
+    /// fails with "permission denied" instead of reading another tenant's rows.
+    /// Tenants need a role ([`NewTenant::with_role`](crate::NewTenant::with_role)
+    /// or [`ensure_tenant_role`](crate::ensure_tenant_role)); the database user
+    /// needs `CREATEROLE` to make them. Sync pool only. Defaults to `false`.
+    pub fn tenant_roles(mut self, on: bool) -> Self {
+        self.tenant_roles = on;
+        self
+    }
+
     /// Replace a connection once it has switched tenants this many times (it
     /// finishes the current borrow first). A backend keeps the catalog entries of
     /// every schema it touched, about 11 KB per table with its indexes, so a
@@ -667,6 +711,7 @@ impl TenantPool {
             transaction_scoped: false,
             statement_cache: None,
             recycle_after_switches: Some(500),
+            tenant_roles: false,
         }
     }
 

@@ -17,7 +17,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use crate::{Domain, Error, Result, SchemaName};
 
 /// The registry's schema version that this release of the crate installs.
-pub const REGISTRY_VERSION: i32 = 3;
+pub const REGISTRY_VERSION: i32 = 4;
 
 /// The channel on which the registry's triggers announce every change to tenants
 /// or domains, whichever process or tool made it.
@@ -81,6 +81,10 @@ CREATE TRIGGER tenancy_tenants_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCA
 CREATE TRIGGER tenancy_domains_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON public.tenancy_domains FOR EACH STATEMENT EXECUTE FUNCTION public.tenancy_notify_change();
 "#,
+    r#"
+ALTER TABLE public.tenancy_tenants ADD COLUMN role_name text
+    CHECK (role_name ~ '^[a-z_][a-z0-9_]{0,62}$');
+"#,
 ];
 
 mod tables {
@@ -94,6 +98,7 @@ mod tables {
             // `timestamp`'s (microseconds since 2000-01-01 UTC), which is what
             // `SystemTime` decodes from; the column is only ever read.
             created_at -> Timestamp,
+            role_name -> Nullable<Text>,
         }
     }
 
@@ -152,9 +157,16 @@ pub struct Tenant {
     name: String,
     status: TenantStatus,
     created_at: SystemTime,
+    role: Option<SchemaName>,
 }
 
 impl Tenant {
+    /// The tenant's own database role, if it has one (see
+    /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)).
+    pub fn role(&self) -> Option<&SchemaName> {
+        self.role.as_ref()
+    }
+
     /// The registry id.
     pub fn id(&self) -> i64 {
         self.id
@@ -189,6 +201,7 @@ struct TenantRow {
     name: String,
     status: String,
     created_at: SystemTime,
+    role_name: Option<String>,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -202,6 +215,13 @@ impl TryFrom<TenantRow> for Tenant {
             name: row.name,
             status: TenantStatus::parse(&row.status)?,
             created_at: row.created_at,
+            role: row
+                .role_name
+                .map(SchemaName::try_from)
+                .transpose()
+                .map_err(|e| Error::CorruptRegistry {
+                    reason: e.to_string(),
+                })?,
         })
     }
 }
@@ -581,4 +601,15 @@ mod tests {
     fn one_step_per_version() {
         assert_eq!(super::STEPS.len(), super::REGISTRY_VERSION as usize);
     }
+}
+
+/// Records a tenant's role name.
+pub(crate) fn set_role_name(conn: &mut PgConnection, id: i64, role: &SchemaName) -> Result<Tenant> {
+    bump_generation();
+    let row = diesel::update(tenancy_tenants::table.find(id))
+        .set(tenancy_tenants::role_name.eq(role.as_str()))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .map_err(Error::db(format!("record role {role}")))?;
+    Tenant::try_from(row)
 }

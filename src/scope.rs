@@ -13,7 +13,8 @@ use crate::{Error, SchemaName};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScopeKey {
     Public,
-    Tenant(SchemaName),
+    /// A tenant's schema, and the role to switch to when per-tenant roles are on.
+    Tenant(SchemaName, Option<SchemaName>),
 }
 
 impl ScopeKey {
@@ -21,7 +22,15 @@ impl ScopeKey {
     pub(crate) fn head(&self) -> &str {
         match self {
             ScopeKey::Public => "public",
-            ScopeKey::Tenant(schema) => schema.as_str(),
+            ScopeKey::Tenant(schema, _) => schema.as_str(),
+        }
+    }
+
+    /// The value `current_setting('role')` has in this scope, when roles are on.
+    pub(crate) fn role_setting(&self) -> &str {
+        match self {
+            ScopeKey::Tenant(_, Some(role)) => role.as_str(),
+            _ => "none",
         }
     }
 
@@ -29,7 +38,7 @@ impl ScopeKey {
     /// `public[, extra...]`. Every name passes through the one quoting function.
     pub(crate) fn search_path(&self, extra: &[SchemaName]) -> String {
         let mut path = String::with_capacity(64);
-        if let ScopeKey::Tenant(schema) = self {
+        if let ScopeKey::Tenant(schema, _) = self {
             path.push_str(&schema.quoted());
             path.push_str(", ");
         }
@@ -62,17 +71,22 @@ pub(crate) mod catalog {
 /// For a tenant the path is only set if the tenant's schema exists (one statement,
 /// one round trip): a missing schema gives [`Error::SchemaMissing`] rather than a
 /// path on which unqualified names would fall through to `public`.
+///
+/// With `roles`, the same statement also switches the role: to the tenant's
+/// role, or back to the session's (`none`) for `public`.
 pub(crate) fn set_search_path(
     conn: &mut PgConnection,
     scope: &ScopeKey,
     path: String,
     local: bool,
+    roles: bool,
 ) -> Result<(), Error> {
     let schema = match scope {
         ScopeKey::Public => None,
-        ScopeKey::Tenant(schema) => Some(schema),
+        ScopeKey::Tenant(schema, _) => Some(schema),
     };
-    apply(conn, schema, path, local)
+    let role = roles.then(|| scope.role_setting().to_owned());
+    apply(conn, schema, path, local, role)
 }
 
 diesel::define_sql_function! {
@@ -85,12 +99,17 @@ diesel::define_sql_function! {
     fn current_schema() -> Nullable<Text>;
 }
 
-/// The session's search path as the server holds it, and the first schema on it
-/// that exists.
+/// The session's search path as the server holds it, the first schema on it
+/// that exists, and the role set with `SET ROLE` (`none` if none).
 pub(crate) fn current_search_path(
     conn: &mut PgConnection,
-) -> QueryResult<(String, Option<String>)> {
-    diesel::select((current_setting("search_path"), current_schema())).get_result(conn)
+) -> QueryResult<(String, Option<String>, String)> {
+    diesel::select((
+        current_setting("search_path"),
+        current_schema(),
+        current_setting("role"),
+    ))
+    .get_result(conn)
 }
 
 fn apply(
@@ -98,25 +117,44 @@ fn apply(
     must_exist: Option<&SchemaName>,
     path: String,
     local: bool,
+    role: Option<String>,
 ) -> Result<(), Error> {
     let scope_err = |source| Error::Scope {
         scope: must_exist.map_or("public", |s| s.as_str()).to_owned(),
         source,
     };
-    match must_exist {
-        None => {
+    match (must_exist, role) {
+        (None, None) => {
             diesel::select(set_config("search_path", path, local))
                 .execute(conn)
                 .map_err(scope_err)?;
         }
-        Some(schema) => {
+        (None, Some(role)) => {
+            diesel::select((
+                set_config("search_path", path, local),
+                set_config("role", role, local),
+            ))
+            .execute(conn)
+            .map_err(scope_err)?;
+        }
+        (Some(schema), role) => {
             use catalog::pg_namespace::dsl::*;
-            let set = pg_namespace
-                .filter(nspname.eq(schema.as_str()))
-                .select(set_config("search_path", path, local))
-                .get_result::<String>(conn)
-                .optional()
-                .map_err(scope_err)?;
+            let found = pg_namespace.filter(nspname.eq(schema.as_str()));
+            let set = match role {
+                None => found
+                    .select(set_config("search_path", path, local))
+                    .get_result::<String>(conn)
+                    .optional(),
+                Some(role) => found
+                    .select((
+                        set_config("search_path", path, local),
+                        set_config("role", role, local),
+                    ))
+                    .get_result::<(String, String)>(conn)
+                    .optional()
+                    .map(|r| r.map(|(p, _)| p)),
+            }
+            .map_err(scope_err)?;
             if set.is_none() {
                 return Err(Error::SchemaMissing {
                     schema: schema.as_str().to_owned(),
@@ -283,7 +321,7 @@ mod tests {
 
     #[test]
     fn search_path_quotes_every_name() {
-        let t = ScopeKey::Tenant(SchemaName::new("acme").unwrap());
+        let t = ScopeKey::Tenant(SchemaName::new("acme").unwrap(), None);
         let ext = [SchemaName::new("extensions").unwrap()];
         assert_eq!(t.search_path(&ext), "\"acme\", public, \"extensions\"");
         assert_eq!(ScopeKey::Public.search_path(&[]), "public");

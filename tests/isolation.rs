@@ -551,3 +551,100 @@ fn a_server_restart_under_load() {
         assert_sees_only(&pool, tenant);
     }
 }
+
+/// Per-tenant roles: inside tenant A's scope, tenant B's tables are out of reach
+/// even when named or when raw SQL moves the search path.
+#[test]
+fn tenant_roles_deny_other_tenants_tables() {
+    let (db, setup_pool) = setup(2);
+    let mut tenants = Vec::new();
+    for schema in ["rola", "rolb"] {
+        let new = diesel_tenancy::NewTenant::new(schema.parse().unwrap(), schema).with_role();
+        let t =
+            diesel_tenancy::create_tenant(&mut setup_pool.public().unwrap(), &new, common::TENANT)
+                .unwrap();
+        assert!(t.role().is_some());
+        setup_pool
+            .with_tenant(&t, |conn| {
+                diesel::insert_into(customers::table)
+                    .values((customers::name.eq(schema), customers::email.eq(schema)))
+                    .execute(conn)
+            })
+            .unwrap();
+        tenants.push(t);
+    }
+    let (a, b) = (&tenants[0], &tenants[1]);
+    for transaction_scoped in [false, true] {
+        let pool = db
+            .pool_builder()
+            .max_size(1)
+            .tenant_roles(true)
+            .transaction_scoped(transaction_scoped)
+            .build()
+            .unwrap();
+        assert_sees_only(&pool, a);
+        let named = pool.with_tenant(a, |conn| {
+            diesel::sql_query("SELECT name FROM rolb.customers").execute(conn)
+        });
+        assert!(
+            named
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("permission denied"),
+            "{named:?}"
+        );
+        let moved = pool.with_tenant(a, |conn| {
+            conn.batch_execute("SET search_path TO rolb")?;
+            diesel::sql_query("SELECT name FROM customers").execute(conn)
+        });
+        // Without USAGE on rolb, the schema is skipped in name lookup.
+        let moved = moved.unwrap_err().to_string();
+        assert!(
+            moved.contains("permission denied") || moved.contains("does not exist"),
+            "{moved}"
+        );
+        // Own rows, writes, and public's shared tables still work.
+        pool.with_tenant(a, |conn| {
+            diesel::insert_into(customers::table)
+                .values((customers::name.eq("more"), customers::email.eq("more")))
+                .execute(conn)?;
+            diesel::delete(customers::table.filter(customers::name.eq("more"))).execute(conn)
+        })
+        .unwrap();
+        assert_eq!(common::count(&pool, "SELECT count(*) AS n FROM plans"), 2);
+        assert_sees_only(&pool, b);
+        // A tenant without a role is refused, not served as the session user.
+        let plain = diesel_tenancy::create_tenant(
+            &mut setup_pool.public().unwrap(),
+            &diesel_tenancy::NewTenant::new(
+                format!("rolc{}", u8::from(transaction_scoped))
+                    .parse()
+                    .unwrap(),
+                "no role",
+            ),
+            common::TENANT,
+        )
+        .unwrap();
+        assert!(matches!(pool.get(&plain), Err(Error::Refused { .. })));
+        let with_role =
+            diesel_tenancy::ensure_tenant_role(&mut setup_pool.public().unwrap(), plain.schema())
+                .unwrap();
+        assert!(pool.get(&with_role).is_ok());
+    }
+    // Dropping a tenant drops its role.
+    let role = a.role().unwrap().to_string();
+    diesel_tenancy::drop_tenant(
+        &mut setup_pool.public().unwrap(),
+        a.schema(),
+        diesel_tenancy::ConfirmDrop::DeleteSchemaAndAllItsData,
+    )
+    .unwrap();
+    assert_eq!(
+        common::count(
+            &setup_pool,
+            &format!("SELECT count(*) AS n FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        0
+    );
+}
