@@ -70,6 +70,7 @@ struct Settings {
     track_search_path: bool,
     test_on_check_out: bool,
     max_lifetime: Option<Duration>,
+    tenant_roles: bool,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -86,9 +87,18 @@ pub struct AsyncTenantPoolBuilder {
     test_on_check_out: bool,
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
+    tenant_roles: bool,
 }
 
 impl AsyncTenantPoolBuilder {
+    /// Switch to the tenant's own role while scoped, as
+    /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)
+    /// does (here one more statement on a switch). Defaults to `false`.
+    pub fn tenant_roles(mut self, on: bool) -> Self {
+        self.tenant_roles = on;
+        self
+    }
+
     /// Maximum number of connections. Defaults to 10.
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size;
@@ -167,6 +177,7 @@ impl AsyncTenantPoolBuilder {
                 track_search_path: self.track_search_path,
                 test_on_check_out: self.test_on_check_out,
                 max_lifetime: self.max_lifetime,
+                tenant_roles: self.tenant_roles,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -221,6 +232,7 @@ impl AsyncTenantPool {
             test_on_check_out: true,
             extra_schemas: Vec::new(),
             track_search_path: true,
+            tenant_roles: false,
         }
     }
 
@@ -242,7 +254,10 @@ impl AsyncTenantPool {
             });
         }
         let conn = self
-            .checkout(ScopeKey::Tenant(tenant.schema().clone(), None))
+            .checkout(ScopeKey::Tenant(
+                tenant.schema().clone(),
+                self.role_of(tenant)?,
+            ))
             .await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
@@ -291,6 +306,18 @@ impl AsyncTenantPool {
         work.await
     }
 
+    fn role_of(&self, tenant: &Tenant) -> Result<Option<SchemaName>> {
+        if !self.settings.tenant_roles {
+            return Ok(None);
+        }
+        tenant.role().cloned().map(Some).ok_or_else(|| Error::Refused {
+            reason: format!(
+                "tenant {:?} has no role, and the pool switches to tenant roles; create one with ensure_tenant_role",
+                tenant.schema().as_str()
+            ),
+        })
+    }
+
     async fn checkout(&self, scope: ScopeKey) -> Result<Object<AsyncPgConnection>> {
         self.settings.scoped.fetch_add(1, Ordering::Relaxed);
         loop {
@@ -337,14 +364,18 @@ impl AsyncTenantPool {
                 return Ok(());
             }
             // The liveness check: read the path back (a cached statement).
-            let (now, head): (String, Option<String>) = diesel::select((
+            let (now, head, role): (String, Option<String>, String) = diesel::select((
                 scope::current_setting("search_path"),
                 scope::current_schema(),
+                scope::current_setting("role"),
             ))
             .get_result(conn)
             .await
             .map_err(scope_err)?;
-            if now == path && head.as_deref() == Some(scope.head()) {
+            if now == path
+                && head.as_deref() == Some(scope.head())
+                && (!self.settings.tenant_roles || role == scope.role_setting())
+            {
                 if let Some(w) = watch(conn) {
                     w.take_flags();
                 }
@@ -374,6 +405,16 @@ impl AsyncTenantPool {
             }
         }
         .map_err(scope_err)?;
+        if set.is_some() && self.settings.tenant_roles {
+            diesel::select(scope::set_config(
+                "role",
+                scope.role_setting().to_owned(),
+                false,
+            ))
+            .execute(conn)
+            .await
+            .map_err(scope_err)?;
+        }
         let w = watch(conn);
         match (set, w) {
             (Some(_), Some(w)) => {

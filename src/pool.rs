@@ -542,7 +542,7 @@ impl TenantPoolBuilder {
     /// fails with "permission denied" instead of reading another tenant's rows.
     /// Tenants need a role ([`NewTenant::with_role`](crate::NewTenant::with_role)
     /// or [`ensure_tenant_role`](crate::ensure_tenant_role)); the database user
-    /// needs `CREATEROLE` to make them. Sync pool only. Defaults to `false`.
+    /// needs `CREATEROLE` to make them. Defaults to `false`.
     pub fn tenant_roles(mut self, on: bool) -> Self {
         self.tenant_roles = on;
         self

@@ -326,3 +326,54 @@ fn migrations_from_a_current_thread_runtime_are_refused_not_blocking() {
         rt.block_on(migrator.migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new()));
     assert!(matches!(result, Err(Error::Refused { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_roles_in_the_async_pool() {
+    let (db, sync_pool) = tokio::task::block_in_place(|| setup(1));
+    let tenants: Vec<Tenant> = tokio::task::block_in_place(|| {
+        ["arola", "arolb"]
+            .iter()
+            .map(|s| {
+                let new = diesel_tenancy::NewTenant::new(s.parse().unwrap(), *s).with_role();
+                diesel_tenancy::create_tenant(
+                    &mut sync_pool.public().unwrap(),
+                    &new,
+                    common::TENANT,
+                )
+                .unwrap()
+            })
+            .collect()
+    });
+    let pool = AsyncTenantPool::builder(db.url())
+        .max_size(1)
+        .tenant_roles(true)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let denied = pool
+            .with_tenant(&tenants[0], async |conn| {
+                diesel::sql_query("SELECT name FROM arolb.customers")
+                    .execute(conn)
+                    .await
+            })
+            .await
+            .unwrap_err();
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
+        let own = pool
+            .with_tenant(&tenants[0], async |conn| markers(conn).await)
+            .await
+            .unwrap();
+        assert!(own.is_empty());
+        // Back on public, the session's own role.
+        let n: i64 = pool
+            .with_public(async |conn| {
+                diesel::sql_query("SELECT (current_user = session_user)::int8 AS n")
+                    .get_result::<common::Count>(conn)
+                    .await
+                    .map(|c| c.n)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "public runs as the session user");
+    }
+}
