@@ -189,11 +189,12 @@ impl r2d2::ManageConnection for TenantConnectionManager {
         })?;
         // The path text must match, and its first schema must still exist (a
         // dropped or renamed tenant schema would leave `public` at the head).
-        if conn
-            .current
-            .as_ref()
-            .is_some_and(|(scope, known)| *known != path || head.as_deref() != Some(scope.head()))
-        {
+        // With tenant roles, the role must match too.
+        if conn.current.as_ref().is_some_and(|(scope, known)| {
+            *known != path
+                || head.as_deref() != Some(scope.head())
+                || (roles && role != scope.role_setting())
+        }) {
             conn.current = None;
         }
         // Our own statement names search_path; that is no reason to distrust it.

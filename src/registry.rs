@@ -595,14 +595,6 @@ pub fn installed_version(conn: &mut PgConnection) -> Result<i32> {
         .map_err(db())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn one_step_per_version() {
-        assert_eq!(super::STEPS.len(), super::REGISTRY_VERSION as usize);
-    }
-}
-
 /// Records a tenant's role name.
 pub(crate) fn set_role_name(conn: &mut PgConnection, id: i64, role: &SchemaName) -> Result<Tenant> {
     bump_generation();
@@ -612,4 +604,12 @@ pub(crate) fn set_role_name(conn: &mut PgConnection, id: i64, role: &SchemaName)
         .get_result(conn)
         .map_err(Error::db(format!("record role {role}")))?;
     Tenant::try_from(row)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_step_per_version() {
+        assert_eq!(super::STEPS.len(), super::REGISTRY_VERSION as usize);
+    }
 }

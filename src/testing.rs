@@ -505,50 +505,6 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
     )?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_installation_names_what_to_install() {
-        let empty = std::env::temp_dir().join(format!("dt-no-pg-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
-        let err =
-            find_bin_dir_in(Some(empty.clone()), Some(empty.clone().into()), &empty).unwrap_err();
-        std::fs::remove_dir_all(&empty).unwrap();
-        assert!(matches!(err, TestingError::PostgresNotFound));
-        let message = err.to_string();
-        assert!(message.contains("apt-get install postgresql"), "{message}");
-        assert!(message.contains("DATABASE_URL"), "{message}");
-    }
-
-    #[test]
-    fn finds_the_newest_versioned_install() {
-        let root = std::env::temp_dir().join(format!("dt-pg-root-{}", std::process::id()));
-        for v in ["9", "15", "13"] {
-            let bin = root.join(v).join("bin");
-            std::fs::create_dir_all(&bin).unwrap();
-            std::fs::write(bin.join("initdb"), "").unwrap();
-            std::fs::write(bin.join("postgres"), "").unwrap();
-        }
-        let found = find_bin_dir_in(None, None, &root).unwrap();
-        std::fs::remove_dir_all(&root).unwrap();
-        assert_eq!(found, root.join("15").join("bin"));
-    }
-
-    #[test]
-    fn database_urls_point_at_the_new_database() {
-        assert_eq!(
-            database_url_for("postgres://u:p@h:5/postgres?sslmode=disable", "dt_x").unwrap(),
-            "postgres://u:p@h:5/dt_x?sslmode=disable"
-        );
-        assert_eq!(
-            database_url_for("host=/tmp port=5", "dt_x").unwrap(),
-            "host=/tmp port=5 dbname=dt_x"
-        );
-    }
-}
-
 /// A PgBouncer (Debian's `pgbouncer` package) in front of a test database, on a
 /// free loopback port, for testing behaviour behind a transaction pooler. Stopped
 /// and removed when dropped or when the process ends.
@@ -675,5 +631,49 @@ impl Drop for PgBouncer {
     fn drop(&mut self) {
         drop(self.pipe.take());
         let _ = self.supervisor.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_installation_names_what_to_install() {
+        let empty = std::env::temp_dir().join(format!("dt-no-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let err =
+            find_bin_dir_in(Some(empty.clone()), Some(empty.clone().into()), &empty).unwrap_err();
+        std::fs::remove_dir_all(&empty).unwrap();
+        assert!(matches!(err, TestingError::PostgresNotFound));
+        let message = err.to_string();
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+    }
+
+    #[test]
+    fn finds_the_newest_versioned_install() {
+        let root = std::env::temp_dir().join(format!("dt-pg-root-{}", std::process::id()));
+        for v in ["9", "15", "13"] {
+            let bin = root.join(v).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+            std::fs::write(bin.join("postgres"), "").unwrap();
+        }
+        let found = find_bin_dir_in(None, None, &root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found, root.join("15").join("bin"));
+    }
+
+    #[test]
+    fn database_urls_point_at_the_new_database() {
+        assert_eq!(
+            database_url_for("postgres://u:p@h:5/postgres?sslmode=disable", "dt_x").unwrap(),
+            "postgres://u:p@h:5/dt_x?sslmode=disable"
+        );
+        assert_eq!(
+            database_url_for("host=/tmp port=5", "dt_x").unwrap(),
+            "host=/tmp port=5 dbname=dt_x"
+        );
     }
 }

@@ -367,7 +367,7 @@ async fn tenant_roles_in_the_async_pool() {
         // Back on public, the session's own role.
         let n: i64 = pool
             .with_public(async |conn| {
-                diesel::sql_query("SELECT (current_user = session_user)::int8 AS n")
+                diesel::sql_query("SELECT (current_user = session_user)::int::int8 AS n")
                     .get_result::<common::Count>(conn)
                     .await
                     .map(|c| c.n)
