@@ -100,7 +100,9 @@ fn migrate_plan_and_tenants() {
     );
     assert_eq!(acme["schema"], "acme");
     assert_eq!(acme["status"], "active");
-    cli.json(&["tenant", "create", "globex"], 0);
+    let globex = cli.json(&["tenant", "create", "globex", "--with-role"], 0);
+    assert!(globex["role"].as_str().unwrap().starts_with("dt_"));
+    assert!(acme["role"].is_null());
     let list = cli.json(&["tenant", "list"], 0);
     let names: Vec<_> = list["tenants"]
         .as_array()

@@ -108,6 +108,9 @@ pub(crate) enum Tenant {
         /// A domain routed to the tenant (repeatable; the first is primary).
         #[arg(long = "domain")]
         domains: Vec<String>,
+        /// Also create the tenant's own database role (needs CREATEROLE).
+        #[arg(long)]
+        with_role: bool,
     },
     /// Drop a tenant: its schema with all its data, and its registry rows.
     Drop {

@@ -281,6 +281,7 @@ fn tenant_json(t: &Tenant) -> Value {
         "schema": t.schema().as_str(),
         "name": t.name(),
         "status": t.status().as_str(),
+        "role": t.role().map(|r| r.as_str()),
     })
 }
 
@@ -291,8 +292,12 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
             schema: name,
             name: display,
             domains,
+            with_role,
         } => {
             let mut new = NewTenant::new(schema(&name)?, display.unwrap_or_else(|| name.clone()));
+            if with_role {
+                new = new.with_role();
+            }
             for d in &domains {
                 new = new.domain(domain(d)?);
             }
