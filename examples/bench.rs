@@ -7,7 +7,14 @@
 //! cargo run --release --example bench -- checkout       --tenants 1000 --ops 50000
 //! cargo run --release --example bench -- checkout-async --tenants 1000 --ops 50000
 //! cargo run --release --example bench -- soak --tenants 1000 --ops 200000
+//! cargo run --release --example bench -- memory --tenants 10000
 //! ```
+//!
+//! `memory` reads every tenant once, in order, through a pool of one connection,
+//! with the default recycle rule and without it, sampling the backend's memory
+//! (`pg_backend_memory_contexts`) every 50 tenants, and prints `RESULT
+//! scenario=memory tenants=<n> recycled_peak_mb=<x> unrecycled_peak_mb=<x>
+//! cap_mb=<x>`; it fails if the recycled peak passes the documented cap.
 //!
 //! `soak` runs `ops` checkouts over all tenants from 4 threads on a pool of 4
 //! (connections replaced every `--recycle` tenant switches: 500 by default as
@@ -263,6 +270,7 @@ fn main() -> Result<()> {
             )?;
             result("noop", n, total, started.elapsed());
         }
+        "memory" => checkout::memory(&db, &pool, &set, n, args.jobs)?,
         "soak" => checkout::soak(&db, &pool, &set, n, args.ops, args.jobs, args.recycle)?,
         "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs)?,
         "checkout-async" => checkout::asynchronous(&db, &pool, &set, n, args.ops, args.jobs)?,
@@ -384,6 +392,49 @@ mod checkout {
             Ok(())
         })?;
         line("checkout", ops, plain_us, same_us, switch_us);
+        Ok(())
+    }
+
+    /// The documented cap on a pooled connection's backend memory with the
+    /// default recycle rule (500 switches), for the sample app's 4 tables.
+    const MEMORY_CAP_MB: f64 = 32.0;
+
+    pub(super) fn memory(
+        db: &TestDatabase,
+        pool: &TenantPool,
+        set: &TenantSet,
+        n: usize,
+        jobs: usize,
+    ) -> Result<()> {
+        let tenants = tenants(pool, set, n, jobs)?;
+        let peak = |recycle: Option<u64>| -> Result<f64> {
+            let one = TenantPool::builder(db.url())
+                .max_size(1)
+                .recycle_after_switches(recycle)
+                .build()?;
+            let mut peak: i64 = 0;
+            for (i, t) in tenants.iter().enumerate() {
+                let mut conn = one.get(t)?;
+                ensure!(lookup(&mut conn)? == t.schema().as_str(), "wrong tenant");
+                if i % 50 == 49 || i + 1 == tenants.len() {
+                    let bytes: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                        "(SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts)",
+                    ))
+                    .get_result(&mut *conn)?;
+                    peak = peak.max(bytes);
+                }
+            }
+            Ok(peak as f64 / (1024.0 * 1024.0))
+        };
+        let recycled = peak(Some(500))?;
+        let unrecycled = peak(None)?;
+        println!(
+            "RESULT scenario=memory tenants={n} recycled_peak_mb={recycled:.1} unrecycled_peak_mb={unrecycled:.1} cap_mb={MEMORY_CAP_MB:.0}"
+        );
+        ensure!(
+            recycled < MEMORY_CAP_MB,
+            "a recycled connection passed the cap"
+        );
         Ok(())
     }
 
