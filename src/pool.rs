@@ -807,6 +807,24 @@ impl TenantPool {
         result
     }
 
+    /// Runs `f` on a connection scoped to `tenant`, or to `public` for `None`.
+    #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+    pub(crate) fn run_scoped<R>(
+        &self,
+        tenant: Option<&Tenant>,
+        f: impl FnOnce(&mut PgConnection) -> R,
+    ) -> Result<R> {
+        let mut conn = match tenant {
+            Some(tenant) => self.get(tenant)?,
+            None => self.public()?,
+        };
+        let result = f(&mut conn);
+        // In transaction-scoped mode, the work is committed here (a transaction
+        // in which a statement failed is rolled back by the server on COMMIT).
+        conn.commit()?;
+        Ok(result)
+    }
+
     /// Looks up an active tenant by schema name in the registry.
     ///
     /// Fails with [`Error::InvalidSchemaName`], [`Error::TenantNotFound`] or

@@ -306,19 +306,13 @@ impl TenantDb {
         R: Send + 'static,
     {
         let scope = self.scope.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = match &scope.tenant {
-                Some(tenant) => scope.pool.get(tenant)?,
-                None => scope.pool.public()?,
-            };
-            Ok(f(&mut conn))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(Error::Refused {
-                reason: format!("database task failed: {e}"),
+        tokio::task::spawn_blocking(move || scope.pool.run_scoped(scope.tenant.as_ref(), f))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Refused {
+                    reason: format!("database task failed: {e}"),
+                })
             })
-        })
     }
 }
 
