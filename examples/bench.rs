@@ -8,7 +8,16 @@
 //! cargo run --release --example bench -- checkout-async --tenants 1000 --ops 50000
 //! cargo run --release --example bench -- soak --tenants 1000 --ops 200000
 //! cargo run --release --example bench -- memory --tenants 10000
+//! cargo run --release --example bench -- http --tenants 1000 --ops 20000
 //! ```
+//!
+//! `http` serves the same handler (list a tenant's customers through
+//! `TenantDb`, the tutorial's extractor) two ways on loopback: behind
+//! `TenancyLayer` with the tenant pool, and on a plain r2d2 pool pinned to one
+//! tenant without the layer. A built-in load generator sends `ops` keep-alive
+//! requests from 8 connections to each, with `Host: t<random>.localhost`, and
+//! prints `RESULT scenario=http requests=<n> plain_rps=<x> tenant_rps=<x>
+//! ratio=<r> plain_p99_ms=<x> tenant_p99_ms=<x>`.
 //!
 //! `memory` reads every tenant once, in order, through a pool of one connection,
 //! with the default recycle rule and without it, sampling the backend's memory
@@ -270,6 +279,7 @@ fn main() -> Result<()> {
             )?;
             result("noop", n, total, started.elapsed());
         }
+        "http" => checkout::http(&db, &pool, &set, n, args.ops, args.jobs)?,
         "memory" => checkout::memory(&db, &pool, &set, n, args.jobs)?,
         "soak" => checkout::soak(&db, &pool, &set, n, args.ops, args.jobs, args.recycle)?,
         "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs)?,
@@ -392,6 +402,155 @@ mod checkout {
             Ok(())
         })?;
         line("checkout", ops, plain_us, same_us, switch_us);
+        Ok(())
+    }
+
+    /// Sends `requests` GET requests over 8 keep-alive connections to `port`,
+    /// with hosts from `host`; returns (requests per second, p99 in ms).
+    fn load(port: u16, requests: usize, host: impl Fn(u64) -> String + Sync) -> Result<(f64, f64)> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        const CLIENTS: usize = 8;
+        let started = Instant::now();
+        let latencies = std::thread::scope(|s| -> Result<Vec<Duration>> {
+            let handles: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    let host = &host;
+                    s.spawn(move || -> Result<Vec<Duration>> {
+                        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                        stream.set_nodelay(true)?;
+                        let mut writer = stream.try_clone()?;
+                        let mut reader = BufReader::new(stream);
+                        let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (c as u64 + 1);
+                        let mut out = Vec::with_capacity(requests / CLIENTS);
+                        for _ in 0..requests / CLIENTS {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            let t0 = Instant::now();
+                            write!(writer, "GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host(rng))?;
+                            let mut status = String::new();
+                            reader.read_line(&mut status)?;
+                            ensure!(status.starts_with("HTTP/1.1 200"), "response: {status}");
+                            let mut length = 0usize;
+                            loop {
+                                let mut line = String::new();
+                                reader.read_line(&mut line)?;
+                                if line == "\r\n" {
+                                    break;
+                                }
+                                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                    length = v.trim().parse()?;
+                                }
+                            }
+                            let mut body = vec![0; length];
+                            reader.read_exact(&mut body)?;
+                            out.push(t0.elapsed());
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??);
+            }
+            Ok(all)
+        })?;
+        let elapsed = started.elapsed();
+        let mut sorted = latencies;
+        sorted.sort();
+        let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+        Ok((sorted.len() as f64 / elapsed.as_secs_f64(), ms(p99)))
+    }
+
+    pub(super) fn http(
+        db: &TestDatabase,
+        pool: &TenantPool,
+        set: &TenantSet,
+        n: usize,
+        requests: usize,
+        jobs: usize,
+    ) -> Result<()> {
+        use axum::Router;
+        use axum::routing::get;
+        use diesel_tenancy::web::axum::{TenancyLayer, TenantDb, tenant_routing};
+
+        let tenants = tenants(pool, set, n, jobs)?;
+        {
+            let mut conn = pool.public()?;
+            for t in &tenants {
+                let domain = diesel_tenancy::Domain::parse(&format!("{}.localhost", t.schema()))?;
+                diesel_tenancy::registry::add_domain(&mut conn, t, &domain, true)?;
+            }
+        }
+        let first = tenants[0].clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        // The same work in both: one blocking-pool task that reads the customers.
+        async fn names(conn_result: Result<Vec<String>>) -> String {
+            match conn_result {
+                Ok(names) => names.join(","),
+                Err(e) => format!("error: {e}"),
+            }
+        }
+        let plain_pool = Pool::builder()
+            .max_size(8)
+            .connection_customizer(Box::new(OnTenant(first.schema().quoted())))
+            .build(ConnectionManager::<PgConnection>::new(db.url()))?;
+        let plain_app = Router::new().route(
+            "/",
+            get(move || {
+                let pool = plain_pool.clone();
+                async move {
+                    let r = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+                        let mut conn = pool.get()?;
+                        Ok(customers::table.select(customers::name).load(&mut *conn)?)
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r);
+                    names(r).await
+                }
+            }),
+        );
+        let tenant_pool = TenantPool::builder(db.url()).max_size(8).build()?;
+        let resolver = diesel_tenancy::Resolver::builder(tenant_pool)
+            .public_domain(diesel_tenancy::Domain::parse("localhost")?)
+            .build()?;
+        let tenant_router = Router::new().route(
+            "/",
+            get(|db: TenantDb| async move {
+                let r = db
+                    .run(|c| customers::table.select(customers::name).load::<String>(c))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r.map_err(anyhow::Error::from));
+                names(r).await
+            }),
+        );
+        let tenant_app = tenant_routing(Router::new(), tenant_router, TenancyLayer::new(resolver));
+        let (plain_port, tenant_port) = rt.block_on(async {
+            let a = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let b = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let ports = (a.local_addr()?.port(), b.local_addr()?.port());
+            tokio::spawn(async move { axum::serve(a, plain_app).await });
+            tokio::spawn(async move { axum::serve(b, tenant_app).await });
+            Ok::<_, anyhow::Error>(ports)
+        })?;
+        let count = tenants.len() as u64;
+        let host = |r: u64| format!("t{}.localhost", r % count);
+        // Warm both (connections, caches, the resolver cache).
+        load(plain_port, requests / 10, host)?;
+        load(tenant_port, requests / 10, host)?;
+        let (plain_rps, plain_p99) = load(plain_port, requests, host)?;
+        let (tenant_rps, tenant_p99) = load(tenant_port, requests, host)?;
+        println!(
+            "RESULT scenario=http requests={requests} plain_rps={plain_rps:.0} tenant_rps={tenant_rps:.0} ratio={:.3} plain_p99_ms={plain_p99:.2} tenant_p99_ms={tenant_p99:.2}",
+            tenant_rps / plain_rps
+        );
+        rt.shutdown_background();
         Ok(())
     }
 
