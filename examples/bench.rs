@@ -401,7 +401,24 @@ mod checkout {
             );
             Ok(())
         })?;
+        // The floor for switching: the plain pool, setting the path by hand
+        // before each lookup (what an application without this crate would do).
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let floor_switch_us = time(&mut |_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let t = &tenants[(rng % tenants.len() as u64) as usize];
+            let mut conn = plain.get()?;
+            conn.batch_execute(&format!("SET search_path TO {}, public", t.schema().quoted()))?;
+            ensure!(lookup(&mut conn)? == t.schema().as_str(), "wrong tenant");
+            Ok(())
+        })?;
         line("checkout", ops, plain_us, same_us, switch_us);
+        println!(
+            "RESULT scenario=checkout-floor ops={ops} plain_us={plain_us:.1} floor_switch_us={floor_switch_us:.1} switch_us={switch_us:.1} switch_vs_floor={:.3}",
+            floor_switch_us / switch_us
+        );
         Ok(())
     }
 
@@ -546,9 +563,13 @@ mod checkout {
         load(tenant_port, requests / 10, host)?;
         let (plain_rps, plain_p99) = load(plain_port, requests, host)?;
         let (tenant_rps, tenant_p99) = load(tenant_port, requests, host)?;
+        // The same tenant for every request: no switching, the layer's and the
+        // pool's own cost.
+        let (same_rps, same_p99) = load(tenant_port, requests, |_| "t0.localhost".to_owned())?;
         println!(
-            "RESULT scenario=http requests={requests} plain_rps={plain_rps:.0} tenant_rps={tenant_rps:.0} ratio={:.3} plain_p99_ms={plain_p99:.2} tenant_p99_ms={tenant_p99:.2}",
-            tenant_rps / plain_rps
+            "RESULT scenario=http requests={requests} plain_rps={plain_rps:.0} tenant_rps={tenant_rps:.0} ratio={:.3} plain_p99_ms={plain_p99:.2} tenant_p99_ms={tenant_p99:.2} same_tenant_rps={same_rps:.0} same_tenant_ratio={:.3} same_tenant_p99_ms={same_p99:.2}",
+            tenant_rps / plain_rps,
+            same_rps / plain_rps
         );
         rt.shutdown_background();
         Ok(())
