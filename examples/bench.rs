@@ -410,7 +410,10 @@ mod checkout {
             rng ^= rng << 17;
             let t = &tenants[(rng % tenants.len() as u64) as usize];
             let mut conn = plain.get()?;
-            conn.batch_execute(&format!("SET search_path TO {}, public", t.schema().quoted()))?;
+            conn.batch_execute(&format!(
+                "SET search_path TO {}, public",
+                t.schema().quoted()
+            ))?;
             ensure!(lookup(&mut conn)? == t.schema().as_str(), "wrong tenant");
             Ok(())
         })?;
@@ -455,7 +458,9 @@ mod checkout {
                                 if line == "\r\n" {
                                     break;
                                 }
-                                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                if let Some(v) =
+                                    line.to_ascii_lowercase().strip_prefix("content-length:")
+                                {
                                     length = v.trim().parse()?;
                                 }
                             }
@@ -469,7 +474,10 @@ mod checkout {
                 .collect();
             let mut all = Vec::new();
             for h in handles {
-                all.extend(h.join().map_err(|_| anyhow::anyhow!("a client panicked"))??);
+                all.extend(
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a client panicked"))??,
+                );
             }
             Ok(all)
         })?;
