@@ -124,8 +124,7 @@ fn db_err<E: std::error::Error + Send + Sync + 'static>(
 pub struct TestCluster {
     admin_url: String,
     dir: PathBuf,
-    supervisor: Child,
-    pipe: Option<ChildStdin>,
+    supervisor: Supervisor,
 }
 
 impl TestCluster {
@@ -189,27 +188,21 @@ touch "$4/stop"
 wait "$loop"
 rm -rf "$4"
 "#;
-        let mut sh = Command::new("/bin/sh");
-        sh.arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(bin.join("postgres"))
-            .arg(&data)
-            .arg(port.to_string())
-            .arg(&dir)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        as_user(&mut sh, run_as);
-        let mut supervisor = sh.spawn().map_err(io("start the PostgreSQL supervisor"))?;
-        let pipe = supervisor.stdin.take();
+        let supervisor = Supervisor::spawn(
+            script,
+            &[
+                bin.join("postgres").as_os_str(),
+                data.as_os_str(),
+                port.to_string().as_ref(),
+                dir.as_os_str(),
+            ],
+            &dir,
+            run_as,
+        )?;
         let mut cluster = TestCluster {
             admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             dir,
             supervisor,
-            pipe,
         };
         cluster.wait_ready()?;
         Ok(cluster)
@@ -221,12 +214,8 @@ rm -rf "$4"
             match PgConnection::establish(&self.admin_url) {
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    let exited = self.supervisor.try_wait().ok().flatten().is_some();
-                    if exited || Instant::now() > deadline {
-                        let mut log = String::new();
-                        if let Ok(mut f) = std::fs::File::open(self.dir.join("server.log")) {
-                            let _ = f.read_to_string(&mut log);
-                        }
+                    if self.supervisor.exited() || Instant::now() > deadline {
+                        let mut log = read_log(&self.dir.join("server.log"));
                         if log.is_empty() {
                             log = e.to_string();
                         }
@@ -283,12 +272,61 @@ rm -rf "$4"
     }
 }
 
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        // Closing the pipe tells the supervisor to stop the server and clean up.
-        drop(self.pipe.take());
-        let _ = self.supervisor.wait();
+/// A supervisor shell: it runs `script` (which starts a server in the
+/// background, then waits on `cat` for its stdin to close, then stops the server
+/// and removes the directory). Only this process holds the pipe, so the end of
+/// the process, even a crash, closes it; dropping the supervisor closes it too
+/// and waits for the clean-up.
+#[derive(Debug)]
+struct Supervisor {
+    child: Child,
+    pipe: Option<ChildStdin>,
+}
+
+impl Supervisor {
+    fn spawn(
+        script: &str,
+        args: &[&std::ffi::OsStr],
+        dir: &Path,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Supervisor, TestingError> {
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C on the test run reaches the
+            // supervisor only through the pipe, after which it cleans up.
+            .process_group(0);
+        as_user(&mut sh, run_as);
+        let mut child = sh.spawn().map_err(io("start a supervisor shell"))?;
+        let pipe = child.stdin.take();
+        Ok(Supervisor { child, pipe })
     }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        drop(self.pipe.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A server's log file, or nothing.
+fn read_log(path: &Path) -> String {
+    let mut log = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut log);
+    }
+    log
 }
 
 /// Where throwaway clusters live: `/dev/shm` (memory) where it exists, since a
@@ -512,8 +550,8 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
 pub struct PgBouncer {
     url: String,
     dir: PathBuf,
-    supervisor: Child,
-    pipe: Option<ChildStdin>,
+    /// Held for its `Drop`, which stops PgBouncer and removes `dir`.
+    _supervisor: Supervisor,
 }
 
 impl PgBouncer {
@@ -578,20 +616,8 @@ kill -INT "$pid" 2>/dev/null
 wait "$pid"
 rm -rf "$2"
 "#;
-        let mut sh = Command::new("/bin/sh");
-        sh.arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(&bin)
-            .arg(&dir)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        as_user(&mut sh, run_as);
-        let mut supervisor = sh.spawn().map_err(io("start pgbouncer"))?;
-        let pipe = supervisor.stdin.take();
+        let supervisor =
+            Supervisor::spawn(script, &[bin.as_os_str(), dir.as_os_str()], &dir, run_as)?;
         let mut through = upstream.clone();
         through
             .set_host(Some("127.0.0.1"))
@@ -600,18 +626,14 @@ rm -rf "$2"
         let bouncer = PgBouncer {
             url: through.into(),
             dir,
-            supervisor,
-            pipe,
+            _supervisor: supervisor,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match PgConnection::establish(&bouncer.url) {
                 Ok(_) => return Ok(bouncer),
                 Err(e) if Instant::now() > deadline => {
-                    let mut log = String::new();
-                    if let Ok(mut f) = std::fs::File::open(bouncer.dir.join("pgbouncer.log")) {
-                        let _ = f.read_to_string(&mut log);
-                    }
+                    let log = read_log(&bouncer.dir.join("pgbouncer.log"));
                     return Err(TestingError::ServerStart {
                         log: format!("pgbouncer: {e}; {log}"),
                     });
@@ -624,13 +646,6 @@ rm -rf "$2"
     /// The database URL, through PgBouncer.
     pub fn url(&self) -> &str {
         &self.url
-    }
-}
-
-impl Drop for PgBouncer {
-    fn drop(&mut self) {
-        drop(self.pipe.take());
-        let _ = self.supervisor.wait();
     }
 }
 
