@@ -291,6 +291,43 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// xorshift64: the benches' tenant choices, the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn new(stream: u64) -> Self {
+        Rng(0x9e37_79b9_7f4a_7c15 ^ stream)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+/// Microseconds per call of `f`, after `warm` calls to warm up.
+async fn time_async<F, Fut>(warm: usize, ops: usize, mut f: F) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut us = 0.0;
+    for phase in [warm, ops] {
+        let started = Instant::now();
+        for _ in 0..phase {
+            f().await?;
+        }
+        us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
+    }
+    Ok(us)
+}
+
 mod checkout {
     use super::*;
     use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
@@ -389,12 +426,9 @@ mod checkout {
             ensure!(lookup(&mut *tenant_pool.get(first)?)? == first.schema().as_str());
             Ok(())
         })?;
-        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rng = Rng::new(0);
         let switch_us = time(&mut |_| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let t = &tenants[(rng % tenants.len() as u64) as usize];
+            let t = rng.pick(tenants);
             ensure!(
                 lookup(&mut *tenant_pool.get(t)?)? == t.schema().as_str(),
                 "wrong tenant"
@@ -403,12 +437,9 @@ mod checkout {
         })?;
         // The floor for switching: the plain pool, setting the path by hand
         // before each lookup (what an application without this crate would do).
-        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rng = Rng::new(0);
         let floor_switch_us = time(&mut |_| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let t = &tenants[(rng % tenants.len() as u64) as usize];
+            let t = rng.pick(tenants);
             let mut conn = plain.get()?;
             conn.batch_execute(&format!(
                 "SET search_path TO {}, public",
@@ -440,14 +471,15 @@ mod checkout {
                         stream.set_nodelay(true)?;
                         let mut writer = stream.try_clone()?;
                         let mut reader = BufReader::new(stream);
-                        let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (c as u64 + 1);
+                        let mut rng = Rng::new(c as u64 + 1);
                         let mut out = Vec::with_capacity(requests / CLIENTS);
                         for _ in 0..requests / CLIENTS {
-                            rng ^= rng << 13;
-                            rng ^= rng >> 7;
-                            rng ^= rng << 17;
                             let t0 = Instant::now();
-                            write!(writer, "GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host(rng))?;
+                            write!(
+                                writer,
+                                "GET / HTTP/1.1\r\nHost: {}\r\n\r\n",
+                                host(rng.next())
+                            )?;
                             let mut status = String::new();
                             reader.read_line(&mut status)?;
                             ensure!(status.starts_with("HTTP/1.1 200"), "response: {status}");
@@ -656,12 +688,9 @@ mod checkout {
                     Arc::clone(&peak_size),
                 );
                 std::thread::spawn(move || -> Result<()> {
-                    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (t as u64 + 1);
+                    let mut rng = Rng::new(t as u64 + 1);
                     for i in 0..ops / THREADS {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        let tenant = &tenants[(rng % tenants.len() as u64) as usize];
+                        let tenant = rng.pick(&tenants);
                         let mut conn = pool.get(tenant)?;
                         if lookup(&mut conn)? != tenant.schema().as_str() {
                             wrong.fetch_add(1, Ordering::Relaxed);
@@ -749,41 +778,33 @@ mod checkout {
                 .max_size(2)
                 .build()?;
             let warm = ops / 10;
-            let mut plain_us = 0.0;
-            for phase in [warm, ops] {
-                let started = Instant::now();
-                for _ in 0..phase {
-                    let mut conn = plain.get().await?;
-                    ensure!(lookup(&mut conn).await? == first.schema().as_str());
-                }
-                plain_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
-            }
-            let mut same_us = 0.0;
-            for phase in [warm, ops] {
-                let started = Instant::now();
-                for _ in 0..phase {
-                    let mut conn = tenant_pool.get(&first).await?;
-                    ensure!(lookup(&mut conn).await? == first.schema().as_str());
-                }
-                same_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
-            }
-            let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-            let mut switch_us = 0.0;
-            for phase in [warm, ops] {
-                let started = Instant::now();
-                for _ in 0..phase {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let t = &tenants[(rng % tenants.len() as u64) as usize];
+            let (plain, tenant_pool, first) = (&plain, &tenant_pool, &first);
+            let plain_us = time_async(warm, ops, || async move {
+                let mut conn = plain.get().await?;
+                ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                Ok(())
+            })
+            .await?;
+            let same_us = time_async(warm, ops, || async move {
+                let mut conn = tenant_pool.get(first).await?;
+                ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                Ok(())
+            })
+            .await?;
+            let mut rng = Rng::new(0);
+            let tenants = &tenants;
+            let switch_us = time_async(warm, ops, || {
+                let t = rng.pick(tenants);
+                async move {
                     let mut conn = tenant_pool.get(t).await?;
                     ensure!(
                         lookup(&mut conn).await? == t.schema().as_str(),
                         "wrong tenant"
                     );
+                    Ok(())
                 }
-                switch_us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
-            }
+            })
+            .await?;
             line("checkout-async", ops, plain_us, same_us, switch_us);
             Ok(())
         })
