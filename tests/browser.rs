@@ -81,6 +81,16 @@ async fn text(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn fill(client: &Client, css: &str, value: &str) {
     let field = client.find(Locator::Css(css)).await.unwrap();
     field.clear().await.unwrap();
@@ -156,13 +166,7 @@ async fn the_tutorial_in_a_real_browser() {
     assert!(text(&client, "#tenants").await.contains("Acme Corp"));
     fill(&client, "#name", "Initech").await;
     fill(&client, "#subdomain", "initech").await;
-    client
-        .find(Locator::Css("#signup"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#signup").await;
     assert!(
         text(&client, "#created")
             .await
@@ -174,22 +178,10 @@ async fn the_tutorial_in_a_real_browser() {
     // Bad input: a taken name and an invalid subdomain create nothing.
     fill(&client, "#name", "Initech again").await;
     fill(&client, "#subdomain", "initech").await;
-    client
-        .find(Locator::Css("#signup"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#signup").await;
     assert!(text(&client, "#error").await.contains("taken"));
     fill(&client, "#subdomain", "Not-Valid").await;
-    client
-        .find(Locator::Css("#signup"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#signup").await;
     assert!(text(&client, "#error").await.contains("lowercase"));
     assert!(!text(&client, "#tenants").await.contains("Initech again"));
     screenshot(&client, &shots, "2-public-bad-input.png").await;
@@ -202,13 +194,7 @@ async fn the_tutorial_in_a_real_browser() {
     assert_eq!(text(&client, "#tenant").await, "Initech");
     fill(&client, "#product", "Red stapler").await;
     fill(&client, "#price", "1299").await;
-    client
-        .find(Locator::Css("#add"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#add").await;
     assert!(text(&client, "#products").await.contains("Red stapler"));
     screenshot(&client, &shots, "3-initech.png").await;
 

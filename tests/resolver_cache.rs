@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{info, tenant_of};
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,21 +19,6 @@ use diesel_tenancy::{
 };
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn info(host: &str) -> RequestInfo<'_> {
-    RequestInfo {
-        host: Some(host),
-        path: "/",
-        ..RequestInfo::default()
-    }
-}
-
-fn tenant_of(resolution: Resolution) -> Option<String> {
-    match resolution {
-        Resolution::Tenant { tenant, .. } => Some(tenant.schema().to_string()),
-        _ => None,
-    }
-}
 
 #[test]
 fn a_cache_hit_costs_no_query() {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{info, tenant_of};
+
 use axum::body::Body;
 use axum::http::Request;
 use common::{TENANT, markers, setup};
@@ -276,21 +278,6 @@ mod actix_app {
             TRUSTED_CASES,
         )
         .await;
-    }
-}
-
-fn info(host: &str) -> RequestInfo<'_> {
-    RequestInfo {
-        host: Some(host),
-        path: "/",
-        ..RequestInfo::default()
-    }
-}
-
-fn tenant_of(resolution: Resolution) -> Option<String> {
-    match resolution {
-        Resolution::Tenant { tenant, .. } => Some(tenant.schema().to_string()),
-        _ => None,
     }
 }
 

@@ -209,3 +209,20 @@ pub fn bulk_tenants(
         .map(|r| r.expect("create tenant"))
         .collect()
 }
+
+/// A request to `host`, path `/`.
+pub fn info(host: &str) -> diesel_tenancy::RequestInfo<'_> {
+    diesel_tenancy::RequestInfo {
+        host: Some(host),
+        path: "/",
+        ..diesel_tenancy::RequestInfo::default()
+    }
+}
+
+/// The schema a resolution routes to, if a tenant.
+pub fn tenant_of(resolution: diesel_tenancy::Resolution) -> Option<String> {
+    match resolution {
+        diesel_tenancy::Resolution::Tenant { tenant, .. } => Some(tenant.schema().to_string()),
+        _ => None,
+    }
+}
