@@ -71,6 +71,7 @@ struct Settings {
     test_on_check_out: bool,
     max_lifetime: Option<Duration>,
     tenant_roles: bool,
+    recycle_after_switches: Option<u64>,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -88,9 +89,18 @@ pub struct AsyncTenantPoolBuilder {
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
     tenant_roles: bool,
+    recycle_after_switches: Option<u64>,
 }
 
 impl AsyncTenantPoolBuilder {
+    /// Replace a connection once it has switched tenants this many times, as
+    /// [`TenantPoolBuilder::recycle_after_switches`](crate::TenantPoolBuilder::recycle_after_switches)
+    /// does. Defaults to 500; `None` turns the rule off.
+    pub fn recycle_after_switches(mut self, switches: Option<u64>) -> Self {
+        self.recycle_after_switches = switches.map(|n| n.max(1));
+        self
+    }
+
     /// Switch to the tenant's own role while scoped, as
     /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)
     /// does (here one more statement on a switch). Defaults to `false`.
@@ -178,6 +188,7 @@ impl AsyncTenantPoolBuilder {
                 test_on_check_out: self.test_on_check_out,
                 max_lifetime: self.max_lifetime,
                 tenant_roles: self.tenant_roles,
+                recycle_after_switches: self.recycle_after_switches,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -233,6 +244,7 @@ impl AsyncTenantPool {
             extra_schemas: Vec::new(),
             track_search_path: true,
             tenant_roles: false,
+            recycle_after_switches: Some(500),
         }
     }
 
@@ -383,8 +395,11 @@ impl AsyncTenantPool {
             }
         }
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
+        let recycle_after = self.settings.recycle_after_switches;
         if let Some(w) = watch(conn) {
             w.current = None;
+            w.switches += 1;
+            w.retire |= recycle_after.is_some_and(|max| w.switches >= max);
         }
         // Setting the path is the liveness check on a switch (a cached statement).
         let set = match scope {
@@ -494,7 +509,7 @@ impl Drop for AsyncTenantConnection {
                     if flags & PATH_DIRTY != 0 {
                         w.current = None;
                     }
-                    w.in_flight == 0 && flags & RAW_TRANSACTION == 0 && !in_transaction
+                    w.in_flight == 0 && flags & RAW_TRANSACTION == 0 && !in_transaction && !w.retire
                 }
             }
         };

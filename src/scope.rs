@@ -180,6 +180,12 @@ pub(crate) struct ScopeWatch {
     /// Statements started and not finished: non-zero when a borrower's future
     /// was dropped mid-query (async pool).
     pub(crate) in_flight: u32,
+    /// Path sets on this connection, and whether it has done enough of them to
+    /// be replaced when next released (async pool's recycle rule).
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) switches: u64,
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) retire: bool,
     /// The scope and path the session holds, when known (async pool; the sync
     /// pool keeps this in its connection wrapper).
     #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
@@ -203,6 +209,8 @@ impl ScopeWatch {
         ScopeWatch {
             flags: 0,
             in_flight: 0,
+            switches: 0,
+            retire: false,
             current: None,
             transaction_statement: false,
             buf: String::new(),

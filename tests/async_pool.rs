@@ -377,3 +377,34 @@ async fn tenant_roles_in_the_async_pool() {
         assert_eq!(n, 1, "public runs as the session user");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_recycled_after_many_switches() {
+    let (db, sync_pool) = tokio::task::block_in_place(|| setup(1));
+    let t = tokio::task::block_in_place(|| tenants_with_markers(&sync_pool, "arcy", 2));
+    let pool = AsyncTenantPool::builder(db.url())
+        .max_size(1)
+        .recycle_after_switches(Some(3))
+        .build()
+        .unwrap();
+    let mut pids = Vec::new();
+    for i in 0..7 {
+        let pid: i32 = pool
+            .with_tenant(&t[i % 2], async |conn| {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                    "pg_backend_pid()",
+                ))
+                .get_result(conn)
+                .await
+            })
+            .await
+            .unwrap();
+        pids.push(pid);
+    }
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        3,
+        "switches 1-3, 4-6 and 7 on three connections: {pids:?}"
+    );
+}
