@@ -69,16 +69,31 @@ async fn screenshot(client: &Client, dir: &Path, name: &str) {
     std::fs::write(dir.join(name), png).unwrap();
 }
 
+/// The text of `css`, read again if the page changes under it (after a form
+/// submission the old page's element can go stale between finding and reading).
 async fn text(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+    wait_text(client, css, "").await
+}
+
+/// The text of `css` once it contains `needle` (or whatever it holds after 20
+/// seconds, for the caller's assertion to report).
+async fn wait_text(client: &Client, css: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    loop {
+        if let Ok(element) = client.find(Locator::Css(css)).await {
+            if let Ok(text) = element.text().await {
+                if text.contains(needle) {
+                    return text;
+                }
+                last = text;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn click(client: &Client, css: &str) {
@@ -163,26 +178,42 @@ async fn the_tutorial_in_a_real_browser() {
 
     // Sign a tenant up on the public site.
     client.goto(&public).await.unwrap();
-    assert!(text(&client, "#tenants").await.contains("Acme Corp"));
+    assert!(
+        wait_text(&client, "#tenants", "Acme Corp")
+            .await
+            .contains("Acme Corp")
+    );
     fill(&client, "#name", "Initech").await;
     fill(&client, "#subdomain", "initech").await;
     click(&client, "#signup").await;
     assert!(
-        text(&client, "#created")
+        wait_text(&client, "#created", "initech.localhost")
             .await
             .contains("initech.localhost")
     );
-    assert!(text(&client, "#tenants").await.contains("Initech"));
+    assert!(
+        wait_text(&client, "#tenants", "Initech")
+            .await
+            .contains("Initech")
+    );
     screenshot(&client, &shots, "1-public-signed-up.png").await;
 
     // Bad input: a taken name and an invalid subdomain create nothing.
     fill(&client, "#name", "Initech again").await;
     fill(&client, "#subdomain", "initech").await;
     click(&client, "#signup").await;
-    assert!(text(&client, "#error").await.contains("taken"));
+    assert!(
+        wait_text(&client, "#error", "taken")
+            .await
+            .contains("taken")
+    );
     fill(&client, "#subdomain", "Not-Valid").await;
     click(&client, "#signup").await;
-    assert!(text(&client, "#error").await.contains("lowercase"));
+    assert!(
+        wait_text(&client, "#error", "lowercase")
+            .await
+            .contains("lowercase")
+    );
     assert!(!text(&client, "#tenants").await.contains("Initech again"));
     screenshot(&client, &shots, "2-public-bad-input.png").await;
 
@@ -195,7 +226,11 @@ async fn the_tutorial_in_a_real_browser() {
     fill(&client, "#product", "Red stapler").await;
     fill(&client, "#price", "1299").await;
     click(&client, "#add").await;
-    assert!(text(&client, "#products").await.contains("Red stapler"));
+    assert!(
+        wait_text(&client, "#products", "Red stapler")
+            .await
+            .contains("Red stapler")
+    );
     screenshot(&client, &shots, "3-initech.png").await;
 
     // Another tenant does not see it.
@@ -212,7 +247,11 @@ async fn the_tutorial_in_a_real_browser() {
         .goto(&format!("http://nobody.localhost:{port}/"))
         .await
         .unwrap();
-    assert!(text(&client, "#not-found").await.contains("404"));
+    assert!(
+        wait_text(&client, "#not-found", "404")
+            .await
+            .contains("404")
+    );
     screenshot(&client, &shots, "5-not-found.png").await;
 
     client.close().await.unwrap();
