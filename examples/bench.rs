@@ -212,6 +212,7 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let n = args.tenants;
+    let recycle = (args.recycle > 0).then_some(args.recycle);
     match args.scenario.as_str() {
         "create" => {
             let total = create(&pool, &set, "t", n, args.jobs)?;
@@ -282,8 +283,10 @@ fn main() -> Result<()> {
         "http" => checkout::http(&db, &pool, &set, n, args.ops, args.jobs)?,
         "memory" => checkout::memory(&db, &pool, &set, n, args.jobs)?,
         "soak" => checkout::soak(&db, &pool, &set, n, args.ops, args.jobs, args.recycle)?,
-        "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs)?,
-        "checkout-async" => checkout::asynchronous(&db, &pool, &set, n, args.ops, args.jobs)?,
+        "checkout" => checkout::sync(&db, &pool, &set, n, args.ops, args.jobs, recycle)?,
+        "checkout-async" => {
+            checkout::asynchronous(&db, &pool, &set, n, args.ops, args.jobs, recycle)?
+        }
         other => {
             bail!("unknown scenario {other:?}: create, migrate, noop, checkout or checkout-async")
         }
@@ -311,21 +314,144 @@ impl Rng {
     }
 }
 
-/// Microseconds per call of `f`, after `warm` calls to warm up.
-async fn time_async<F, Fut>(warm: usize, ops: usize, mut f: F) -> Result<f64>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let mut us = 0.0;
-    for phase in [warm, ops] {
-        let started = Instant::now();
-        for _ in 0..phase {
-            f().await?;
-        }
-        us = started.elapsed().as_secs_f64() * 1e6 / phase as f64;
+/// CPU time so far, in nanoseconds, of this process (all threads) and of the
+/// PostgreSQL server's processes on this machine (read from
+/// `/proc/*/schedstat`; zero where that cannot be read).
+fn cpu_ns() -> (u64, u64) {
+    fn run_ns(path: &Path) -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
-    Ok(us)
+    let mut client = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            client += run_ns(&t.path().join("schedstat"));
+        }
+    }
+    let mut server = 0;
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let dir = p.path();
+            if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "postgres") {
+                server += run_ns(&dir.join("schedstat"));
+            }
+        }
+    }
+    (client, server)
+}
+
+/// Per-operation figures of one variant, in microseconds.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    /// Wall-clock time.
+    wall: f64,
+    /// CPU time of this process (the pool, Diesel, libpq, the runtime).
+    client: f64,
+    /// CPU time of the PostgreSQL server's processes.
+    server: f64,
+}
+
+/// Sums (wall, client, server) over the segments of one variant.
+#[derive(Default)]
+struct Meter {
+    wall: Duration,
+    client_ns: u64,
+    server_ns: u64,
+}
+
+impl Meter {
+    fn start() -> (Instant, (u64, u64)) {
+        (Instant::now(), cpu_ns())
+    }
+
+    fn stop(&mut self, (started, (c0, s0)): (Instant, (u64, u64))) {
+        self.wall += started.elapsed();
+        let (c1, s1) = cpu_ns();
+        self.client_ns += c1.saturating_sub(c0);
+        self.server_ns += s1.saturating_sub(s0);
+    }
+
+    fn per_op(&self, ops: usize) -> Cost {
+        let ops = ops as f64;
+        Cost {
+            wall: self.wall.as_secs_f64() * 1e6 / ops,
+            client: self.client_ns as f64 / 1e3 / ops,
+            server: self.server_ns as f64 / 1e3 / ops,
+        }
+    }
+}
+
+/// Prints where each variant's time went: one `COST` line per variant.
+fn print_costs(scenario: &str, names: &[&str], costs: &[Cost]) {
+    for (name, c) in names.iter().zip(costs) {
+        println!(
+            "COST scenario={scenario} variant={name} wall_us={:.1} client_cpu_us={:.1} server_cpu_us={:.1} waiting_us={:.1}",
+            c.wall,
+            c.client,
+            c.server,
+            (c.wall - c.client - c.server).max(0.0)
+        );
+    }
+}
+
+/// Rounds in which the checkout scenarios interleave their variants.
+const ROUNDS: usize = 10;
+
+/// Microseconds per call of each variant: a warm-up of `ops / 10` calls each,
+/// then `ops` calls each in [`ROUNDS`] interleaved rounds (the order rotating
+/// every round), so that drift in this machine's speed during the run falls on
+/// every variant alike.
+fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<Vec<Cost>> {
+    let mut meters: Vec<Meter> = variants.iter().map(|_| Meter::default()).collect();
+    for v in variants.iter_mut() {
+        for _ in 0..ops / 10 {
+            v()?;
+        }
+    }
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            let started = Meter::start();
+            for _ in 0..ops / ROUNDS {
+                variants[i]()?;
+            }
+            meters[i].stop(started);
+        }
+    }
+    Ok(meters.iter().map(|m| m.per_op(ops / ROUNDS * ROUNDS)).collect())
+}
+
+type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+
+/// Boxes an async variant for [`interleaved_async`].
+fn variant<'a>(f: impl FnMut() -> BoxFuture<'a> + 'a) -> Box<dyn FnMut() -> BoxFuture<'a> + 'a> {
+    Box::new(f)
+}
+
+/// [`interleaved`] for async variants.
+async fn interleaved_async<'a>(
+    ops: usize,
+    variants: &mut [Box<dyn FnMut() -> BoxFuture<'a> + 'a>],
+) -> Result<Vec<Cost>> {
+    let mut meters: Vec<Meter> = variants.iter().map(|_| Meter::default()).collect();
+    for v in variants.iter_mut() {
+        for _ in 0..ops / 10 {
+            v().await?;
+        }
+    }
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            let started = Meter::start();
+            for _ in 0..ops / ROUNDS {
+                variants[i]().await?;
+            }
+            meters[i].stop(started);
+        }
+    }
+    Ok(meters.iter().map(|m| m.per_op(ops / ROUNDS * ROUNDS)).collect())
 }
 
 mod checkout {
@@ -392,62 +518,64 @@ mod checkout {
         n: usize,
         ops: usize,
         jobs: usize,
+        recycle: Option<u64>,
     ) -> Result<()> {
         let tenants = tenants(pool, set, n, jobs)?;
-        measure_sync(db, &tenants, ops)
+        measure_sync(db, &tenants, ops, recycle)
     }
 
     fn measure_sync(
         db: &TestDatabase,
         tenants: &[diesel_tenancy::Tenant],
         ops: usize,
+        recycle: Option<u64>,
     ) -> Result<()> {
         let first = &tenants[0];
         let plain = Pool::builder()
             .max_size(2)
             .connection_customizer(Box::new(OnTenant(first.schema().quoted())))
             .build(ConnectionManager::<PgConnection>::new(db.url()))?;
-        let tenant_pool = TenantPool::builder(db.url()).max_size(2).build()?;
-        let time = |f: &mut dyn FnMut(usize) -> Result<()>| -> Result<f64> {
-            for i in 0..ops / 10 {
-                f(i)?; // warm-up
-            }
-            let started = Instant::now();
-            for i in 0..ops {
-                f(i)?;
-            }
-            Ok(started.elapsed().as_secs_f64() * 1e6 / ops as f64)
-        };
-        let plain_us = time(&mut |_| {
+        let tenant_pool = TenantPool::builder(db.url())
+            .max_size(2)
+            .recycle_after_switches(recycle)
+            .build()?;
+        let mut plain_lookup = || -> Result<()> {
             ensure!(lookup(&mut *plain.get()?)? == first.schema().as_str());
             Ok(())
-        })?;
-        let same_us = time(&mut |_| {
+        };
+        let mut same = || -> Result<()> {
             ensure!(lookup(&mut *tenant_pool.get(first)?)? == first.schema().as_str());
             Ok(())
-        })?;
+        };
         let mut rng = Rng::new(0);
-        let switch_us = time(&mut |_| {
+        let mut switch = || -> Result<()> {
             let t = rng.pick(tenants);
             ensure!(
                 lookup(&mut *tenant_pool.get(t)?)? == t.schema().as_str(),
                 "wrong tenant"
             );
             Ok(())
-        })?;
+        };
         // The floor for switching: the plain pool, setting the path by hand
         // before each lookup (what an application without this crate would do).
-        let mut rng = Rng::new(0);
-        let floor_switch_us = time(&mut |_| {
+        let mut rng = Rng::new(1);
+        let by_hand = Pool::builder()
+            .max_size(2)
+            .build(ConnectionManager::<PgConnection>::new(db.url()))?;
+        let mut floor = || -> Result<()> {
             let t = rng.pick(tenants);
-            let mut conn = plain.get()?;
+            let mut conn = by_hand.get()?;
             conn.batch_execute(&format!(
                 "SET search_path TO {}, public",
                 t.schema().quoted()
             ))?;
             ensure!(lookup(&mut conn)? == t.schema().as_str(), "wrong tenant");
             Ok(())
-        })?;
+        };
+        let costs = interleaved(ops, &mut [&mut plain_lookup, &mut same, &mut switch, &mut floor])?;
+        print_costs("checkout", &["plain", "same", "switch", "floor_switch"], &costs);
+        let (plain_us, same_us, switch_us, floor_switch_us) =
+            (costs[0].wall, costs[1].wall, costs[2].wall, costs[3].wall);
         line("checkout", ops, plain_us, same_us, switch_us);
         println!(
             "RESULT scenario=checkout-floor ops={ops} plain_us={plain_us:.1} floor_switch_us={floor_switch_us:.1} switch_us={switch_us:.1} switch_vs_floor={:.3}",
@@ -739,6 +867,7 @@ mod checkout {
         n: usize,
         ops: usize,
         jobs: usize,
+        recycle: Option<u64>,
     ) -> Result<()> {
         use diesel_async::pooled_connection::deadpool::Pool as AsyncPool;
         use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -746,7 +875,7 @@ mod checkout {
 
         let tenants = tenants(pool, set, n, jobs)?;
         // The sync pool in the same run, for comparison.
-        measure_sync(db, &tenants, ops)?;
+        measure_sync(db, &tenants, ops, recycle)?;
         let first = tenants[0].clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -776,35 +905,40 @@ mod checkout {
             .build()?;
             let tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
                 .max_size(2)
+                .recycle_after_switches(recycle)
                 .build()?;
-            let warm = ops / 10;
-            let (plain, tenant_pool, first) = (&plain, &tenant_pool, &first);
-            let plain_us = time_async(warm, ops, || async move {
-                let mut conn = plain.get().await?;
-                ensure!(lookup(&mut conn).await? == first.schema().as_str());
-                Ok(())
-            })
-            .await?;
-            let same_us = time_async(warm, ops, || async move {
-                let mut conn = tenant_pool.get(first).await?;
-                ensure!(lookup(&mut conn).await? == first.schema().as_str());
-                Ok(())
-            })
-            .await?;
+            let (plain, tenant_pool, first, tenants) = (&plain, &tenant_pool, &first, &tenants);
             let mut rng = Rng::new(0);
-            let tenants = &tenants;
-            let switch_us = time_async(warm, ops, || {
-                let t = rng.pick(tenants);
-                async move {
-                    let mut conn = tenant_pool.get(t).await?;
-                    ensure!(
-                        lookup(&mut conn).await? == t.schema().as_str(),
-                        "wrong tenant"
-                    );
-                    Ok(())
-                }
-            })
-            .await?;
+            let mut variants = vec![
+                variant(|| {
+                    Box::pin(async move {
+                        let mut conn = plain.get().await?;
+                        ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                        Ok(())
+                    })
+                }),
+                variant(|| {
+                    Box::pin(async move {
+                        let mut conn = tenant_pool.get(first).await?;
+                        ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                        Ok(())
+                    })
+                }),
+                variant(move || {
+                    let t = rng.pick(tenants);
+                    Box::pin(async move {
+                        let mut conn = tenant_pool.get(t).await?;
+                        ensure!(
+                            lookup(&mut conn).await? == t.schema().as_str(),
+                            "wrong tenant"
+                        );
+                        Ok(())
+                    })
+                }),
+            ];
+            let costs = interleaved_async(ops, &mut variants).await?;
+            print_costs("checkout-async", &["plain", "same", "switch"], &costs);
+            let (plain_us, same_us, switch_us) = (costs[0].wall, costs[1].wall, costs[2].wall);
             line("checkout-async", ops, plain_us, same_us, switch_us);
             Ok(())
         })
