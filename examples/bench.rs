@@ -420,7 +420,10 @@ fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> R
             meters[i].stop(started);
         }
     }
-    Ok(meters.iter().map(|m| m.per_op(ops / ROUNDS * ROUNDS)).collect())
+    Ok(meters
+        .iter()
+        .map(|m| m.per_op(ops / ROUNDS * ROUNDS))
+        .collect())
 }
 
 type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
@@ -451,7 +454,10 @@ async fn interleaved_async<'a>(
             meters[i].stop(started);
         }
     }
-    Ok(meters.iter().map(|m| m.per_op(ops / ROUNDS * ROUNDS)).collect())
+    Ok(meters
+        .iter()
+        .map(|m| m.per_op(ops / ROUNDS * ROUNDS))
+        .collect())
 }
 
 mod checkout {
@@ -572,8 +578,15 @@ mod checkout {
             ensure!(lookup(&mut conn)? == t.schema().as_str(), "wrong tenant");
             Ok(())
         };
-        let costs = interleaved(ops, &mut [&mut plain_lookup, &mut same, &mut switch, &mut floor])?;
-        print_costs("checkout", &["plain", "same", "switch", "floor_switch"], &costs);
+        let costs = interleaved(
+            ops,
+            &mut [&mut plain_lookup, &mut same, &mut switch, &mut floor],
+        )?;
+        print_costs(
+            "checkout",
+            &["plain", "same", "switch", "floor_switch"],
+            &costs,
+        );
         let (plain_us, same_us, switch_us, floor_switch_us) =
             (costs[0].wall, costs[1].wall, costs[2].wall, costs[3].wall);
         line("checkout", ops, plain_us, same_us, switch_us);

@@ -376,6 +376,7 @@ impl AsyncTenantPool {
                 return Ok(());
             }
             // The liveness check: read the path back (a cached statement).
+            scope::own_statement_next(conn.instrumentation());
             let (now, head, role): (String, Option<String>, String) = diesel::select((
                 scope::current_setting("search_path"),
                 scope::current_schema(),
@@ -402,6 +403,7 @@ impl AsyncTenantPool {
             w.retire |= recycle_after.is_some_and(|max| w.switches >= max);
         }
         // Setting the path is the liveness check on a switch (a cached statement).
+        scope::own_statement_next(conn.instrumentation());
         let set = match scope {
             ScopeKey::Public => {
                 diesel::select(scope::set_config("search_path", path.clone(), false))
@@ -421,6 +423,7 @@ impl AsyncTenantPool {
         }
         .map_err(scope_err)?;
         if set.is_some() && self.settings.tenant_roles {
+            scope::own_statement_next(conn.instrumentation());
             diesel::select(scope::set_config(
                 "role",
                 scope.role_setting().to_owned(),

@@ -104,6 +104,7 @@ diesel::define_sql_function! {
 pub(crate) fn current_search_path(
     conn: &mut PgConnection,
 ) -> QueryResult<(String, Option<String>, String)> {
+    own_statement_next(conn.instrumentation());
     diesel::select((
         current_setting("search_path"),
         current_schema(),
@@ -123,6 +124,8 @@ fn apply(
         scope: must_exist.map_or("public", |s| s.as_str()).to_owned(),
         source,
     };
+    // Every arm below runs one statement.
+    own_statement_next(conn.instrumentation());
     match (must_exist, role) {
         (None, None) => {
             diesel::select(set_config("search_path", path, local))
@@ -192,6 +195,9 @@ pub(crate) struct ScopeWatch {
     pub(crate) current: Option<(ScopeKey, String)>,
     /// The next statement comes from Diesel's transaction manager.
     transaction_statement: bool,
+    /// The next statement is this crate's own (the checkout's path statement),
+    /// whose text is known and needs no classifying.
+    own_statement: bool,
     buf: String,
     inner: Option<Box<dyn Instrumentation>>,
 }
@@ -213,18 +219,35 @@ impl ScopeWatch {
             retire: false,
             current: None,
             transaction_statement: false,
+            own_statement: false,
             buf: String::new(),
             inner,
         }
     }
 
     pub(crate) fn take_flags(&mut self) -> u8 {
+        self.own_statement = false;
         std::mem::take(&mut self.flags)
+    }
+
+    /// The next statement is the crate's own: it is counted and its errors are
+    /// seen, but its text is not classified. Cleared by that statement's start
+    /// (Diesel reports the start before it sends anything) and by
+    /// [`take_flags`](Self::take_flags).
+    pub(crate) fn own_statement_next(&mut self) {
+        self.own_statement = true;
     }
 
     fn classify(&mut self, query: &dyn std::fmt::Display) {
         self.buf.clear();
-        if write!(self.buf, "{query}").is_err() {
+        let mut sink = SqlText {
+            buf: &mut self.buf,
+            done: false,
+        };
+        // Diesel displays a query as its SQL, then " -- binds: [...]"; the
+        // binds are not needed, so the sink stops formatting when they begin.
+        let complete = write!(sink, "{query}").is_ok();
+        if !complete && !sink.done {
             self.flags |= PATH_DIRTY;
             return;
         }
@@ -235,12 +258,29 @@ impl ScopeWatch {
     }
 }
 
+/// Collects a displayed Diesel query's SQL and refuses the rest: the bind
+/// values follow the marker `" -- binds: "`, which Diesel writes on its own.
+struct SqlText<'a> {
+    buf: &'a mut String,
+    done: bool,
+}
+
+impl std::fmt::Write for SqlText<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.done || s == " -- binds: " {
+            self.done = true;
+            return Err(std::fmt::Error);
+        }
+        self.buf.push_str(s);
+        Ok(())
+    }
+}
+
 /// Flags for one statement's text (conservative: a false alarm only costs one
 /// extra round trip on the next checkout).
 pub(crate) fn classify_sql(sql: &str) -> u8 {
     let mut flags = 0;
-    let bytes = sql.as_bytes();
-    if contains_ignore_case(bytes, b"search_path") || contains_ignore_case(bytes, b"set_config") {
+    if mentions_path_setting(sql.as_bytes()) {
         flags |= PATH_DIRTY;
     }
     for statement in sql.split(';') {
@@ -269,10 +309,28 @@ pub(crate) fn classify_sql(sql: &str) -> u8 {
     flags
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether `sql` mentions `search_path` or `set_config`, in any case. Both
+/// words have an underscore at a fixed place, so only underscores are looked
+/// at: most statements have few.
+fn mentions_path_setting(sql: &[u8]) -> bool {
+    const WORDS: [(&[u8], usize); 2] = [(b"search_path", 6), (b"set_config", 3)];
+    sql.iter().enumerate().any(|(i, &b)| {
+        b == b'_'
+            && WORDS.iter().any(|(word, at)| {
+                i >= *at
+                    && sql
+                        .get(i - at..i - at + word.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+            })
+    })
+}
+
+/// Marks the next statement on a connection as the crate's own (see
+/// [`ScopeWatch::own_statement_next`]); a no-op without the watch.
+pub(crate) fn own_statement_next(instrumentation: &mut dyn Instrumentation) {
+    if let Some(watch) = instrumentation.downcast_mut::<ScopeWatch>() {
+        watch.own_statement_next();
+    }
 }
 
 impl Instrumentation for ScopeWatch {
@@ -287,7 +345,8 @@ impl Instrumentation for ScopeWatch {
             InstrumentationEvent::StartQuery { query, .. } => {
                 self.in_flight += 1;
                 let from_transaction_manager = std::mem::take(&mut self.transaction_statement);
-                if !from_transaction_manager {
+                let own = std::mem::take(&mut self.own_statement);
+                if !from_transaction_manager && !own {
                     self.classify(query);
                 }
             }
@@ -320,6 +379,14 @@ mod tests {
             classify_sql("SELECT pg_catalog.SET_CONFIG('search_path', 'b', false)"),
             PATH_DIRTY
         );
+        assert_eq!(
+            classify_sql("select current_setting('SEARCH_PATH')"),
+            PATH_DIRTY
+        );
+        assert_eq!(classify_sql("select set_config"), PATH_DIRTY);
+        assert_eq!(classify_sql("_search_path"), PATH_DIRTY);
+        assert_eq!(classify_sql("search_pat"), 0);
+        assert_eq!(classify_sql("earch_path set_confi _ __"), 0);
         assert_eq!(classify_sql("BEGIN"), RAW_TRANSACTION | PATH_DIRTY);
         assert_eq!(
             classify_sql("select 1;\n start transaction"),
