@@ -71,7 +71,7 @@ struct Settings {
     test_on_check_out: bool,
     max_lifetime: Option<Duration>,
     tenant_roles: bool,
-    recycle_after_switches: Option<u64>,
+    recycle_after_schemas: Option<u64>,
     scoped: AtomicU64,
     path_sets: AtomicU64,
 }
@@ -89,15 +89,16 @@ pub struct AsyncTenantPoolBuilder {
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
     tenant_roles: bool,
-    recycle_after_switches: Option<u64>,
+    recycle_after_schemas: Option<u64>,
 }
 
 impl AsyncTenantPoolBuilder {
-    /// Replace a connection once it has switched tenants this many times, as
-    /// [`TenantPoolBuilder::recycle_after_switches`](crate::TenantPoolBuilder::recycle_after_switches)
-    /// does. Defaults to 500; `None` turns the rule off.
-    pub fn recycle_after_switches(mut self, switches: Option<u64>) -> Self {
-        self.recycle_after_switches = switches.map(|n| n.max(1));
+    /// Replace a connection once it has been scoped to this many distinct
+    /// schemas, as
+    /// [`TenantPoolBuilder::recycle_after_schemas`](crate::TenantPoolBuilder::recycle_after_schemas)
+    /// does. Defaults to 1,000; `None` turns the rule off.
+    pub fn recycle_after_schemas(mut self, schemas: Option<u64>) -> Self {
+        self.recycle_after_schemas = schemas.map(|n| n.max(1));
         self
     }
 
@@ -188,7 +189,7 @@ impl AsyncTenantPoolBuilder {
                 test_on_check_out: self.test_on_check_out,
                 max_lifetime: self.max_lifetime,
                 tenant_roles: self.tenant_roles,
-                recycle_after_switches: self.recycle_after_switches,
+                recycle_after_schemas: self.recycle_after_schemas,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
             }),
@@ -244,7 +245,7 @@ impl AsyncTenantPool {
             extra_schemas: Vec::new(),
             track_search_path: true,
             tenant_roles: false,
-            recycle_after_switches: Some(500),
+            recycle_after_schemas: Some(crate::scope::DEFAULT_RECYCLE_AFTER_SCHEMAS),
         }
     }
 
@@ -396,11 +397,10 @@ impl AsyncTenantPool {
             }
         }
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
-        let recycle_after = self.settings.recycle_after_switches;
+        let recycle_after = self.settings.recycle_after_schemas;
         if let Some(w) = watch(conn) {
             w.current = None;
-            w.switches += 1;
-            w.retire |= recycle_after.is_some_and(|max| w.switches >= max);
+            w.retire |= w.schemas.add(scope.head(), recycle_after);
         }
         // Setting the path is the liveness check on a switch (a cached statement).
         scope::own_statement_next(conn.instrumentation());

@@ -12,7 +12,10 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::R2D2Connection;
 
 use crate::registry::{self, Tenant};
-use crate::scope::{self, PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
+use crate::scope::{
+    self, DEFAULT_RECYCLE_AFTER_SCHEMAS, PATH_DIRTY, RAW_TRANSACTION, SchemaCount, ScopeKey,
+    ScopeWatch,
+};
 use crate::{Error, Result, SchemaName};
 
 /// Settings shared by the manager and every connection it makes.
@@ -29,7 +32,7 @@ struct Settings {
     /// Keep Diesel's prepared-statement cache.
     statement_cache: bool,
     /// Replace a connection after it has set the path this many times.
-    recycle_after_switches: Option<u64>,
+    recycle_after_schemas: Option<u64>,
     /// Switch to the tenant's own role while scoped.
     tenant_roles: bool,
     scoped: AtomicU64,
@@ -94,7 +97,7 @@ impl TenantConnectionManager {
                 test_on_check_out: b.test_on_check_out,
                 transaction_scoped: b.transaction_scoped,
                 statement_cache: b.statement_cache.unwrap_or(!b.transaction_scoped),
-                recycle_after_switches: b.recycle_after_switches,
+                recycle_after_schemas: b.recycle_after_schemas,
                 tenant_roles: b.tenant_roles,
                 scoped: AtomicU64::new(0),
                 path_sets: AtomicU64::new(0),
@@ -142,8 +145,8 @@ pub struct ManagedConnection {
     discard: bool,
     /// r2d2's liveness check has just read the path back, for this checkout.
     verified: bool,
-    /// Times this connection has set the path (tenant switches).
-    switches: u64,
+    /// Hashes of the schemas this connection has been scoped to (the recycle rule).
+    schemas: SchemaCount,
 }
 
 impl std::fmt::Debug for ManagedConnection {
@@ -173,7 +176,7 @@ impl r2d2::ManageConnection for TenantConnectionManager {
             current: None,
             discard: false,
             verified: false,
-            switches: 0,
+            schemas: SchemaCount::default(),
         })
     }
 
@@ -248,7 +251,7 @@ impl ManagedConnection {
             }
         }
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
-        self.count_switch();
+        self.count_schema(&scope);
         self.current = None;
         let path = scope.search_path(&self.settings.extra_schemas);
         let result = scope::set_search_path(
@@ -276,7 +279,7 @@ impl ManagedConnection {
     fn enter_transaction(&mut self, scope: ScopeKey) -> Result<()> {
         self.settings.scoped.fetch_add(1, Ordering::Relaxed);
         self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
-        self.count_switch();
+        self.count_schema(&scope);
         self.current = None;
         self.verified = false;
         let scope_err = |source| Error::Scope {
@@ -308,14 +311,13 @@ impl ManagedConnection {
         result
     }
 
-    /// Each schema a backend touches stays in its catalog cache; after enough
-    /// switches the connection is replaced when it is next released.
-    fn count_switch(&mut self) {
-        self.switches += 1;
+    /// Each schema a backend touches stays in its catalog cache; once it has
+    /// touched enough distinct schemas the connection is replaced when it is
+    /// next released.
+    fn count_schema(&mut self, scope: &ScopeKey) {
         if self
-            .settings
-            .recycle_after_switches
-            .is_some_and(|max| self.switches >= max)
+            .schemas
+            .add(scope.head(), self.settings.recycle_after_schemas)
         {
             self.discard = true;
         }
@@ -530,7 +532,7 @@ pub struct TenantPoolBuilder {
     track_search_path: bool,
     transaction_scoped: bool,
     statement_cache: Option<bool>,
-    recycle_after_switches: Option<u64>,
+    recycle_after_schemas: Option<u64>,
     tenant_roles: bool,
 }
 
@@ -549,14 +551,16 @@ impl TenantPoolBuilder {
         self
     }
 
-    /// Replace a connection once it has switched tenants this many times (it
-    /// finishes the current borrow first). A backend keeps the catalog entries of
-    /// every schema it touched, about 11 KB per table with its indexes, so a
-    /// connection serving thousands of tenants grows without bound; this caps it
-    /// (see the README's *Connection lifetime*). Defaults to 500; `None` turns
-    /// the rule off.
-    pub fn recycle_after_switches(mut self, switches: Option<u64>) -> Self {
-        self.recycle_after_switches = switches.map(|n| n.max(1));
+    /// Replace a connection once it has been scoped to this many distinct
+    /// schemas (it finishes the current borrow first). A backend keeps the
+    /// catalog entries of every schema it touched, about 11 KB per table with
+    /// its indexes, and never frees them, so a connection serving thousands of
+    /// tenants grows without bound; this caps it (see the README's *Connection
+    /// lifetime*). Going back to a schema the connection already knows costs no
+    /// memory and does not count, so tenants that come back find their catalog
+    /// entries warm. Defaults to 1,000; `None` turns the rule off.
+    pub fn recycle_after_schemas(mut self, schemas: Option<u64>) -> Self {
+        self.recycle_after_schemas = schemas.map(|n| n.max(1));
         self
     }
 
@@ -711,7 +715,7 @@ impl TenantPool {
             track_search_path: true,
             transaction_scoped: false,
             statement_cache: None,
-            recycle_after_switches: Some(500),
+            recycle_after_schemas: Some(DEFAULT_RECYCLE_AFTER_SCHEMAS),
             tenant_roles: false,
         }
     }

@@ -168,6 +168,25 @@ fn apply(
     Ok(())
 }
 
+/// The pools' default for `recycle_after_schemas`.
+pub(crate) const DEFAULT_RECYCLE_AFTER_SCHEMAS: u64 = 1000;
+
+/// The distinct schemas one connection has been scoped to, as 64-bit hashes (a
+/// collision only makes the count low by one).
+#[derive(Debug, Default)]
+pub(crate) struct SchemaCount(std::collections::HashSet<u64>);
+
+impl SchemaCount {
+    /// Records `schema`; true once `max` distinct schemas have been seen.
+    pub(crate) fn add(&mut self, schema: &str, max: Option<u64>) -> bool {
+        let Some(max) = max else { return false };
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        self.0
+            .insert(BuildHasherDefault::<DefaultHasher>::default().hash_one(schema));
+        self.0.len() as u64 >= max
+    }
+}
+
 /// The search path may differ from what the connection remembers.
 pub(crate) const PATH_DIRTY: u8 = 1;
 /// A transaction may have been opened by raw SQL, out of Diesel's sight.
@@ -183,10 +202,11 @@ pub(crate) struct ScopeWatch {
     /// Statements started and not finished: non-zero when a borrower's future
     /// was dropped mid-query (async pool).
     pub(crate) in_flight: u32,
-    /// Path sets on this connection, and whether it has done enough of them to
-    /// be replaced when next released (async pool's recycle rule).
+    /// Schemas this connection has been scoped to, and whether there have been
+    /// enough of them to replace it when next released (async pool's recycle
+    /// rule).
     #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
-    pub(crate) switches: u64,
+    pub(crate) schemas: SchemaCount,
     #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
     pub(crate) retire: bool,
     /// The scope and path the session holds, when known (async pool; the sync
@@ -215,7 +235,7 @@ impl ScopeWatch {
         ScopeWatch {
             flags: 0,
             in_flight: 0,
-            switches: 0,
+            schemas: SchemaCount::default(),
             retire: false,
             current: None,
             transaction_statement: false,

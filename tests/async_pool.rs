@@ -379,18 +379,21 @@ async fn tenant_roles_in_the_async_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_recycled_after_many_switches() {
+async fn connections_are_recycled_after_many_schemas() {
     let (db, sync_pool) = tokio::task::block_in_place(|| setup(1));
-    let t = tokio::task::block_in_place(|| tenants_with_markers(&sync_pool, "arcy", 2));
+    let t = tokio::task::block_in_place(|| tenants_with_markers(&sync_pool, "arcy", 4));
     let pool = AsyncTenantPool::builder(db.url())
         .max_size(1)
-        .recycle_after_switches(Some(3))
+        .recycle_after_schemas(Some(3))
         .build()
         .unwrap();
+    // As in the sync test: two schemas back and forth, a third (replaced after
+    // that borrow), then a new connection's three, then one more.
+    let order = [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 2];
     let mut pids = Vec::new();
-    for i in 0..7 {
+    for &i in &order {
         let pid: i32 = pool
-            .with_tenant(&t[i % 2], async |conn| {
+            .with_tenant(&t[i], async |conn| {
                 diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
                     "pg_backend_pid()",
                 ))
@@ -401,10 +404,9 @@ async fn connections_are_recycled_after_many_switches() {
             .unwrap();
         pids.push(pid);
     }
-    pids.dedup();
-    assert_eq!(
-        pids.len(),
-        3,
-        "switches 1-3, 4-6 and 7 on three connections: {pids:?}"
-    );
+    assert!(pids[..7].iter().all(|p| *p == pids[0]), "{pids:?}");
+    assert!(pids[7..10].iter().all(|p| *p == pids[7]), "{pids:?}");
+    assert_ne!(pids[7], pids[0], "{pids:?}");
+    assert_ne!(pids[10], pids[7], "{pids:?}");
+    assert_ne!(pids[10], pids[0], "{pids:?}");
 }
