@@ -36,12 +36,17 @@
 //! The checkout scenarios check a connection out and run a primary-key lookup
 //! `ops` times, one at a time: on a plain pool whose connections sit on one
 //! tenant's path (diesel's r2d2 pool, or diesel-async's deadpool pool, both with
-//! their default liveness check), on the tenant pool for that same tenant, and
-//! on the tenant pool switching among all tenants at random. They print
-//! `RESULT scenario=checkout ops=<n> plain_us=<x> same_us=<x> switch_us=<x>
-//! same_ratio=<r> switch_ratio=<r>`, a ratio being the tenant pool's throughput
-//! over the plain pool's. `checkout-async` measures the sync pool first, in the
-//! same run, and prints both lines.
+//! their default liveness check), on a tenant pool serving that same tenant, and
+//! on another tenant pool switching among all tenants at random. The variants
+//! take turns in 10 rounds, so that this machine's drift in speed falls on all
+//! alike. They print `RESULT scenario=checkout ops=<n> plain_us=<x> same_us=<x>
+//! switch_us=<x> same_ratio=<r> switch_ratio=<r>`, a ratio being the tenant
+//! pool's throughput over the plain pool's, and one `COST` line per variant with
+//! the wall time, this process's CPU time and the server's CPU time per
+//! operation. `checkout` adds the floor for switching, a plain pool setting the
+//! path by hand (`RESULT scenario=checkout-floor`). `checkout-async` measures
+//! the sync pool first, in the same run, and prints both. `--recycle N` sets the
+//! switching pool's recycle rule (distinct schemas; 0 for never).
 //!
 //! Options: `--tenants N` (default 1000), `--jobs J` (parallel workers, default 2).
 //! Uses a fresh database on the server at `DATABASE_URL` if set (dropped
@@ -554,6 +559,9 @@ mod checkout {
             .max_size(2)
             .connection_customizer(Box::new(OnTenant(first.schema().quoted())))
             .build(ConnectionManager::<PgConnection>::new(db.url()))?;
+        // One tenant pool serving one tenant, another switching: each variant's
+        // backends hold only what that variant touched, as in an application.
+        let one_tenant_pool = TenantPool::builder(db.url()).max_size(2).build()?;
         let tenant_pool = TenantPool::builder(db.url())
             .max_size(2)
             .recycle_after_schemas(recycle)
@@ -563,7 +571,7 @@ mod checkout {
             Ok(())
         };
         let mut same = || -> Result<()> {
-            ensure!(lookup(&mut *tenant_pool.get(first)?)? == first.schema().as_str());
+            ensure!(lookup(&mut *one_tenant_pool.get(first)?)? == first.schema().as_str());
             Ok(())
         };
         let mut rng = Rng::new(0);
@@ -611,12 +619,17 @@ mod checkout {
     }
 
     /// Sends `requests` GET requests over 8 keep-alive connections to `port`,
-    /// with hosts from `host`; returns (requests per second, p99 in ms).
-    fn load(port: u16, requests: usize, host: impl Fn(u64) -> String + Sync) -> Result<(f64, f64)> {
+    /// with hosts from `host` (fed by random numbers from `seed`); returns each
+    /// request's latency.
+    fn load(
+        port: u16,
+        requests: usize,
+        seed: u64,
+        host: &(dyn Fn(u64) -> String + Sync),
+    ) -> Result<Vec<Duration>> {
         use std::io::{BufRead, BufReader, Read, Write};
         const CLIENTS: usize = 8;
-        let started = Instant::now();
-        let latencies = std::thread::scope(|s| -> Result<Vec<Duration>> {
+        std::thread::scope(|s| -> Result<Vec<Duration>> {
             let handles: Vec<_> = (0..CLIENTS)
                 .map(|c| {
                     let host = &host;
@@ -625,7 +638,7 @@ mod checkout {
                         stream.set_nodelay(true)?;
                         let mut writer = stream.try_clone()?;
                         let mut reader = BufReader::new(stream);
-                        let mut rng = Rng::new(c as u64 + 1);
+                        let mut rng = Rng::new(seed * 64 + c as u64 + 1);
                         let mut out = Vec::with_capacity(requests / CLIENTS);
                         for _ in 0..requests / CLIENTS {
                             let t0 = Instant::now();
@@ -666,12 +679,7 @@ mod checkout {
                 );
             }
             Ok(all)
-        })?;
-        let elapsed = started.elapsed();
-        let mut sorted = latencies;
-        sorted.sort();
-        let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
-        Ok((sorted.len() as f64 / elapsed.as_secs_f64(), ms(p99)))
+        })
     }
 
     pub(super) fn http(
@@ -751,19 +759,56 @@ mod checkout {
             Ok::<_, anyhow::Error>(ports)
         })?;
         let count = tenants.len() as u64;
-        let host = |r: u64| format!("t{}.localhost", r % count);
-        // Warm both (connections, caches, the resolver cache).
-        load(plain_port, requests / 10, host)?;
-        load(tenant_port, requests / 10, host)?;
-        let (plain_rps, plain_p99) = load(plain_port, requests, host)?;
-        let (tenant_rps, tenant_p99) = load(tenant_port, requests, host)?;
+        let random_host = |r: u64| format!("t{}.localhost", r % count);
         // The same tenant for every request: no switching, the layer's and the
         // pool's own cost.
-        let (same_rps, same_p99) = load(tenant_port, requests, |_| "t0.localhost".to_owned())?;
+        let same_host = |_| "t0.localhost".to_owned();
+        let variants: [(u16, &(dyn Fn(u64) -> String + Sync)); 3] = [
+            (plain_port, &random_host),
+            (tenant_port, &random_host),
+            (tenant_port, &same_host),
+        ];
+        // Warm all (connections, caches, the resolver cache), then take turns.
+        for (port, host) in variants {
+            load(port, requests / 10, 0, host)?;
+        }
+        const HTTP_ROUNDS: usize = 5;
+        let mut meters: Vec<Meter> = variants.iter().map(|_| Meter::default()).collect();
+        let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+        for round in 0..HTTP_ROUNDS {
+            for k in 0..variants.len() {
+                let i = (round + k) % variants.len();
+                let (port, host) = variants[i];
+                let started = Meter::start();
+                latencies[i].extend(load(port, requests / HTTP_ROUNDS, round as u64 + 1, host)?);
+                meters[i].stop(started);
+            }
+        }
+        let costs: Vec<Cost> = meters
+            .iter()
+            .zip(&latencies)
+            .map(|(m, l)| m.per_op(l.len()))
+            .collect();
+        print_costs("http", &["plain", "tenant", "same_tenant"], &costs);
+        let rps: Vec<f64> = costs.iter().map(|c| 1e6 / c.wall).collect();
+        let p99: Vec<f64> = latencies
+            .iter_mut()
+            .map(|l| {
+                l.sort();
+                ms(l[(l.len() * 99 / 100).min(l.len() - 1)])
+            })
+            .collect();
         println!(
-            "RESULT scenario=http requests={requests} plain_rps={plain_rps:.0} tenant_rps={tenant_rps:.0} ratio={:.3} plain_p99_ms={plain_p99:.2} tenant_p99_ms={tenant_p99:.2} same_tenant_rps={same_rps:.0} same_tenant_ratio={:.3} same_tenant_p99_ms={same_p99:.2}",
-            tenant_rps / plain_rps,
-            same_rps / plain_rps
+            "RESULT scenario=http requests={} plain_rps={:.0} tenant_rps={:.0} ratio={:.3} plain_p99_ms={:.2} tenant_p99_ms={:.2} same_tenant_rps={:.0} same_tenant_ratio={:.3} same_tenant_p99_ms={:.2}",
+            latencies[0].len(),
+            rps[0],
+            rps[1],
+            rps[1] / rps[0],
+            p99[0],
+            p99[1],
+            rps[2],
+            rps[2] / rps[0],
+            p99[2]
         );
         rt.shutdown_background();
         Ok(())
@@ -932,10 +977,14 @@ mod checkout {
             ))
             .max_size(2)
             .build()?;
+            let one_tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
+                .max_size(2)
+                .build()?;
             let tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
                 .max_size(2)
                 .recycle_after_schemas(recycle)
                 .build()?;
+            let one_tenant_pool = &one_tenant_pool;
             let (plain, tenant_pool, first, tenants) = (&plain, &tenant_pool, &first, &tenants);
             let mut rng = Rng::new(0);
             let mut variants = vec![
@@ -948,7 +997,7 @@ mod checkout {
                 }),
                 variant(|| {
                     Box::pin(async move {
-                        let mut conn = tenant_pool.get(first).await?;
+                        let mut conn = one_tenant_pool.get(first).await?;
                         ensure!(lookup(&mut conn).await? == first.schema().as_str());
                         Ok(())
                     })

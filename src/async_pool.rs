@@ -360,7 +360,6 @@ impl AsyncTenantPool {
     /// on a switch, reading it back (the liveness check) when it is already
     /// there, or nothing when it is there and checks are off.
     async fn enter(&self, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
-        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
         use diesel_async::RunQueryDsl;
         let path = scope.search_path(&self.settings.extra_schemas);
         let known = watch(conn).and_then(|w| w.current.clone());
@@ -402,45 +401,38 @@ impl AsyncTenantPool {
             w.current = None;
             w.retire |= w.schemas.add(scope.head(), recycle_after);
         }
-        // Setting the path is the liveness check on a switch (a cached statement).
+        // Setting the path is the liveness check on a switch (a cached
+        // statement), and with tenant roles it sets the role too. As in the
+        // sync pool, current_schema() in the same select list tells whether
+        // the tenant's schema exists, and the statement names no table, so its
+        // re-planning after each path change is trivial.
         scope::own_statement_next(conn.instrumentation());
-        let set = match scope {
-            ScopeKey::Public => {
-                diesel::select(scope::set_config("search_path", path.clone(), false))
-                    .get_result::<String>(conn)
-                    .await
-                    .map(Some)
-            }
-            ScopeKey::Tenant(schema, _) => {
-                use scope::catalog::pg_namespace::dsl::{nspname, pg_namespace};
-                pg_namespace
-                    .filter(nspname.eq(schema.as_str()))
-                    .select(scope::set_config("search_path", path.clone(), false))
-                    .get_result::<String>(conn)
-                    .await
-                    .optional()
-            }
+        let set_path = scope::set_config("search_path", path.clone(), false);
+        let head = if self.settings.tenant_roles {
+            let set_role = scope::set_config("role", scope.role_setting().to_owned(), false);
+            diesel::select((set_path, set_role, scope::current_schema()))
+                .get_result::<(String, String, Option<String>)>(conn)
+                .await
+                .map(|(_, _, head)| head)
+        } else {
+            diesel::select((set_path, scope::current_schema()))
+                .get_result::<(String, Option<String>)>(conn)
+                .await
+                .map(|(_, head)| head)
         }
         .map_err(scope_err)?;
-        if set.is_some() && self.settings.tenant_roles {
-            scope::own_statement_next(conn.instrumentation());
-            diesel::select(scope::set_config(
-                "role",
-                scope.role_setting().to_owned(),
-                false,
-            ))
-            .execute(conn)
-            .await
-            .map_err(scope_err)?;
-        }
+        let set = match scope {
+            ScopeKey::Public => true,
+            ScopeKey::Tenant(schema, _) => head.as_deref() == Some(schema.as_str()),
+        };
         let w = watch(conn);
         match (set, w) {
-            (Some(_), Some(w)) => {
+            (true, Some(w)) => {
                 w.take_flags();
                 w.current = Some((scope.clone(), path));
                 Ok(())
             }
-            (None, Some(w)) => {
+            (false, Some(w)) => {
                 w.take_flags();
                 Err(Error::SchemaMissing {
                     schema: scope.head().to_owned(),

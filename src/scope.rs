@@ -56,15 +56,6 @@ diesel::define_sql_function! {
     fn set_config(setting: Text, value: Text, is_local: Bool) -> Text;
 }
 
-pub(crate) mod catalog {
-    diesel::table! {
-        pg_catalog.pg_namespace (oid) {
-            oid -> Oid,
-            nspname -> Text,
-        }
-    }
-}
-
 /// Sets the search path for `scope`, session-wide (`local = false`) or for the
 /// current transaction only (`local = true`).
 ///
@@ -141,24 +132,28 @@ fn apply(
             .map_err(scope_err)?;
         }
         (Some(schema), role) => {
-            use catalog::pg_namespace::dsl::*;
-            let found = pg_namespace.filter(nspname.eq(schema.as_str()));
-            let set = match role {
-                None => found
-                    .select(set_config("search_path", path, local))
-                    .get_result::<String>(conn)
-                    .optional(),
-                Some(role) => found
-                    .select((
-                        set_config("search_path", path, local),
-                        set_config("role", role, local),
-                    ))
-                    .get_result::<(String, String)>(conn)
-                    .optional()
-                    .map(|r| r.map(|(p, _)| p)),
+            // current_schema() runs after set_config in the same select list:
+            // the first schema on the new path that exists. Checking it in the
+            // same statement (rather than looking the schema up in pg_namespace
+            // first) keeps the statement free of tables, so the server's
+            // re-planning of it after every path change (PostgreSQL re-plans
+            // a cached statement whenever the path differs) is trivial.
+            let head = match role {
+                None => diesel::select((set_config("search_path", path, local), current_schema()))
+                    .get_result::<(String, Option<String>)>(conn)
+                    .map(|(_, head)| head),
+                Some(role) => diesel::select((
+                    set_config("search_path", path, local),
+                    set_config("role", role, local),
+                    current_schema(),
+                ))
+                .get_result::<(String, String, Option<String>)>(conn)
+                .map(|(_, _, head)| head),
             }
             .map_err(scope_err)?;
-            if set.is_none() {
+            if head.as_deref() != Some(schema.as_str()) {
+                // The path now names a schema that does not exist; the caller
+                // forgets it (the connection is never handed out on it).
                 return Err(Error::SchemaMissing {
                     schema: schema.as_str().to_owned(),
                 });
