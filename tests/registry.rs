@@ -257,6 +257,13 @@ fn a_schema_dropped_behind_the_registry_gives_a_clear_error() {
         .batch_execute("DROP SCHEMA gone0 CASCADE")
         .unwrap();
     assert!(matches!(pool.get(&t[0]), Err(Error::SchemaMissing { schema }) if schema == "gone0"));
+    // The refused checkout left nothing behind on the connection (a pool of one).
+    let path: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "current_setting('search_path')",
+    ))
+    .get_result(&mut *pool.public().unwrap())
+    .unwrap();
+    assert_eq!(path, "public");
     // Migrating it does not fall through to public either.
     assert!(matches!(
         run_tenant_migrations(&mut pool.public().unwrap(), &t[0], TENANT),
