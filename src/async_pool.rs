@@ -377,14 +377,10 @@ impl AsyncTenantPool {
             }
             // The liveness check: read the path back (a cached statement).
             scope::own_statement_next(conn.instrumentation());
-            let (now, head, role): (String, Option<String>, String) = diesel::select((
-                scope::current_setting("search_path"),
-                scope::current_schema(),
-                scope::current_setting("role"),
-            ))
-            .get_result(conn)
-            .await
-            .map_err(scope_err)?;
+            let (now, head, role): (String, Option<String>, String) =
+                RunQueryDsl::get_result(scope::CurrentPath, conn)
+                    .await
+                    .map_err(scope_err)?;
             if now == path
                 && head.as_deref() == Some(scope.head())
                 && (!self.settings.tenant_roles || role == scope.role_setting())

@@ -90,18 +90,38 @@ diesel::define_sql_function! {
     fn current_schema() -> Nullable<Text>;
 }
 
-/// The session's search path as the server holds it, the first schema on it
-/// that exists, and the role set with `SET ROLE` (`none` if none).
+/// The checkout's liveness check: the session's search path as the server
+/// holds it, the first schema on it that exists, and the role set with `SET
+/// ROLE` (`none` if none). Fixed SQL with no bind parameters and a static query
+/// id, so Diesel (and diesel-async) serve it from the statement cache with no
+/// work on the client beyond reading the row.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+pub(crate) struct CurrentPath;
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for CurrentPath {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT current_setting('search_path'), current_schema(), current_setting('role')",
+        );
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::Query for CurrentPath {
+    type SqlType = (Text, diesel::sql_types::Nullable<Text>, Text);
+}
+
+impl<Conn> diesel::query_dsl::RunQueryDsl<Conn> for CurrentPath {}
+
+/// Runs [`CurrentPath`] (marked as the crate's own statement).
 pub(crate) fn current_search_path(
     conn: &mut PgConnection,
 ) -> QueryResult<(String, Option<String>, String)> {
     own_statement_next(conn.instrumentation());
-    diesel::select((
-        current_setting("search_path"),
-        current_schema(),
-        current_setting("role"),
-    ))
-    .get_result(conn)
+    CurrentPath.get_result(conn)
 }
 
 fn apply(
