@@ -38,11 +38,17 @@
 //! tenant's path (diesel's r2d2 pool, or diesel-async's deadpool pool, both with
 //! their default liveness check), on a tenant pool serving that same tenant, and
 //! on another tenant pool switching among all tenants at random. The variants
-//! take turns in 10 rounds, so that this machine's drift in speed falls on all
-//! alike. They print `RESULT scenario=checkout ops=<n> plain_us=<x> same_us=<x>
-//! switch_us=<x> same_ratio=<r> switch_ratio=<r>`, a ratio being the tenant
-//! pool's throughput over the plain pool's, and one `COST` line per variant with
-//! the wall time, this process's CPU time and the server's CPU time per
+//! take turns in 100 rounds, in a new random order each round, so that this
+//! machine's drift in speed, and any effect one variant has on the next, falls
+//! on all alike. Before measuring they pin this process to the first CPU and the
+//! local server's processes to the last (`taskset`), so that every pool's round
+//! trips cross between the same two CPUs. They print `RESULT scenario=checkout
+//! ops=<n> plain_us=<x> same_us=<x> switch_us=<x> same_ratio=<r>
+//! switch_ratio=<r> plain_again_us=<x> aa_ratio=<r>`, a ratio being the tenant
+//! pool's throughput over the plain pool's; `aa_ratio` compares the plain pool
+//! with a second, identical plain pool measured alongside, so it shows how far
+//! from 1.000 two equal things land in that run. One `COST` line per variant
+//! gives the wall time, this process's CPU time and the server's CPU time per
 //! operation. `checkout` adds the floor for switching, a plain pool setting the
 //! path by hand (`RESULT scenario=checkout-floor`). `checkout-async` measures
 //! the sync pool first, in the same run, and prints both. `--recycle N` sets the
@@ -314,6 +320,13 @@ impl Rng {
         self.0
     }
 
+    /// Fisher-Yates.
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[(self.next() % items.len() as u64) as usize]
     }
@@ -414,13 +427,48 @@ fn print_costs(scenario: &str, names: &[&str], costs: &[Cost]) {
     }
 }
 
+/// Pins this process to the first CPU and the local PostgreSQL server's
+/// processes (the postmaster, so its future backends too) to the last, with
+/// `taskset`. Without it, whether a pool's backend happens to share a CPU with
+/// the client decides its round-trip cost (a wake-up on another CPU is dearer
+/// in a VM), so two identical pools measured in one run differed by 10%.
+fn pin_processes() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return;
+    }
+    let taskset = |cpu: usize, pid: &str| {
+        std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu.to_string(), pid])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut server = 0;
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "postgres" && taskset(cpus - 1, &p.file_name().to_string_lossy()) {
+                server += 1;
+            }
+        }
+    }
+    let client = taskset(0, &std::process::id().to_string());
+    eprintln!(
+        "bench: pinned {server} server processes to CPU {} and this process{} to CPU 0",
+        cpus - 1,
+        if client { "" } else { " (failed)" }
+    );
+}
+
 /// Rounds in which the checkout scenarios interleave their variants.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 100;
 
 /// Microseconds per call of each variant: a warm-up of `ops / 10` calls each,
-/// then `ops` calls each in [`ROUNDS`] interleaved rounds (the order rotating
-/// every round), so that drift in this machine's speed during the run falls on
-/// every variant alike.
+/// then `ops` calls each in [`ROUNDS`] interleaved rounds (in a new random
+/// order every round), so that drift in this machine's speed during the run,
+/// and any effect one variant has on the next, falls on every variant alike.
 fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<Vec<Cost>> {
     let mut meters: Vec<Meter> = variants.iter().map(|_| Meter::default()).collect();
     for v in variants.iter_mut() {
@@ -428,9 +476,11 @@ fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> R
             v()?;
         }
     }
-    for round in 0..ROUNDS {
-        for k in 0..variants.len() {
-            let i = (round + k) % variants.len();
+    let mut order: Vec<usize> = (0..variants.len()).collect();
+    let mut rng = Rng::new(u64::MAX);
+    for _ in 0..ROUNDS {
+        rng.shuffle(&mut order);
+        for &i in &order {
             let started = Meter::start();
             for _ in 0..ops / ROUNDS {
                 variants[i]()?;
@@ -462,9 +512,11 @@ async fn interleaved_async<'a>(
             v().await?;
         }
     }
-    for round in 0..ROUNDS {
-        for k in 0..variants.len() {
-            let i = (round + k) % variants.len();
+    let mut order: Vec<usize> = (0..variants.len()).collect();
+    let mut rng = Rng::new(u64::MAX);
+    for _ in 0..ROUNDS {
+        rng.shuffle(&mut order);
+        for &i in &order {
             let started = Meter::start();
             for _ in 0..ops / ROUNDS {
                 variants[i]().await?;
@@ -527,11 +579,18 @@ mod checkout {
         customers::table.find(1).select(customers::name).first(conn)
     }
 
-    fn line(scenario: &str, ops: usize, plain: f64, same: f64, switch: f64) {
+    /// The `RESULT` line of a checkout scenario. `aa_ratio` compares the plain
+    /// pool with a second, identical plain pool measured alongside: how far from
+    /// 1.000 two equal things land in this run (this machine's noise floor for
+    /// the other ratios).
+    fn line(scenario: &str, ops: usize, costs: &[Cost]) {
+        let (plain, same, switch, again) =
+            (costs[0].wall, costs[1].wall, costs[2].wall, costs[3].wall);
         println!(
-            "RESULT scenario={scenario} ops={ops} plain_us={plain:.1} same_us={same:.1} switch_us={switch:.1} same_ratio={:.3} switch_ratio={:.3}",
+            "RESULT scenario={scenario} ops={ops} plain_us={plain:.1} same_us={same:.1} switch_us={switch:.1} same_ratio={:.3} switch_ratio={:.3} plain_again_us={again:.1} aa_ratio={:.3}",
             plain / same,
-            plain / switch
+            plain / switch,
+            plain / again
         );
     }
 
@@ -554,6 +613,7 @@ mod checkout {
         ops: usize,
         recycle: Option<u64>,
     ) -> Result<()> {
+        pin_processes();
         let first = &tenants[0];
         let plain = Pool::builder()
             .max_size(2)
@@ -568,6 +628,14 @@ mod checkout {
             .build()?;
         let mut plain_lookup = || -> Result<()> {
             ensure!(lookup(&mut *plain.get()?)? == first.schema().as_str());
+            Ok(())
+        };
+        let plain_again = Pool::builder()
+            .max_size(2)
+            .connection_customizer(Box::new(OnTenant(first.schema().quoted())))
+            .build(ConnectionManager::<PgConnection>::new(db.url()))?;
+        let mut again = || -> Result<()> {
+            ensure!(lookup(&mut *plain_again.get()?)? == first.schema().as_str());
             Ok(())
         };
         let mut same = || -> Result<()> {
@@ -601,16 +669,21 @@ mod checkout {
         };
         let costs = interleaved(
             ops,
-            &mut [&mut plain_lookup, &mut same, &mut switch, &mut floor],
+            &mut [
+                &mut plain_lookup,
+                &mut same,
+                &mut switch,
+                &mut again,
+                &mut floor,
+            ],
         )?;
         print_costs(
             "checkout",
-            &["plain", "same", "switch", "floor_switch"],
+            &["plain", "same", "switch", "plain_again", "floor_switch"],
             &costs,
         );
-        let (plain_us, same_us, switch_us, floor_switch_us) =
-            (costs[0].wall, costs[1].wall, costs[2].wall, costs[3].wall);
-        line("checkout", ops, plain_us, same_us, switch_us);
+        let (plain_us, switch_us, floor_switch_us) = (costs[0].wall, costs[2].wall, costs[4].wall);
+        line("checkout", ops, &costs);
         println!(
             "RESULT scenario=checkout-floor ops={ops} plain_us={plain_us:.1} floor_switch_us={floor_switch_us:.1} switch_us={switch_us:.1} switch_vs_floor={:.3}",
             floor_switch_us / switch_us
@@ -775,9 +848,11 @@ mod checkout {
         const HTTP_ROUNDS: usize = 5;
         let mut meters: Vec<Meter> = variants.iter().map(|_| Meter::default()).collect();
         let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        let mut rng = Rng::new(u64::MAX);
         for round in 0..HTTP_ROUNDS {
-            for k in 0..variants.len() {
-                let i = (round + k) % variants.len();
+            rng.shuffle(&mut order);
+            for &i in &order {
                 let (port, host) = variants[i];
                 let started = Meter::start();
                 latencies[i].extend(load(port, requests / HTTP_ROUNDS, round as u64 + 1, host)?);
@@ -959,24 +1034,27 @@ mod checkout {
                 let query = customers::table.find(1).select(customers::name);
                 diesel_async::RunQueryDsl::first(query, conn).await
             }
-            let mut config = ManagerConfig::<AsyncPgConnection>::default();
-            let path = first.schema().quoted();
-            config.custom_setup = Box::new(move |url| {
-                let (url, path) = (url.to_owned(), path.clone());
-                Box::pin(async move {
-                    let mut conn = AsyncPgConnection::establish(&url).await?;
-                    conn.batch_execute(&format!("SET search_path TO {path}, public"))
-                        .await
-                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                    Ok(conn)
-                })
-            });
-            let plain = AsyncPool::builder(AsyncDieselConnectionManager::new_with_config(
-                db.url(),
-                config,
-            ))
-            .max_size(2)
-            .build()?;
+            // A plain pool whose connections sit on the first tenant's path.
+            let plain_pool = || {
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                let path = first.schema().quoted();
+                config.custom_setup = Box::new(move |url| {
+                    let (url, path) = (url.to_owned(), path.clone());
+                    Box::pin(async move {
+                        let mut conn = AsyncPgConnection::establish(&url).await?;
+                        conn.batch_execute(&format!("SET search_path TO {path}, public"))
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(db.url(), config);
+                AsyncPool::builder(manager).max_size(2).build()
+            };
+            let plain = plain_pool()?;
+            // A second, identical one: the run's noise floor.
+            let plain_again = plain_pool()?;
+            let plain_again = &plain_again;
             let one_tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
                 .max_size(2)
                 .build()?;
@@ -1013,11 +1091,21 @@ mod checkout {
                         Ok(())
                     })
                 }),
+                variant(|| {
+                    Box::pin(async move {
+                        let mut conn = plain_again.get().await?;
+                        ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                        Ok(())
+                    })
+                }),
             ];
             let costs = interleaved_async(ops, &mut variants).await?;
-            print_costs("checkout-async", &["plain", "same", "switch"], &costs);
-            let (plain_us, same_us, switch_us) = (costs[0].wall, costs[1].wall, costs[2].wall);
-            line("checkout-async", ops, plain_us, same_us, switch_us);
+            print_costs(
+                "checkout-async",
+                &["plain", "same", "switch", "plain_again"],
+                &costs,
+            );
+            line("checkout-async", ops, &costs);
             Ok(())
         })
     }
