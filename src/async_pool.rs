@@ -362,7 +362,10 @@ impl AsyncTenantPool {
     async fn enter(&self, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
         use diesel_async::RunQueryDsl;
         let path = scope.search_path(&self.settings.extra_schemas);
-        let known = watch(conn).and_then(|w| w.current.clone());
+        let known = watch(conn).and_then(|w| {
+            w.clear_own_statement();
+            w.current.clone()
+        });
         let tracked = self.settings.track_search_path
             && known
                 .as_ref()

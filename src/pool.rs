@@ -217,6 +217,9 @@ impl ManagedConnection {
     /// Puts the session on `scope`'s search path unless it is known to be there.
     fn enter(&mut self, scope: ScopeKey) -> Result<()> {
         self.settings.scoped.fetch_add(1, Ordering::Relaxed);
+        if let Some(watch) = self.watch() {
+            watch.clear_own_statement();
+        }
         let verified = std::mem::take(&mut self.verified);
         if self.settings.track_search_path
             && self

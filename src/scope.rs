@@ -273,6 +273,13 @@ impl ScopeWatch {
         self.own_statement = true;
     }
 
+    /// Forgets a mark left by a checkout that was cancelled (its future
+    /// dropped) between marking and sending its statement, so that the mark
+    /// cannot fall on a borrower's statement. Called as every checkout begins.
+    pub(crate) fn clear_own_statement(&mut self) {
+        self.own_statement = false;
+    }
+
     fn classify(&mut self, query: &dyn std::fmt::Display) {
         self.buf.clear();
         let mut sink = SqlText {
