@@ -476,22 +476,35 @@ fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> R
             v()?;
         }
     }
-    let mut order: Vec<usize> = (0..variants.len()).collect();
-    let mut rng = Rng::new(u64::MAX);
-    for _ in 0..ROUNDS {
-        rng.shuffle(&mut order);
-        for &i in &order {
-            let started = Meter::start();
-            for _ in 0..ops / ROUNDS {
-                variants[i]()?;
-            }
-            meters[i].stop(started);
+    for i in turns(variants.len()) {
+        let started = Meter::start();
+        for _ in 0..ops / ROUNDS {
+            variants[i]()?;
         }
+        meters[i].stop(started);
     }
-    Ok(meters
+    Ok(per_op(&meters, ops))
+}
+
+/// The order of the interleaved segments: [`ROUNDS`] rounds, each a new random
+/// order of the variants.
+fn turns(variants: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..variants).collect();
+    let mut rng = Rng::new(u64::MAX);
+    (0..ROUNDS)
+        .flat_map(|_| {
+            rng.shuffle(&mut order);
+            order.clone()
+        })
+        .collect()
+}
+
+/// Each meter's figures per operation, for `ops` operations a variant.
+fn per_op(meters: &[Meter], ops: usize) -> Vec<Cost> {
+    meters
         .iter()
         .map(|m| m.per_op(ops / ROUNDS * ROUNDS))
-        .collect())
+        .collect()
 }
 
 type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
@@ -512,22 +525,14 @@ async fn interleaved_async<'a>(
             v().await?;
         }
     }
-    let mut order: Vec<usize> = (0..variants.len()).collect();
-    let mut rng = Rng::new(u64::MAX);
-    for _ in 0..ROUNDS {
-        rng.shuffle(&mut order);
-        for &i in &order {
-            let started = Meter::start();
-            for _ in 0..ops / ROUNDS {
-                variants[i]().await?;
-            }
-            meters[i].stop(started);
+    for i in turns(variants.len()) {
+        let started = Meter::start();
+        for _ in 0..ops / ROUNDS {
+            variants[i]().await?;
         }
+        meters[i].stop(started);
     }
-    Ok(meters
-        .iter()
-        .map(|m| m.per_op(ops / ROUNDS * ROUNDS))
-        .collect())
+    Ok(per_op(&meters, ops))
 }
 
 mod checkout {
