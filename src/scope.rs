@@ -59,9 +59,12 @@ diesel::define_sql_function! {
 /// Sets the search path for `scope`, session-wide (`local = false`) or for the
 /// current transaction only (`local = true`).
 ///
-/// For a tenant the path is only set if the tenant's schema exists (one statement,
-/// one round trip): a missing schema gives [`Error::SchemaMissing`] rather than a
-/// path on which unqualified names would fall through to `public`.
+/// For a tenant the same statement reads `current_schema()` after setting the
+/// path (one statement, one round trip): if the tenant's schema is not the
+/// first schema that exists, the result is [`Error::SchemaMissing`], and the
+/// caller forgets the path (the connection is never handed out on it), rather
+/// than serving a path on which unqualified names would fall through to
+/// `public`.
 ///
 /// With `roles`, the same statement also switches the role: to the tenant's
 /// role, or back to the session's (`none`) for `public`.
