@@ -453,3 +453,72 @@ async fn axum_async_connection_extractor_and_task_tenant() {
         assert_eq!(body, format!("[\"{schema}\"] task Some(\"{schema}\")"));
     }
 }
+
+/// Records the `tenant_request` spans opened on this thread, with their
+/// `tenant` field.
+#[derive(Clone, Default)]
+struct TenantSpans(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for TenantSpans {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        struct Tenant(Option<String>);
+        impl tracing::field::Visit for Tenant {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "tenant" {
+                    self.0 = Some(value.to_owned());
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "tenant" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        if span.metadata().name() == "tenant_request" {
+            let mut tenant = Tenant(None);
+            span.record(&mut tenant);
+            self.0
+                .lock()
+                .unwrap()
+                .push(tenant.0.unwrap_or_else(|| "<no tenant field>".into()));
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        tracing::span::Id::from_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The axum layer runs each request in a `tenant_request` span that names
+/// the tenant's schema, or `public`, so logs and traces say whose request it
+/// was.
+#[tokio::test(flavor = "current_thread")]
+async fn axum_requests_run_in_a_tenant_span() {
+    let spans = TenantSpans::default();
+    let _guard = tracing::subscriber::set_default(spans.clone());
+    let (_db, pool) = world();
+    let app = axum_app(resolver(&pool).build().unwrap());
+    for (host, expected) in [
+        ("acme.example.com", "acme"),
+        ("globex.example.com", "globex"),
+        ("example.com", "public"),
+    ] {
+        spans.0.lock().unwrap().clear();
+        let (status, body) = axum_call(&app, &[("host", host)]).await;
+        assert_eq!(status, 200, "{host}: {body}");
+        assert_eq!(*spans.0.lock().unwrap(), [expected], "{host}");
+    }
+    // An unknown host gets its 404 without a tenant span.
+    spans.0.lock().unwrap().clear();
+    let (status, _) = axum_call(&app, &[("host", "nobody.example.com")]).await;
+    assert_eq!(status, 404);
+    assert!(spans.0.lock().unwrap().is_empty());
+}
