@@ -362,14 +362,13 @@ impl AsyncTenantPool {
     async fn enter(&self, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
         use diesel_async::RunQueryDsl;
         let path = scope.search_path(&self.settings.extra_schemas);
-        let known = watch(conn).and_then(|w| {
+        let tracked = watch(conn).is_some_and(|w| {
             w.clear_own_statement();
-            w.current.clone()
+            self.settings.track_search_path
+                && w.current
+                    .as_ref()
+                    .is_some_and(|(k, p)| k == scope && *p == path)
         });
-        let tracked = self.settings.track_search_path
-            && known
-                .as_ref()
-                .is_some_and(|(k, p)| k == scope && *p == path);
         let scope_err = |source| Error::Scope {
             scope: scope.head().to_owned(),
             source,
@@ -380,14 +379,10 @@ impl AsyncTenantPool {
             }
             // The liveness check: read the path back (a cached statement).
             scope::own_statement_next(conn.instrumentation());
-            let (now, head, role): (String, Option<String>, String) =
-                RunQueryDsl::get_result(scope::CurrentPath, conn)
-                    .await
-                    .map_err(scope_err)?;
-            if now == path
-                && head.as_deref() == Some(scope.head())
-                && (!self.settings.tenant_roles || role == scope.role_setting())
-            {
+            let server: scope::ServerPath = RunQueryDsl::get_result(scope::CurrentPath, conn)
+                .await
+                .map_err(scope_err)?;
+            if scope.held(&path, &server, self.settings.tenant_roles) {
                 if let Some(w) = watch(conn) {
                     w.take_flags();
                 }

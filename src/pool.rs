@@ -186,18 +186,15 @@ impl r2d2::ManageConnection for TenantConnectionManager {
     /// statement showed it (say, by a server-side function) is still caught.
     fn is_valid(&self, conn: &mut ManagedConnection) -> Result<(), Self::Error> {
         let roles = self.settings.tenant_roles;
-        let (path, head, role) = scope::current_search_path(&mut conn.conn).map_err(|e| {
+        let server = scope::current_search_path(&mut conn.conn).map_err(|e| {
             conn.current = None;
             diesel::r2d2::Error::QueryError(e)
         })?;
-        // The path text must match, and its first schema must still exist (a
-        // dropped or renamed tenant schema would leave `public` at the head).
-        // With tenant roles, the role must match too.
-        if conn.current.as_ref().is_some_and(|(scope, known)| {
-            *known != path
-                || head.as_deref() != Some(scope.head())
-                || (roles && role != scope.role_setting())
-        }) {
+        if conn
+            .current
+            .as_ref()
+            .is_some_and(|(scope, known)| !scope.held(known, &server, roles))
+        {
             conn.current = None;
         }
         // Our own statement names search_path; that is no reason to distrust it.
@@ -232,11 +229,12 @@ impl ManagedConnection {
             }
             // The liveness check: read the path back, one cached statement.
             match scope::current_search_path(&mut self.conn) {
-                Ok((path, head, role)) => {
-                    let known = self.current.as_ref().map(|(_, p)| p.as_str());
-                    if known == Some(path.as_str())
-                        && head.as_deref() == Some(scope.head())
-                        && (!self.settings.tenant_roles || role == scope.role_setting())
+                Ok(server) => {
+                    let roles = self.settings.tenant_roles;
+                    if self
+                        .current
+                        .as_ref()
+                        .is_some_and(|(_, known)| scope.held(known, &server, roles))
                     {
                         if let Some(watch) = self.watch() {
                             watch.take_flags();

@@ -84,11 +84,6 @@ pub(crate) fn set_search_path(
 }
 
 diesel::define_sql_function! {
-    /// PostgreSQL's `current_setting(setting)`.
-    fn current_setting(setting: Text) -> Text;
-}
-
-diesel::define_sql_function! {
     /// PostgreSQL's `current_schema()`: the first schema on the path that exists.
     fn current_schema() -> Nullable<Text>;
 }
@@ -119,10 +114,24 @@ impl diesel::query_builder::Query for CurrentPath {
 
 impl<Conn> diesel::query_dsl::RunQueryDsl<Conn> for CurrentPath {}
 
+/// What [`CurrentPath`] read from the server: the path text, the first schema
+/// on it that exists, and the role.
+pub(crate) type ServerPath = (String, Option<String>, String);
+
+impl ScopeKey {
+    /// Whether the server's answer to [`CurrentPath`] shows the session on this
+    /// scope with the remembered path text `known`: the text must match, its
+    /// first schema must still exist (a dropped or renamed tenant schema would
+    /// leave `public` at the head), and with tenant roles the role must match.
+    pub(crate) fn held(&self, known: &str, (path, head, role): &ServerPath, roles: bool) -> bool {
+        known == path
+            && head.as_deref() == Some(self.head())
+            && (!roles || role == self.role_setting())
+    }
+}
+
 /// Runs [`CurrentPath`] (marked as the crate's own statement).
-pub(crate) fn current_search_path(
-    conn: &mut PgConnection,
-) -> QueryResult<(String, Option<String>, String)> {
+pub(crate) fn current_search_path(conn: &mut PgConnection) -> QueryResult<ServerPath> {
     own_statement_next(conn.instrumentation());
     CurrentPath.get_result(conn)
 }

@@ -387,11 +387,8 @@ async fn connections_are_recycled_after_many_schemas() {
         .recycle_after_schemas(Some(3))
         .build()
         .unwrap();
-    // As in the sync test: two schemas back and forth, a third (replaced after
-    // that borrow), then a new connection's three, then one more.
-    let order = [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 2];
     let mut pids = Vec::new();
-    for &i in &order {
+    for i in common::RECYCLE_ORDER {
         let pid: i32 = pool
             .with_tenant(&t[i], async |conn| {
                 diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
@@ -404,9 +401,5 @@ async fn connections_are_recycled_after_many_schemas() {
             .unwrap();
         pids.push(pid);
     }
-    assert!(pids[..7].iter().all(|p| *p == pids[0]), "{pids:?}");
-    assert!(pids[7..10].iter().all(|p| *p == pids[7]), "{pids:?}");
-    assert_ne!(pids[7], pids[0], "{pids:?}");
-    assert_ne!(pids[10], pids[7], "{pids:?}");
-    assert_ne!(pids[10], pids[0], "{pids:?}");
+    common::assert_recycled_after_three_schemas(&pids);
 }

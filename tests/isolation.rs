@@ -463,11 +463,8 @@ fn connections_are_recycled_after_many_schemas() {
         .recycle_after_schemas(Some(3))
         .build()
         .unwrap();
-    // t0 t1 t0 t1 t0 t1 (two schemas), t2 (the third: replaced after this
-    // borrow), t3 t0 t1 (a new connection's three), t2.
-    let order = [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 2];
     let mut pids = Vec::new();
-    for &i in &order {
+    for i in common::RECYCLE_ORDER {
         let pid: i32 = pool
             .with_tenant(&t[i], |conn| {
                 diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
@@ -478,11 +475,7 @@ fn connections_are_recycled_after_many_schemas() {
             .unwrap();
         pids.push(pid);
     }
-    assert!(pids[..7].iter().all(|p| *p == pids[0]), "{pids:?}");
-    assert!(pids[7..10].iter().all(|p| *p == pids[7]), "{pids:?}");
-    assert_ne!(pids[7], pids[0], "{pids:?}");
-    assert_ne!(pids[10], pids[7], "{pids:?}");
-    assert_ne!(pids[10], pids[0], "{pids:?}");
+    common::assert_recycled_after_three_schemas(&pids);
 }
 
 /// A server restart under load: callers get errors they can retry, the pool

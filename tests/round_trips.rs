@@ -56,6 +56,19 @@ impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for On
     }
 }
 
+/// Statements run by each of `OPS` calls of `op`, after a first call that may
+/// connect (Diesel's connection set-up runs statements too).
+async fn counts(mut op: impl AsyncFnMut(usize)) -> Vec<usize> {
+    op(0).await;
+    let mut counted = Vec::new();
+    for i in 1..=OPS {
+        let before = STATEMENTS.load(Ordering::SeqCst);
+        op(i).await;
+        counted.push(STATEMENTS.load(Ordering::SeqCst) - before);
+    }
+    counted
+}
+
 fn lookup(conn: &mut PgConnection) -> String {
     customers::table
         .select(customers::name)
@@ -149,18 +162,13 @@ fn a_checkout_sends_one_statement_switch_or_not() {
         .max_size(1)
         .build()
         .unwrap();
-        let mut counted = Vec::new();
-        for i in 0..=OPS {
-            let before = STATEMENTS.load(Ordering::SeqCst);
+        let counted = counts(async |_| {
             let mut conn = plain.get().await.unwrap();
             let _ = diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut conn)
                 .await
                 .unwrap();
-            if i > 0 {
-                counted.push(STATEMENTS.load(Ordering::SeqCst) - before);
-            }
-        }
-        // The first checkout connects; every later one runs the check.
+        })
+        .await;
         assert!(counted.iter().all(|n| *n == 2), "plain async: {counted:?}");
 
         for roles in [false, true] {
@@ -170,17 +178,12 @@ fn a_checkout_sends_one_statement_switch_or_not() {
                 .build()
                 .unwrap();
             for switching in [false, true] {
-                let mut counted = Vec::new();
-                for i in 0..=OPS {
+                let counted = counts(async |i| {
                     let t = if switching { pick(i) } else { pick(0) };
-                    let before = STATEMENTS.load(Ordering::SeqCst);
                     let mut conn = pool.get(t).await.unwrap();
                     assert_eq!(lookup_async(&mut conn).await, t.schema().as_str());
-                    drop(conn);
-                    if i > 0 {
-                        counted.push(STATEMENTS.load(Ordering::SeqCst) - before);
-                    }
-                }
+                })
+                .await;
                 assert!(
                     counted.iter().all(|n| *n == 2),
                     "async, switching {switching}, roles {roles}: {counted:?}"

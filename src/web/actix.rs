@@ -262,10 +262,6 @@ impl TenantDb {
         let scope = self.scope.clone();
         actix_web::web::block(move || scope.pool.run_scoped(scope.tenant.as_ref(), f))
             .await
-            .unwrap_or_else(|e| {
-                Err(Error::Refused {
-                    reason: format!("database task failed: {e}"),
-                })
-            })
+            .unwrap_or_else(super::database_task_failed)
     }
 }

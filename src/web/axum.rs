@@ -308,11 +308,7 @@ impl TenantDb {
         let scope = self.scope.clone();
         tokio::task::spawn_blocking(move || scope.pool.run_scoped(scope.tenant.as_ref(), f))
             .await
-            .unwrap_or_else(|e| {
-                Err(Error::Refused {
-                    reason: format!("database task failed: {e}"),
-                })
-            })
+            .unwrap_or_else(super::database_task_failed)
     }
 }
 

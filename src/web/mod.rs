@@ -10,6 +10,15 @@ pub mod actix;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
+/// The error for a blocking database task that did not complete (it panicked
+/// or its runtime shut down): what the adapters' `TenantDb::run` returns then.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn database_task_failed<R>(e: impl std::fmt::Display) -> Result<R, crate::Error> {
+    Err(crate::Error::Refused {
+        reason: format!("database task failed: {e}"),
+    })
+}
+
 /// The request fields the resolver reads, owned, so resolution can move to a
 /// blocking thread on a cache miss.
 #[derive(Debug, Clone, Default)]

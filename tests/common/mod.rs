@@ -226,3 +226,18 @@ pub fn tenant_of(resolution: diesel_tenancy::Resolution) -> Option<String> {
         _ => None,
     }
 }
+
+/// The tenants the recycle tests borrow, in order, with
+/// `recycle_after_schemas(Some(3))`: t0 and t1 back and forth (two schemas),
+/// t2 (the third: the connection is replaced after that borrow), t3 t0 t1 (a
+/// new connection's three), then t2 on a third connection.
+pub const RECYCLE_ORDER: [usize; 11] = [0, 1, 0, 1, 0, 1, 2, 3, 0, 1, 2];
+
+/// Checks the backend pids seen along [`RECYCLE_ORDER`].
+pub fn assert_recycled_after_three_schemas(pids: &[i32]) {
+    assert!(pids[..7].iter().all(|p| *p == pids[0]), "{pids:?}");
+    assert!(pids[7..10].iter().all(|p| *p == pids[7]), "{pids:?}");
+    assert_ne!(pids[7], pids[0], "{pids:?}");
+    assert_ne!(pids[10], pids[7], "{pids:?}");
+    assert_ne!(pids[10], pids[0], "{pids:?}");
+}
