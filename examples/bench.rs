@@ -476,7 +476,7 @@ fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> R
             v()?;
         }
     }
-    for i in turns(variants.len()) {
+    for i in turns(variants.len(), ROUNDS) {
         let started = Meter::start();
         for _ in 0..ops / ROUNDS {
             variants[i]()?;
@@ -486,12 +486,12 @@ fn interleaved(ops: usize, variants: &mut [&mut dyn FnMut() -> Result<()>]) -> R
     Ok(per_op(&meters, ops))
 }
 
-/// The order of the interleaved segments: [`ROUNDS`] rounds, each a new random
+/// The order of the interleaved segments: `rounds` rounds, each a new random
 /// order of the variants.
-fn turns(variants: usize) -> Vec<usize> {
+fn turns(variants: usize, rounds: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..variants).collect();
     let mut rng = Rng::new(u64::MAX);
-    (0..ROUNDS)
+    (0..rounds)
         .flat_map(|_| {
             rng.shuffle(&mut order);
             order.clone()
@@ -525,7 +525,7 @@ async fn interleaved_async<'a>(
             v().await?;
         }
     }
-    for i in turns(variants.len()) {
+    for i in turns(variants.len(), ROUNDS) {
         let started = Meter::start();
         for _ in 0..ops / ROUNDS {
             variants[i]().await?;
@@ -853,16 +853,11 @@ mod checkout {
         const HTTP_ROUNDS: usize = 5;
         let mut meters: Vec<Meter> = variants.iter().map(|_| Meter::default()).collect();
         let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
-        let mut order: Vec<usize> = (0..variants.len()).collect();
-        let mut rng = Rng::new(u64::MAX);
-        for round in 0..HTTP_ROUNDS {
-            rng.shuffle(&mut order);
-            for &i in &order {
-                let (port, host) = variants[i];
-                let started = Meter::start();
-                latencies[i].extend(load(port, requests / HTTP_ROUNDS, round as u64 + 1, host)?);
-                meters[i].stop(started);
-            }
+        for (turn, i) in turns(variants.len(), HTTP_ROUNDS).into_iter().enumerate() {
+            let (port, host) = variants[i];
+            let started = Meter::start();
+            latencies[i].extend(load(port, requests / HTTP_ROUNDS, turn as u64 + 1, host)?);
+            meters[i].stop(started);
         }
         let costs: Vec<Cost> = meters
             .iter()
