@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -15,7 +14,11 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager,
 };
 
-use crate::scope::{self, PATH_DIRTY, RAW_TRANSACTION, ScopeKey, ScopeWatch};
+use crate::scope::{
+    self, ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ScopeWatch, ServerState,
+    SetPath, Step, TempObjects,
+};
+use crate::pool::MAX_STEPS;
 use crate::{Error, Result, SchemaName, ScopeStats, Tenant};
 
 mod private {
@@ -66,14 +69,8 @@ where
 
 #[derive(Debug)]
 struct Settings {
-    extra_schemas: Vec<SchemaName>,
-    track_search_path: bool,
-    test_on_check_out: bool,
     max_lifetime: Option<Duration>,
-    tenant_roles: bool,
-    recycle_after_schemas: Option<u64>,
-    scoped: AtomicU64,
-    path_sets: AtomicU64,
+    scope: ScopeConfig,
 }
 
 /// Builds an [`AsyncTenantPool`]. The same settings as
@@ -90,6 +87,10 @@ pub struct AsyncTenantPoolBuilder {
     track_search_path: bool,
     tenant_roles: bool,
     recycle_after_schemas: Option<u64>,
+    transaction_scoped: bool,
+    statement_cache: Option<bool>,
+    reset_after_every_borrow: bool,
+    session_setup: Option<String>,
 }
 
 impl AsyncTenantPoolBuilder {
@@ -104,9 +105,46 @@ impl AsyncTenantPoolBuilder {
 
     /// Switch to the tenant's own role while scoped, as
     /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)
-    /// does (here one more statement on a switch). Defaults to `false`.
+    /// does (in the same statement that sets the path). Defaults to `false`.
     pub fn tenant_roles(mut self, on: bool) -> Self {
         self.tenant_roles = on;
+        self
+    }
+
+    /// Transaction-scoped mode, as
+    /// [`TenantPoolBuilder::transaction_scoped`](crate::TenantPoolBuilder::transaction_scoped):
+    /// every checkout opens a transaction whose first statement sets the path
+    /// with `set_config(..., true)`. [`AsyncTenantPool::with_tenant`] commits
+    /// when the closure returns `Ok` and rolls back otherwise; a guard from
+    /// [`AsyncTenantPool::get`] is committed with
+    /// [`AsyncTenantConnection::commit`] and rolled back if dropped without it.
+    /// Turns path tracking and the statement cache off. Defaults to `false`.
+    pub fn transaction_scoped(mut self, on: bool) -> Self {
+        self.transaction_scoped = on;
+        self
+    }
+
+    /// Diesel's prepared-statement cache, as
+    /// [`TenantPoolBuilder::statement_cache`](crate::TenantPoolBuilder::statement_cache).
+    /// Defaults to on, and to off in transaction-scoped mode.
+    pub fn statement_cache(mut self, on: bool) -> Self {
+        self.statement_cache = Some(on);
+        self
+    }
+
+    /// SQL run on every new connection and after every reset, as
+    /// [`TenantPoolBuilder::session_setup`](crate::TenantPoolBuilder::session_setup).
+    /// Defaults to none.
+    pub fn session_setup(mut self, sql: impl Into<String>) -> Self {
+        self.session_setup = Some(sql.into());
+        self
+    }
+
+    /// Reset every session when its borrow ends, as
+    /// [`TenantPoolBuilder::reset_after_every_borrow`](crate::TenantPoolBuilder::reset_after_every_borrow).
+    /// Defaults to `false`.
+    pub fn reset_after_every_borrow(mut self, on: bool) -> Self {
+        self.reset_after_every_borrow = on;
         self
     }
 
@@ -156,15 +194,31 @@ impl AsyncTenantPoolBuilder {
                 reason: "max_size must be at least 1".into(),
             });
         }
-        // Validate the URL as the sync pool does.
-        crate::TenantConnectionManager::new(self.database_url.clone())?;
+        if self.extra_schemas.iter().any(|s| s.as_str() == "public") {
+            return Err(Error::Config {
+                reason: "public is always on the path".into(),
+            });
+        }
+        crate::pool::check_database_url(&self.database_url)?;
+        let statement_cache = self.statement_cache.unwrap_or(!self.transaction_scoped);
+        let session_setup = self.session_setup.clone();
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         // The checkout's own statement is the liveness check.
         config.recycling_method = RecyclingMethod::Fast;
-        config.custom_setup = Box::new(|url| {
+        config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
+            let setup = session_setup.clone();
             Box::pin(async move {
                 let mut conn = AsyncPgConnection::establish(&url).await?;
+                if let Some(setup) = setup {
+                    use diesel_async::SimpleAsyncConnection;
+                    conn.batch_execute(&setup)
+                        .await
+                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                }
+                if !statement_cache {
+                    conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+                }
                 let inner = diesel::connection::get_default_instrumentation();
                 conn.set_instrumentation(ScopeWatch::new(inner));
                 Ok(conn)
@@ -184,14 +238,17 @@ impl AsyncTenantPoolBuilder {
         Ok(AsyncTenantPool {
             pool,
             settings: Arc::new(Settings {
-                extra_schemas: self.extra_schemas,
-                track_search_path: self.track_search_path,
-                test_on_check_out: self.test_on_check_out,
                 max_lifetime: self.max_lifetime,
-                tenant_roles: self.tenant_roles,
-                recycle_after_schemas: self.recycle_after_schemas,
-                scoped: AtomicU64::new(0),
-                path_sets: AtomicU64::new(0),
+                scope: ScopeConfig::new(
+                    self.extra_schemas,
+                    self.track_search_path,
+                    self.test_on_check_out,
+                    self.transaction_scoped,
+                    self.recycle_after_schemas,
+                    self.tenant_roles,
+                    self.reset_after_every_borrow,
+                    self.session_setup,
+                ),
             }),
         })
     }
@@ -229,8 +286,23 @@ impl std::fmt::Debug for AsyncTenantPool {
     }
 }
 
-fn watch(conn: &mut AsyncPgConnection) -> Option<&mut ScopeWatch> {
-    conn.instrumentation().downcast_mut::<ScopeWatch>()
+fn state(conn: &mut AsyncPgConnection) -> Option<&mut ConnState> {
+    scope::watch_of(conn.instrumentation()).map(|w| &mut w.state)
+}
+
+fn mark_own(conn: &mut AsyncPgConnection) {
+    if let Some(w) = scope::watch_of(conn.instrumentation()) {
+        w.own_statement_next();
+    }
+}
+
+fn lost(scope: &ScopeKey) -> Error {
+    Error::Refused {
+        reason: format!(
+            "the connection's instrumentation was replaced, so the session cannot be scoped to {} safely",
+            scope.head()
+        ),
+    }
 }
 
 impl AsyncTenantPool {
@@ -246,51 +318,51 @@ impl AsyncTenantPool {
             track_search_path: true,
             tenant_roles: false,
             recycle_after_schemas: Some(crate::scope::DEFAULT_RECYCLE_AFTER_SCHEMAS),
+            transaction_scoped: false,
+            statement_cache: None,
+            reset_after_every_borrow: false,
+            session_setup: None,
         }
     }
 
-    /// How many checkouts were scoped, and how many had to set the path.
+    /// How many checkouts were scoped, how many had to set the path, and how
+    /// many sessions were reset.
     pub fn stats(&self) -> ScopeStats {
-        ScopeStats {
-            scoped: self.settings.scoped.load(Ordering::Relaxed),
-            path_sets: self.settings.path_sets.load(Ordering::Relaxed),
-        }
+        self.settings.scope.stats()
     }
 
     /// A connection scoped to `tenant`. Fails with [`Error::TenantSuspended`]
     /// before any statement runs if the tenant is suspended, and with
     /// [`Error::SchemaMissing`] if its schema is gone.
     pub async fn get(&self, tenant: &Tenant) -> Result<AsyncTenantConnection> {
-        if !tenant.is_active() {
-            return Err(Error::TenantSuspended {
-                schema: tenant.schema().as_str().to_owned(),
-            });
-        }
-        let conn = self
-            .checkout(ScopeKey::Tenant(
-                tenant.schema().clone(),
-                self.role_of(tenant)?,
-            ))
-            .await?;
+        let cfg = &self.settings.scope;
+        cfg.check_tenant(tenant)?;
+        let scope = ScopeKey::Tenant(tenant.schema().clone(), cfg.role_of(tenant)?);
+        let conn = self.checkout(&scope).await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
             tenant: Some(tenant.clone()),
+            settings: Arc::clone(&self.settings),
+            own_transaction: cfg.transaction_scoped,
         })
     }
 
     /// A connection scoped to the shared `public` schema.
     pub async fn public(&self) -> Result<AsyncTenantConnection> {
-        let conn = self.checkout(ScopeKey::Public).await?;
+        let conn = self.checkout(&ScopeKey::Public).await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
             tenant: None,
+            settings: Arc::clone(&self.settings),
+            own_transaction: self.settings.scope.transaction_scoped,
         })
     }
 
     /// Runs `f` on a connection scoped to `tenant`, with `tenant` as the task's
     /// [`current_tenant`]. Whatever `f` does (returns an error, rolls back,
     /// panics, or is cancelled by dropping this future) the next borrower of the
-    /// connection gets its own scope.
+    /// connection gets its own scope. In transaction-scoped mode the work is
+    /// committed when `f` returns `Ok` and rolled back otherwise.
     ///
     /// The future is `Send` when the closure's is, so it can run in spawned
     /// tasks and web handlers.
@@ -303,7 +375,11 @@ impl AsyncTenantPool {
     {
         let mut conn = self.get(tenant).await?;
         let work: <F as SendFn<&mut AsyncPgConnection, Result<T, E>>>::Fut = f(&mut conn);
-        CURRENT_TENANT.scope(tenant.clone(), work).await
+        let result = CURRENT_TENANT.scope(tenant.clone(), work).await;
+        if result.is_ok() {
+            conn.commit().await?;
+        }
+        result
     }
 
     /// Runs `f` on a connection scoped to `public`.
@@ -316,24 +392,17 @@ impl AsyncTenantPool {
     {
         let mut conn = self.public().await?;
         let work: <F as SendFn<&mut AsyncPgConnection, Result<T, E>>>::Fut = f(&mut conn);
-        work.await
-    }
-
-    fn role_of(&self, tenant: &Tenant) -> Result<Option<SchemaName>> {
-        if !self.settings.tenant_roles {
-            return Ok(None);
+        let result = work.await;
+        if result.is_ok() {
+            conn.commit().await?;
         }
-        tenant.role().cloned().map(Some).ok_or_else(|| Error::Refused {
-            reason: format!(
-                "tenant {:?} has no role, and the pool switches to tenant roles; create one with ensure_tenant_role",
-                tenant.schema().as_str()
-            ),
-        })
+        result
     }
 
-    async fn checkout(&self, scope: ScopeKey) -> Result<Object<AsyncPgConnection>> {
-        self.settings.scoped.fetch_add(1, Ordering::Relaxed);
+    async fn checkout(&self, scope: &ScopeKey) -> Result<Object<AsyncPgConnection>> {
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let mut conn = self.pool.get().await.map_err(|e| Error::Config {
                 reason: format!("could not get a database connection: {e}"),
             })?;
@@ -341,101 +410,216 @@ impl AsyncTenantPool {
                 .settings
                 .max_lifetime
                 .is_some_and(|max| Object::metrics(&conn).age() > max);
-            if too_old || watch(&mut conn).is_none() {
+            if too_old || state(&mut conn).is_none_or(|s| s.discard) {
                 drop(Object::take(conn));
                 continue;
             }
-            match self.enter(&mut conn, &scope).await {
+            match enter(&self.settings.scope, &mut conn, scope).await {
                 Ok(()) => return Ok(conn),
-                Err(e @ Error::SchemaMissing { .. }) => return Err(e),
                 Err(e) => {
-                    drop(Object::take(conn));
+                    let discard = state(&mut conn).is_none_or(|s| s.discard);
+                    if discard {
+                        drop(Object::take(conn));
+                        // A dead connection (say, after a server restart) is
+                        // replaced and the checkout tried again.
+                        if matches!(e, Error::Scope { .. }) && attempt < 3 {
+                            continue;
+                        }
+                    }
                     return Err(e);
                 }
             }
         }
     }
+}
 
-    /// Puts the connection on `scope`'s path, in one statement: setting the path
-    /// on a switch, reading it back (the liveness check) when it is already
-    /// there, or nothing when it is there and checks are off.
-    async fn enter(&self, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
-        use diesel_async::RunQueryDsl;
-        let path = scope.search_path(&self.settings.extra_schemas);
-        let tracked = watch(conn).is_some_and(|w| {
+/// Drives the scope state machine (the same one as the sync pool) until the
+/// connection holds `scope`: in the common case one statement, or none.
+async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    match scope::watch_of(conn.instrumentation()) {
+        Some(w) => {
             w.clear_own_statement();
-            self.settings.track_search_path
-                && w.current
-                    .as_ref()
-                    .is_some_and(|(k, p)| k == scope && *p == path)
-        });
-        let scope_err = |source| Error::Scope {
-            scope: scope.head().to_owned(),
-            source,
-        };
-        if tracked {
-            if !self.settings.test_on_check_out {
-                return Ok(());
-            }
-            // The liveness check: read the path back (a cached statement).
-            scope::own_statement_next(conn.instrumentation());
-            let server: scope::ServerPath = RunQueryDsl::get_result(scope::CurrentPath, conn)
-                .await
-                .map_err(scope_err)?;
-            if scope.held(&path, &server, self.settings.tenant_roles) {
-                if let Some(w) = watch(conn) {
-                    w.take_flags();
+            w.state.begin_checkout(cfg);
+        }
+        None => return Err(lost(scope)),
+    }
+    for _ in 0..MAX_STEPS {
+        let step = state(conn).ok_or_else(|| lost(scope))?.plan(cfg, scope);
+        match step {
+            Step::Ready => return Ok(()),
+            Step::Reset => {
+                end_own_transaction(conn).await;
+                mark_own(conn);
+                let sql = scope::reset_sql(cfg.session_setup.as_deref());
+                let ok = conn.batch_execute(&sql).await.is_ok();
+                state(conn)
+                    .ok_or_else(|| lost(scope))?
+                    .settle_reset(cfg, ok);
+                if !ok {
+                    return Err(Error::Refused {
+                        reason: format!(
+                            "the session could not be reset before scoping it to {}",
+                            scope.head()
+                        ),
+                    });
                 }
-                return Ok(());
+            }
+            Step::ProbeTemp => {
+                mark_own(conn);
+                let answer = RunQueryDsl::get_result::<bool>(TempObjects, conn).await;
+                state(conn)
+                    .ok_or_else(|| lost(scope))?
+                    .settle_probe(scope, answer)?;
+            }
+            Step::ReadBack => {
+                mark_own(conn);
+                let answer = RunQueryDsl::get_result::<ServerState>(CurrentState, conn).await;
+                state(conn)
+                    .ok_or_else(|| lost(scope))?
+                    .settle(cfg, scope, None, answer)?;
+            }
+            Step::Set { path, role, local } => {
+                if local {
+                    if let Err(source) = AnsiTransactionManager::begin_transaction(conn).await {
+                        if let Some(s) = state(conn) {
+                            s.discard = true;
+                        }
+                        return Err(Error::Scope {
+                            scope: scope.head().to_owned(),
+                            source,
+                        });
+                    }
+                }
+                mark_own(conn);
+                let answer = set_path(conn, path.clone(), role, local).await;
+                let settled = state(conn)
+                    .ok_or_else(|| lost(scope))?
+                    .settle(cfg, scope, Some(&path), answer);
+                if local && settled.is_err() {
+                    end_own_transaction(conn).await;
+                }
+                settled?;
             }
         }
-        self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
-        let recycle_after = self.settings.recycle_after_schemas;
-        if let Some(w) = watch(conn) {
-            w.current = None;
-            w.retire |= w.schemas.add(scope.head(), recycle_after);
+    }
+    end_own_transaction(conn).await;
+    if let Some(s) = state(conn) {
+        s.discard = true;
+    }
+    Err(Error::Refused {
+        reason: format!(
+            "the session did not settle on {} within {MAX_STEPS} steps",
+            scope.head()
+        ),
+    })
+}
+
+/// Sends [`SetPath`] in the variant the scope needs.
+async fn set_path(
+    conn: &mut AsyncPgConnection,
+    path: String,
+    role: Option<String>,
+    local: bool,
+) -> diesel::QueryResult<ServerState> {
+    use diesel_async::RunQueryDsl;
+    match (role, local) {
+        (None, false) => {
+            RunQueryDsl::get_result(
+                SetPath::<false, false> {
+                    path,
+                    role: String::new(),
+                },
+                conn,
+            )
+            .await
         }
-        // Setting the path is the liveness check on a switch (a cached
-        // statement), and with tenant roles it sets the role too. As in the
-        // sync pool, current_schema() in the same select list tells whether
-        // the tenant's schema exists, and the statement names no table, so its
-        // re-planning after each path change is trivial.
-        scope::own_statement_next(conn.instrumentation());
-        let set_path = scope::set_config("search_path", path.clone(), false);
-        let head = if self.settings.tenant_roles {
-            let set_role = scope::set_config("role", scope.role_setting().to_owned(), false);
-            diesel::select((set_path, set_role, scope::current_schema()))
-                .get_result::<(String, String, Option<String>)>(conn)
-                .await
-                .map(|(_, _, head)| head)
-        } else {
-            diesel::select((set_path, scope::current_schema()))
-                .get_result::<(String, Option<String>)>(conn)
-                .await
-                .map(|(_, head)| head)
+        (None, true) => {
+            RunQueryDsl::get_result(
+                SetPath::<false, true> {
+                    path,
+                    role: String::new(),
+                },
+                conn,
+            )
+            .await
         }
-        .map_err(scope_err)?;
-        let set = match scope {
-            ScopeKey::Public => true,
-            ScopeKey::Tenant(schema, _) => head.as_deref() == Some(schema.as_str()),
-        };
-        let w = watch(conn);
-        match (set, w) {
-            (true, Some(w)) => {
-                w.take_flags();
-                w.current = Some((scope.clone(), path));
-                Ok(())
+        (Some(role), false) => {
+            RunQueryDsl::get_result(SetPath::<true, false> { path, role }, conn).await
+        }
+        (Some(role), true) => {
+            RunQueryDsl::get_result(SetPath::<true, true> { path, role }, conn).await
+        }
+    }
+}
+
+/// Rolls back a transaction Diesel knows to be open (the checkout's own, in
+/// transaction-scoped mode); marks the connection for discarding if that fails.
+async fn end_own_transaction(conn: &mut AsyncPgConnection) {
+    let ok = match AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth() {
+        Ok(None) => true,
+        Ok(Some(_)) => AnsiTransactionManager::rollback_transaction(conn).await.is_ok(),
+        Err(_) => false,
+    };
+    if !ok {
+        if let Some(s) = state(conn) {
+            s.discard = true;
+        }
+    }
+}
+
+/// Ends a borrow: decides keep, reset or discard with the shared state
+/// machine, and runs the reset. Returns whether the connection may go back
+/// to the pool.
+async fn release(
+    cfg: &ScopeConfig,
+    conn: &mut AsyncPgConnection,
+    own_transaction: bool,
+    decided: Option<Release>,
+) -> bool {
+    use diesel_async::SimpleAsyncConnection;
+    if own_transaction {
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth();
+        let rolled_back = matches!(depth, Ok(Some(d)) if d.get() == 1)
+            && AnsiTransactionManager::rollback_transaction(conn).await.is_ok();
+        if !rolled_back && !matches!(depth, Ok(None)) {
+            return false;
+        }
+    }
+    let decision = match decided {
+        Some(decision) => decision,
+        None => release_decision(cfg, conn, false),
+    };
+    match decision {
+        Release::Keep => true,
+        Release::Discard => false,
+        Release::Reset => {
+            mark_own(conn);
+            let sql = scope::reset_sql(cfg.session_setup.as_deref());
+            let ok = conn.batch_execute(&sql).await.is_ok();
+            match state(conn) {
+                Some(s) => {
+                    s.settle_reset(cfg, ok);
+                    ok
+                }
+                None => false,
             }
-            (false, Some(w)) => {
-                w.take_flags();
-                Err(Error::SchemaMissing {
-                    schema: scope.head().to_owned(),
-                })
-            }
-            (_, None) => Err(Error::Refused {
-                reason: "the connection's instrumentation was replaced".into(),
-            }),
         }
+    }
+}
+
+/// The state machine's decision for a borrow that has ended.
+fn release_decision(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, panicking: bool) -> Release {
+    let in_transaction = AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .ok()
+        .map(|depth| depth.is_some());
+    match scope::watch_of(conn.instrumentation()) {
+        Some(w) => {
+            w.clear_own_statement();
+            w.state.release(cfg, in_transaction, panicking)
+        }
+        None => Release::Discard,
     }
 }
 
@@ -445,6 +629,9 @@ impl AsyncTenantPool {
 pub struct AsyncTenantConnection {
     conn: Option<Object<AsyncPgConnection>>,
     tenant: Option<Tenant>,
+    settings: Arc<Settings>,
+    /// Transaction-scoped mode: the transaction this guard opened is still open.
+    own_transaction: bool,
 }
 
 impl std::fmt::Debug for AsyncTenantConnection {
@@ -459,6 +646,32 @@ impl AsyncTenantConnection {
     /// The tenant, or `None` for `public`.
     pub fn tenant(&self) -> Option<&Tenant> {
         self.tenant.as_ref()
+    }
+
+    /// In transaction-scoped mode, commits the transaction the checkout opened
+    /// (a connection dropped without `commit` rolls it back). In session mode
+    /// there is nothing to commit and this does nothing.
+    pub async fn commit(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.own_transaction) {
+            return Ok(());
+        }
+        let scope = self
+            .tenant
+            .as_ref()
+            .map_or("public", |t| t.schema().as_str())
+            .to_owned();
+        let conn: &mut AsyncPgConnection = self;
+        AnsiTransactionManager::commit_transaction(conn)
+            .await
+            .map_err(|source| {
+                if let Some(s) = state(conn) {
+                    s.discard = true;
+                }
+                Error::Database {
+                    action: format!("commit the transaction scoped to {scope}"),
+                    source,
+                }
+            })
     }
 }
 
@@ -476,34 +689,45 @@ impl DerefMut for AsyncTenantConnection {
 }
 
 impl Drop for AsyncTenantConnection {
-    /// Decides, without awaiting, whether the connection can serve the next
-    /// borrower: it is discarded after a panic, with a query still in flight (the
-    /// borrower's future was dropped mid-query), with a transaction open (Diesel's
-    /// or raw SQL's), or if its instrumentation was replaced; otherwise the
-    /// remembered path is kept unless a statement could have changed it.
+    /// Decides with the shared state machine whether the connection can serve
+    /// the next borrower. It is closed after a panic, with a query still in
+    /// flight (the borrower's future was dropped mid-query), with a Diesel
+    /// transaction left open, or if its instrumentation was replaced. A
+    /// connection that needs a statement first (a reset, or the rollback of
+    /// its own transaction in transaction-scoped mode) is handed to a task on
+    /// the current runtime that sends it and then returns the connection; with
+    /// no runtime it is closed.
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let keep = !std::thread::panicking() && {
-            let in_transaction = !matches!(
-                AnsiTransactionManager::transaction_manager_status_mut(&mut *conn)
-                    .transaction_depth(),
-                Ok(None)
-            );
-            match watch(&mut conn) {
-                None => false,
-                Some(w) => {
-                    let flags = w.take_flags();
-                    if flags & PATH_DIRTY != 0 {
-                        w.current = None;
-                    }
-                    w.in_flight == 0 && flags & RAW_TRANSACTION == 0 && !in_transaction && !w.retire
+        let own_transaction = std::mem::take(&mut self.own_transaction);
+        let panicking = std::thread::panicking();
+        let cfg = &self.settings.scope;
+        let mut decided = None;
+        if !own_transaction {
+            match release_decision(cfg, &mut conn, panicking) {
+                Release::Keep => return,
+                Release::Discard => {
+                    drop(Object::take(conn));
+                    return;
                 }
+                // The decision is made; the task only runs the reset.
+                Release::Reset => decided = Some(Release::Reset),
             }
-        };
-        if !keep {
+        } else if panicking || state(&mut conn).is_none_or(|s| s.in_flight > 0) {
             drop(Object::take(conn));
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(Object::take(conn));
+            return;
+        };
+        let settings = Arc::clone(&self.settings);
+        runtime.spawn(async move {
+            if !release(&settings.scope, &mut conn, own_transaction, decided).await {
+                drop(Object::take(conn));
+            }
+        });
     }
 }

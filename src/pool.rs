@@ -2,41 +2,32 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::connection::{
     AnsiTransactionManager, Connection, SimpleConnection, TransactionManager,
 };
 use diesel::pg::PgConnection;
+use diesel::prelude::RunQueryDsl;
 use diesel::r2d2::R2D2Connection;
 
 use crate::registry::{self, Tenant};
 use crate::scope::{
-    self, DEFAULT_RECYCLE_AFTER_SCHEMAS, PATH_DIRTY, RAW_TRANSACTION, SchemaCount, ScopeKey,
-    ScopeWatch,
+    self, ConnState, CurrentState, DEFAULT_RECYCLE_AFTER_SCHEMAS, Release, ScopeConfig, ScopeKey,
+    ScopeWatch, ServerState, SetPath, Step, TempObjects,
 };
 use crate::{Error, Result, SchemaName};
+
+/// The most statements one checkout sends before giving up on a connection.
+pub(crate) const MAX_STEPS: usize = 6;
 
 /// Settings shared by the manager and every connection it makes.
 #[derive(Debug)]
 struct Settings {
     database_url: String,
-    extra_schemas: Vec<SchemaName>,
-    track_search_path: bool,
-    /// Check the connection at checkout with the statement that reads or sets
-    /// the search path.
-    test_on_check_out: bool,
-    /// Every scoped unit of work is a transaction that sets the path locally.
-    transaction_scoped: bool,
     /// Keep Diesel's prepared-statement cache.
     statement_cache: bool,
-    /// Replace a connection after it has set the path this many times.
-    recycle_after_schemas: Option<u64>,
-    /// Switch to the tenant's own role while scoped.
-    tenant_roles: bool,
-    scoped: AtomicU64,
-    path_sets: AtomicU64,
+    scope: ScopeConfig,
 }
 
 /// Counters of a pool's scoping work, from [`TenantPool::stats`].
@@ -49,6 +40,9 @@ pub struct ScopeStats {
     /// Of those, how many had to set the search path (one statement each); the
     /// rest found the path already in place.
     pub path_sets: u64,
+    /// Sessions reset (one statement each) because a borrower sent something
+    /// not proven harmless, or the checkout found leftover state.
+    pub resets: u64,
 }
 
 /// An r2d2 connection manager for tenant-scoped PostgreSQL connections.
@@ -81,10 +75,7 @@ impl TenantConnectionManager {
 
     /// Counters of the scoping done on connections from this manager.
     pub fn stats(&self) -> ScopeStats {
-        ScopeStats {
-            scoped: self.settings.scoped.load(Ordering::Relaxed),
-            path_sets: self.settings.path_sets.load(Ordering::Relaxed),
-        }
+        self.settings.scope.stats()
     }
 
     fn with_settings(b: &TenantPoolBuilder) -> Result<Self> {
@@ -92,21 +83,23 @@ impl TenantConnectionManager {
         Ok(TenantConnectionManager {
             settings: Arc::new(Settings {
                 database_url: b.database_url.clone(),
-                extra_schemas: b.extra_schemas.clone(),
-                track_search_path: b.track_search_path && !b.transaction_scoped,
-                test_on_check_out: b.test_on_check_out,
-                transaction_scoped: b.transaction_scoped,
                 statement_cache: b.statement_cache.unwrap_or(!b.transaction_scoped),
-                recycle_after_schemas: b.recycle_after_schemas,
-                tenant_roles: b.tenant_roles,
-                scoped: AtomicU64::new(0),
-                path_sets: AtomicU64::new(0),
+                scope: ScopeConfig::new(
+                    b.extra_schemas.clone(),
+                    b.track_search_path,
+                    b.test_on_check_out,
+                    b.transaction_scoped,
+                    b.recycle_after_schemas,
+                    b.tenant_roles,
+                    b.reset_after_every_borrow,
+                    b.session_setup.clone(),
+                ),
             }),
         })
     }
 }
 
-fn check_database_url(url: &str) -> Result<()> {
+pub(crate) fn check_database_url(url: &str) -> Result<()> {
     if url.trim().is_empty() {
         return Err(Error::Config {
             reason: "the database URL is empty".into(),
@@ -138,22 +131,14 @@ fn check_database_url(url: &str) -> Result<()> {
 pub struct ManagedConnection {
     conn: PgConnection,
     settings: Arc<Settings>,
-    /// The scope the session's search path is known to hold, and that path's text;
-    /// `None` when unknown.
-    current: Option<(ScopeKey, String)>,
-    /// Drop this connection instead of returning it to the pool.
-    discard: bool,
-    /// r2d2's liveness check has just read the path back, for this checkout.
-    verified: bool,
-    /// Hashes of the schemas this connection has been scoped to (the recycle rule).
-    schemas: SchemaCount,
+    /// The instrumentation was replaced: nothing about the session is known.
+    lost: bool,
 }
 
 impl std::fmt::Debug for ManagedConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagedConnection")
-            .field("current", &self.current)
-            .field("discard", &self.discard)
+            .field("lost", &self.lost)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +150,10 @@ impl r2d2::ManageConnection for TenantConnectionManager {
     fn connect(&self) -> Result<ManagedConnection, Self::Error> {
         let mut conn = PgConnection::establish(&self.settings.database_url)
             .map_err(diesel::r2d2::Error::ConnectionError)?;
+        if let Some(setup) = &self.settings.scope.session_setup {
+            conn.batch_execute(setup)
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
         let inner = diesel::connection::get_default_instrumentation();
         conn.set_instrumentation(ScopeWatch::new(inner));
         if !self.settings.statement_cache {
@@ -173,203 +162,233 @@ impl r2d2::ManageConnection for TenantConnectionManager {
         Ok(ManagedConnection {
             conn,
             settings: Arc::clone(&self.settings),
-            current: None,
-            discard: false,
-            verified: false,
-            schemas: SchemaCount::default(),
+            lost: false,
         })
     }
 
-    /// The liveness check (`test_on_check_out`). It reads the session's search path
-    /// in the same round trip as a plain `SELECT 1` would take, and forgets the
-    /// remembered path if the server disagrees, so a path changed where no
-    /// statement showed it (say, by a server-side function) is still caught.
+    /// The liveness check (`test_on_check_out`, for pools built with r2d2's
+    /// own builder). It reads the session's state in the same round trip as a
+    /// plain `SELECT 1` would take; the checkout that follows uses what it read.
     fn is_valid(&self, conn: &mut ManagedConnection) -> Result<(), Self::Error> {
-        let roles = self.settings.tenant_roles;
-        let server = scope::current_search_path(&mut conn.conn).map_err(|e| {
-            conn.current = None;
-            diesel::r2d2::Error::QueryError(e)
-        })?;
-        if conn
-            .current
-            .as_ref()
-            .is_some_and(|(scope, known)| !scope.held(known, &server, roles))
-        {
-            conn.current = None;
+        conn.mark_own();
+        let server = CurrentState.get_result::<ServerState>(&mut conn.conn);
+        let Some(state) = conn.state() else {
+            return Err(diesel::r2d2::Error::QueryError(
+                diesel::result::Error::BrokenTransactionManager,
+            ));
+        };
+        match server {
+            Ok(server) => {
+                state.settle_liveness(&server);
+                Ok(())
+            }
+            Err(e) => {
+                state.discard = true;
+                Err(diesel::r2d2::Error::QueryError(e))
+            }
         }
-        // Our own statement names search_path; that is no reason to distrust it.
-        if let Some(watch) = conn.watch() {
-            watch.take_flags();
-        }
-        conn.verified = true;
-        Ok(())
     }
 
     fn has_broken(&self, conn: &mut ManagedConnection) -> bool {
-        conn.discard || std::thread::panicking() || conn.conn.is_broken()
+        std::thread::panicking()
+            || conn.conn.is_broken()
+            || conn.state().is_none_or(|state| state.discard)
     }
 }
 
 impl ManagedConnection {
-    /// Puts the session on `scope`'s search path unless it is known to be there.
-    fn enter(&mut self, scope: ScopeKey) -> Result<()> {
-        self.settings.scoped.fetch_add(1, Ordering::Relaxed);
-        if let Some(watch) = self.watch() {
-            watch.clear_own_statement();
-        }
-        let verified = std::mem::take(&mut self.verified);
-        if self.settings.track_search_path
-            && self
-                .current
-                .as_ref()
-                .is_some_and(|(known, _)| *known == scope)
-        {
-            if verified || !self.settings.test_on_check_out {
-                return Ok(());
+    /// The connection's scope state, kept in its instrumentation; `None` (and
+    /// the connection marked lost) if someone replaced the instrumentation.
+    fn state(&mut self) -> Option<&mut ConnState> {
+        match scope::watch_of(self.conn.instrumentation()) {
+            Some(watch) => Some(&mut watch.state),
+            None => {
+                self.lost = true;
+                None
             }
-            // The liveness check: read the path back, one cached statement.
-            match scope::current_search_path(&mut self.conn) {
-                Ok(server) => {
-                    let roles = self.settings.tenant_roles;
-                    if self
-                        .current
-                        .as_ref()
-                        .is_some_and(|(_, known)| scope.held(known, &server, roles))
-                    {
-                        if let Some(watch) = self.watch() {
-                            watch.take_flags();
-                        }
-                        return Ok(());
+        }
+    }
+
+    /// Marks the next statement as the crate's own.
+    fn mark_own(&mut self) {
+        if let Some(watch) = scope::watch_of(self.conn.instrumentation()) {
+            watch.own_statement_next();
+        }
+    }
+
+    fn lost_error(&mut self, scope: &ScopeKey) -> Error {
+        self.lost = true;
+        Error::Refused {
+            reason: format!(
+                "the connection's instrumentation was replaced, so the session cannot be scoped to {} safely",
+                scope.head()
+            ),
+        }
+    }
+
+    /// Drives the scope state machine until the connection holds `scope`: in
+    /// the common case one statement (set the path on a switch, read it back
+    /// for the same tenant), or none.
+    fn enter(&mut self, scope: &ScopeKey) -> Result<()> {
+        let settings = Arc::clone(&self.settings);
+        let cfg = &settings.scope;
+        match scope::watch_of(self.conn.instrumentation()) {
+            Some(watch) => {
+                watch.clear_own_statement();
+                watch.state.begin_checkout(cfg);
+            }
+            None => return Err(self.lost_error(scope)),
+        }
+        for _ in 0..MAX_STEPS {
+            let Some(step) = self.state().map(|s| s.plan(cfg, scope)) else {
+                return Err(self.lost_error(scope));
+            };
+            match step {
+                Step::Ready => return Ok(()),
+                Step::Reset => {
+                    self.end_own_transaction();
+                    let ok = self.run_reset();
+                    let Some(state) = self.state() else {
+                        return Err(self.lost_error(scope));
+                    };
+                    state.settle_reset(cfg, ok);
+                    if !ok {
+                        return Err(Error::Refused {
+                            reason: format!(
+                                "the session could not be reset before scoping it to {}",
+                                scope.head()
+                            ),
+                        });
                     }
                 }
-                Err(source) => {
-                    self.discard = true;
-                    return Err(Error::Scope {
-                        scope: scope.head().to_owned(),
-                        source,
-                    });
+                Step::ProbeTemp => {
+                    self.mark_own();
+                    let answer = TempObjects.get_result::<bool>(&mut self.conn);
+                    let Some(state) = self.state() else {
+                        return Err(self.lost_error(scope));
+                    };
+                    state.settle_probe(scope, answer)?;
+                }
+                Step::ReadBack => {
+                    self.mark_own();
+                    let answer = CurrentState.get_result::<ServerState>(&mut self.conn);
+                    let Some(state) = self.state() else {
+                        return Err(self.lost_error(scope));
+                    };
+                    state.settle(cfg, scope, None, answer)?;
+                }
+                Step::Set { path, role, local } => {
+                    if local {
+                        if let Err(source) = AnsiTransactionManager::begin_transaction(&mut self.conn)
+                        {
+                            if let Some(state) = self.state() {
+                                state.discard = true;
+                            }
+                            return Err(Error::Scope {
+                                scope: scope.head().to_owned(),
+                                source,
+                            });
+                        }
+                    }
+                    self.mark_own();
+                    let answer = set_path(&mut self.conn, path.clone(), role, local);
+                    let Some(state) = self.state() else {
+                        return Err(self.lost_error(scope));
+                    };
+                    let settled = state.settle(cfg, scope, Some(&path), answer);
+                    if local && settled.is_err() {
+                        self.end_own_transaction();
+                    }
+                    settled?;
                 }
             }
         }
-        self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
-        self.count_schema(&scope);
-        self.current = None;
-        let path = scope.search_path(&self.settings.extra_schemas);
-        let result = scope::set_search_path(
-            &mut self.conn,
-            &scope,
-            path.clone(),
-            false,
-            self.settings.tenant_roles,
-        );
-        match &result {
-            Ok(()) => self.current = Some((scope, path)),
-            // The statement ran and found no schema: the session is unchanged.
-            Err(Error::SchemaMissing { .. }) => {}
-            Err(_) => self.discard = true,
+        // Each step settles something the next cannot undo; more steps than
+        // a reset, a probe, a read-back and a set mean the session keeps
+        // changing under the checkout.
+        self.end_own_transaction();
+        if let Some(state) = self.state() {
+            state.discard = true;
         }
-        // Our own statement is no reason to distrust the path.
-        if let Some(watch) = self.watch() {
-            watch.take_flags();
-        }
-        result
+        Err(Error::Refused {
+            reason: format!(
+                "the session did not settle on {} within {MAX_STEPS} steps",
+                scope.head()
+            ),
+        })
     }
 
-    /// Transaction-scoped mode: opens a transaction whose first statement sets
-    /// the path for that transaction only (`set_config(..., true)`).
-    fn enter_transaction(&mut self, scope: ScopeKey) -> Result<()> {
-        self.settings.scoped.fetch_add(1, Ordering::Relaxed);
-        self.settings.path_sets.fetch_add(1, Ordering::Relaxed);
-        self.count_schema(&scope);
-        self.current = None;
-        self.verified = false;
-        let scope_err = |source| Error::Scope {
-            scope: scope.head().to_owned(),
-            source,
+    /// Rolls back a transaction the checkout opened (transaction-scoped mode)
+    /// before the session is reset or the checkout fails.
+    fn end_own_transaction(&mut self) {
+        let depth =
+            AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn).transaction_depth();
+        let ok = match depth {
+            Ok(None) => true,
+            Ok(Some(_)) => AnsiTransactionManager::rollback_transaction(&mut self.conn).is_ok(),
+            Err(_) => false,
         };
-        if let Err(e) = AnsiTransactionManager::begin_transaction(&mut self.conn) {
-            self.discard = true;
-            return Err(scope_err(e));
-        }
-        let path = scope.search_path(&self.settings.extra_schemas);
-        let result = scope::set_search_path(
-            &mut self.conn,
-            &scope,
-            path,
-            true,
-            self.settings.tenant_roles,
-        );
-        if let Err(e) = &result {
-            if AnsiTransactionManager::rollback_transaction(&mut self.conn).is_err()
-                || !matches!(e, Error::SchemaMissing { .. })
-            {
-                self.discard = true;
+        if !ok {
+            if let Some(state) = self.state() {
+                state.discard = true;
             }
         }
-        if let Some(watch) = self.watch() {
-            watch.take_flags();
-        }
-        result
     }
 
-    /// Each schema a backend touches stays in its catalog cache; once it has
-    /// touched enough distinct schemas the connection is replaced when it is
-    /// next released.
-    fn count_schema(&mut self, scope: &ScopeKey) {
-        if self
-            .schemas
-            .add(scope.head(), self.settings.recycle_after_schemas)
-        {
-            self.discard = true;
-        }
+    /// Runs the reset batch (one round trip).
+    fn run_reset(&mut self) -> bool {
+        let sql = scope::reset_sql(self.settings.scope.session_setup.as_deref());
+        self.mark_own();
+        self.conn.batch_execute(&sql).is_ok()
     }
 
-    fn watch(&mut self) -> Option<&mut ScopeWatch> {
-        self.conn.instrumentation().downcast_mut::<ScopeWatch>()
-    }
-
-    /// Restores the pool's invariant when a scoped borrow ends: the connection is
-    /// outside any transaction and `current` is either the true search path or
-    /// `None`; or else it is marked to be discarded.
+    /// Restores the pool's invariant when a scoped borrow ends: the session is
+    /// outside any transaction, holds nothing a borrower left (or is reset),
+    /// and its remembered path is the true one or forgotten; or else the
+    /// connection is marked to be closed.
     fn leave(&mut self) {
-        if std::thread::panicking() {
-            // The closure stopped at an unknown point.
-            self.current = None;
-            self.discard = true;
-            return;
-        }
-        let Some(flags) = self.watch().map(ScopeWatch::take_flags) else {
-            // Someone replaced the instrumentation: nothing can be known any more.
-            self.current = None;
-            self.discard = true;
+        let settings = Arc::clone(&self.settings);
+        let cfg = &settings.scope;
+        let panicking = std::thread::panicking();
+        let in_transaction =
+            AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
+                .transaction_depth()
+                .ok()
+                .map(|depth| depth.is_some());
+        let Some(watch) = scope::watch_of(self.conn.instrumentation()) else {
+            self.lost = true;
             return;
         };
-        if flags & PATH_DIRTY != 0 {
-            self.current = None;
-        }
-        match AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
-            .transaction_depth()
-        {
-            Ok(None) => {}
-            // A transaction left open (e.g. `begin_test_transaction`) or a broken
-            // transaction manager: the session state is not ours to reuse.
-            Ok(Some(_)) | Err(_) => {
-                self.current = None;
-                self.discard = true;
-                return;
+        watch.clear_own_statement();
+        if watch.state.release(cfg, in_transaction, panicking) == Release::Reset {
+            let ok = self.run_reset();
+            if let Some(state) = self.state() {
+                state.settle_reset(cfg, ok);
             }
         }
-        if flags & RAW_TRANSACTION != 0 {
-            // Raw SQL may have left a transaction open; a ROLLBACK outside one
-            // only warns.
-            self.current = None;
-            if self.conn.batch_execute("ROLLBACK").is_err() {
-                self.discard = true;
-            }
-            if let Some(watch) = self.watch() {
-                watch.take_flags();
-            }
+    }
+}
+
+/// Sends [`SetPath`] in the variant the scope needs.
+fn set_path(
+    conn: &mut PgConnection,
+    path: String,
+    role: Option<String>,
+    local: bool,
+) -> diesel::QueryResult<ServerState> {
+    match (role, local) {
+        (None, false) => SetPath::<false, false> {
+            path,
+            role: String::new(),
         }
+        .get_result(conn),
+        (None, true) => SetPath::<false, true> {
+            path,
+            role: String::new(),
+        }
+        .get_result(conn),
+        (Some(role), false) => SetPath::<true, false> { path, role }.get_result(conn),
+        (Some(role), true) => SetPath::<true, true> { path, role }.get_result(conn),
     }
 }
 
@@ -377,9 +396,11 @@ impl ManagedConnection {
 ///
 /// It dereferences to [`PgConnection`], so all of Diesel works on it: pass
 /// `&mut *conn` (or `&mut conn` where a `&mut PgConnection` is expected). When it
-/// is dropped it goes back to the pool; if anything on it could have changed the
-/// search path (an error, a rollback, a `SET`, a panic) the pool forgets the path
-/// it remembered, and if a transaction was left open the connection is discarded.
+/// is dropped it goes back to the pool, and nothing of this borrow reaches the
+/// next one: a borrow that sent any statement not proven harmless (see the
+/// README's *What a borrow can leave behind*) is followed by a reset of the
+/// session, and a connection left inside a transaction, mid-panic or with its
+/// instrumentation replaced is closed.
 pub struct TenantConnection {
     conn: r2d2::PooledConnection<TenantConnectionManager>,
     tenant: Option<Tenant>,
@@ -404,28 +425,11 @@ impl TenantConnection {
         mut conn: r2d2::PooledConnection<TenantConnectionManager>,
         tenant: &Tenant,
     ) -> Result<Self> {
-        if !tenant.is_active() {
-            return Err(Error::TenantSuspended {
-                schema: tenant.schema().as_str().to_owned(),
-            });
-        }
-        let role = if conn.settings.tenant_roles {
-            Some(tenant.role().cloned().ok_or_else(|| Error::Refused {
-                reason: format!(
-                    "tenant {:?} has no role, and the pool switches to tenant roles; create one with ensure_tenant_role",
-                    tenant.schema().as_str()
-                ),
-            })?)
-        } else {
-            None
-        };
-        let scope = ScopeKey::Tenant(tenant.schema().clone(), role);
-        let own_transaction = conn.settings.transaction_scoped;
-        if own_transaction {
-            conn.enter_transaction(scope)?;
-        } else {
-            conn.enter(scope)?;
-        }
+        let cfg = &conn.settings.scope;
+        cfg.check_tenant(tenant)?;
+        let scope = ScopeKey::Tenant(tenant.schema().clone(), cfg.role_of(tenant)?);
+        let own_transaction = cfg.transaction_scoped;
+        conn.enter(&scope)?;
         Ok(TenantConnection {
             conn,
             tenant: Some(tenant.clone()),
@@ -436,12 +440,8 @@ impl TenantConnection {
     /// Scopes a connection from a pool of [`TenantConnectionManager`] to the shared
     /// `public` schema (plus the pool's extra schemas).
     pub fn scope_public(mut conn: r2d2::PooledConnection<TenantConnectionManager>) -> Result<Self> {
-        let own_transaction = conn.settings.transaction_scoped;
-        if own_transaction {
-            conn.enter_transaction(ScopeKey::Public)?;
-        } else {
-            conn.enter(ScopeKey::Public)?;
-        }
+        let own_transaction = conn.settings.scope.transaction_scoped;
+        conn.enter(&ScopeKey::Public)?;
         Ok(TenantConnection {
             conn,
             tenant: None,
@@ -455,7 +455,9 @@ impl TenantConnection {
     pub fn commit(mut self) -> Result<()> {
         if std::mem::take(&mut self.own_transaction) {
             AnsiTransactionManager::commit_transaction(&mut self.conn.conn).map_err(|e| {
-                self.conn.discard = true;
+                if let Some(state) = self.conn.state() {
+                    state.discard = true;
+                }
                 Error::Database {
                     action: format!("commit the transaction scoped to {}", self.scope_name()),
                     source: e,
@@ -465,10 +467,18 @@ impl TenantConnection {
         Ok(())
     }
 
+    /// Whether this guard holds a transaction it opened (transaction-scoped
+    /// mode) that [`commit`](Self::commit) would commit.
+    pub fn in_own_transaction(&self) -> bool {
+        self.own_transaction
+    }
+
     /// Close this connection when it is dropped instead of returning it to the
     /// pool (for example to free a backend's memory after touching many schemas).
     pub fn discard(&mut self) {
-        self.conn.discard = true;
+        if let Some(state) = self.conn.state() {
+            state.discard = true;
+        }
     }
 
     /// The tenant this connection is scoped to, or `None` for `public`.
@@ -511,7 +521,9 @@ impl Drop for TenantConnection {
             let rolled_back = matches!(depth, Ok(Some(d)) if d.get() == 1)
                 && AnsiTransactionManager::rollback_transaction(&mut self.conn.conn).is_ok();
             if !rolled_back && !matches!(depth, Ok(None)) {
-                self.conn.discard = true;
+                if let Some(state) = self.conn.state() {
+                    state.discard = true;
+                }
             }
         }
         self.conn.leave();
@@ -535,9 +547,31 @@ pub struct TenantPoolBuilder {
     statement_cache: Option<bool>,
     recycle_after_schemas: Option<u64>,
     tenant_roles: bool,
+    reset_after_every_borrow: bool,
+    session_setup: Option<String>,
 }
 
 impl TenantPoolBuilder {
+    /// SQL run on every new connection and again after every reset of a
+    /// session, for settings the application wants on every connection (for
+    /// example `SET statement_timeout = '30s'`). A borrower's own session-wide
+    /// `SET` is undone when its borrow ends (see the README's *What a borrow
+    /// can leave behind*); this is where deliberate ones go. Defaults to none.
+    pub fn session_setup(mut self, sql: impl Into<String>) -> Self {
+        self.session_setup = Some(sql.into());
+        self
+    }
+
+    /// Reset every session when its borrow ends, whatever was sent: one more
+    /// statement per borrow. By default a borrow is followed by a reset only
+    /// when it sent a statement not proven harmless; turn this on if
+    /// application triggers or views call functions that change session state
+    /// (a `SELECT` from such a view looks harmless). Defaults to `false`.
+    pub fn reset_after_every_borrow(mut self, on: bool) -> Self {
+        self.reset_after_every_borrow = on;
+        self
+    }
+
     /// Defence in depth: while scoped to a tenant, a connection also switches to
     /// the tenant's own `NOLOGIN` role (`SET ROLE`, or `SET LOCAL ROLE` in
     /// transaction-scoped mode), which has rights on that tenant's schema (and
@@ -640,10 +674,10 @@ impl TenantPoolBuilder {
     /// next checkout is for the same scope. Defaults to `true`.
     ///
     /// The path is forgotten after anything that could change it: an error, a
-    /// rollback, a `SET`/`RESET`/`DISCARD`, any statement naming `search_path` or
-    /// `set_config`, a panic. Turn this off if the application calls server-side
-    /// functions that change the search path themselves; the path is then set on
-    /// every checkout, at the cost of one round trip.
+    /// rollback, a statement not proven harmless (the session is then reset), a
+    /// panic. With the checkout check on (the default) the path is also read
+    /// back from the server on every checkout, in the statement the check
+    /// sends anyway, so a path changed by a server-side function is caught.
     pub fn track_search_path(mut self, track: bool) -> Self {
         self.track_search_path = track;
         self
@@ -718,6 +752,8 @@ impl TenantPool {
             statement_cache: None,
             recycle_after_schemas: Some(DEFAULT_RECYCLE_AFTER_SCHEMAS),
             tenant_roles: false,
+            reset_after_every_borrow: false,
+            session_setup: None,
         }
     }
 
@@ -738,11 +774,7 @@ impl TenantPool {
 
     /// A connection scoped to `tenant`.
     pub fn get(&self, tenant: &Tenant) -> Result<TenantConnection> {
-        if !tenant.is_active() {
-            return Err(Error::TenantSuspended {
-                schema: tenant.schema().as_str().to_owned(),
-            });
-        }
+        self.manager.settings.scope.check_tenant(tenant)?;
         self.retrying(|pooled| TenantConnection::scope(pooled, tenant))
     }
 
@@ -813,20 +845,23 @@ impl TenantPool {
     }
 
     /// Runs `f` on a connection scoped to `tenant`, or to `public` for `None`.
+    /// In transaction-scoped mode the work is committed when `committed` says
+    /// the result is a success, and rolled back otherwise.
     #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
     pub(crate) fn run_scoped<R>(
         &self,
         tenant: Option<&Tenant>,
         f: impl FnOnce(&mut PgConnection) -> R,
+        committed: impl FnOnce(&R) -> bool,
     ) -> Result<R> {
         let mut conn = match tenant {
             Some(tenant) => self.get(tenant)?,
             None => self.public()?,
         };
         let result = f(&mut conn);
-        // In transaction-scoped mode, the work is committed here (a transaction
-        // in which a statement failed is rolled back by the server on COMMIT).
-        conn.commit()?;
+        if committed(&result) {
+            conn.commit()?;
+        }
         Ok(result)
     }
 

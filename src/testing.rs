@@ -129,7 +129,19 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Initialises and starts a new cluster. Takes about a second.
+    ///
+    /// The server listens on a loopback port below the kernel's ephemeral port
+    /// range (`/proc/sys/net/ipv4/ip_local_port_range`), where no outgoing
+    /// connection can hold it as its local end. If the server still cannot start
+    /// there (another process took the port meanwhile), a few other ports are
+    /// tried; the error names them and carries the server's log.
     pub fn start() -> Result<TestCluster, TestingError> {
+        Self::start_on(free_ports())
+    }
+
+    /// [`start`](Self::start) on the first of `ports` the server starts on,
+    /// trying at most [`START_ATTEMPTS`] of them.
+    fn start_on(ports: impl IntoIterator<Item = u16>) -> Result<TestCluster, TestingError> {
         let bin = find_bin_dir()?;
         let run_as = server_user()?;
         let dir = base_dir().join(format!(
@@ -165,55 +177,102 @@ impl TestCluster {
                 ),
             });
         }
-        let port = free_port()?;
         // The supervisor: starts the server, waits until the pipe on its stdin
         // closes (this process ended or dropped the cluster), then stops the
         // server and removes the directory.
-        // The server is started again whenever it stops, until told to stop
-        // (see `restart`).
+        // The server listens on the port in `$3/port`. A server that never came
+        // up (its port taken, say) is not started again: the script renames the
+        // port file to `failed-<port>` and waits for a new one, so that `start`
+        // can try another port. Once `start` has seen the server up (`$3/up`),
+        // it is started again whenever it stops, until told to stop (see
+        // `restart`).
         let script = r#"
 (
-    while [ ! -e "$4/stop" ]; do
-        "$1" -D "$2" -p "$3" -k "$4" -h 127.0.0.1 \
-            -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-            -c max_connections=300 -c shared_buffers=32MB -c max_locks_per_transaction=256 \
-            >>"$4/server.log" 2>&1
-        [ -e "$4/stop" ] || sleep 0.2
+    while [ ! -e "$3/stop" ]; do
+        if [ -e "$3/port" ]; then
+            port=$(cat "$3/port")
+            "$1" -D "$2" -p "$port" -k "$3" -h 127.0.0.1 \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                -c max_connections=300 -c shared_buffers=32MB -c max_locks_per_transaction=256 \
+                >>"$3/server.log" 2>&1
+            [ -e "$3/up" ] || mv -f "$3/port" "$3/failed-$port"
+        fi
+        [ -e "$3/stop" ] || sleep 0.1
     done
 ) &
 loop=$!
 cat >/dev/null
-touch "$4/stop"
+touch "$3/stop"
 [ -s "$2/postmaster.pid" ] && kill -INT "$(head -n 1 "$2/postmaster.pid")" 2>/dev/null
 wait "$loop"
-rm -rf "$4"
+rm -rf "$3"
 "#;
         let supervisor = Supervisor::spawn(
             script,
             &[
                 bin.join("postgres").as_os_str(),
                 data.as_os_str(),
-                port.to_string().as_ref(),
                 dir.as_os_str(),
             ],
             &dir,
             run_as,
         )?;
         let mut cluster = TestCluster {
-            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            admin_url: String::new(),
             dir,
             supervisor,
         };
-        cluster.wait_ready()?;
-        Ok(cluster)
+        let mut tried = Vec::new();
+        for port in ports.into_iter().take(START_ATTEMPTS) {
+            tried.push(port.to_string());
+            cluster.admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            // Written whole, then renamed: the script never reads half a port.
+            let next = cluster.dir.join("port.next");
+            std::fs::write(&next, port.to_string()).map_err(io("write the server's port"))?;
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&next, Some(uid), Some(gid))
+                    .map_err(io("give the port file to the postgres user"))?;
+            }
+            std::fs::rename(&next, cluster.dir.join("port"))
+                .map_err(io("write the server's port"))?;
+            match cluster.wait_ready(Some(port))? {
+                Ready::Up => {
+                    std::fs::write(cluster.dir.join("up"), "")
+                        .map_err(io("mark the server as up"))?;
+                    return Ok(cluster);
+                }
+                Ready::Failed => continue,
+            }
+        }
+        let log = read_log(&cluster.dir.join("server.log"));
+        Err(TestingError::ServerStart {
+            log: if tried.is_empty() {
+                "no free loopback port outside the ephemeral port range".to_owned()
+            } else {
+                format!("tried port(s) {}; server log:\n{log}", tried.join(", "))
+            },
+        })
     }
 
-    fn wait_ready(&mut self) -> Result<(), TestingError> {
+    /// Waits until the server accepts connections on its own socket (so never
+    /// another server that holds the TCP port). `Failed`: the start on `port`
+    /// failed (the server exited without coming up), and another port may be
+    /// tried.
+    fn wait_ready(&mut self, port: Option<u16>) -> Result<Ready, TestingError> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let failed = port.map(|p| self.dir.join(format!("failed-{p}")));
         loop {
-            match PgConnection::establish(&self.admin_url) {
-                Ok(_) => return Ok(()),
+            let Some(port) = self.port() else {
+                return Err(TestingError::ServerStart {
+                    log: "the server has no port".into(),
+                });
+            };
+            match PgConnection::establish(&socket_url(&self.dir, port)) {
+                Ok(_) => return Ok(Ready::Up),
                 Err(e) => {
+                    if failed.as_ref().is_some_and(|f| f.exists()) {
+                        return Ok(Ready::Failed);
+                    }
                     if self.supervisor.exited() || Instant::now() > deadline {
                         let mut log = read_log(&self.dir.join("server.log"));
                         if log.is_empty() {
@@ -225,6 +284,11 @@ rm -rf "$4"
                 }
             }
         }
+    }
+
+    /// The port in the admin URL.
+    fn port(&self) -> Option<u16> {
+        url::Url::parse(&self.admin_url).ok()?.port()
     }
 
     /// Restarts the server (a fast shutdown, then a start) and waits until it
@@ -258,7 +322,7 @@ rm -rf "$4"
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.wait_ready()
+        self.wait_ready(None).map(|_| ())
     }
 
     /// A URL to the cluster's `postgres` database, as the `postgres` superuser.
@@ -420,12 +484,78 @@ fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
     }
 }
 
+/// How many ports [`TestCluster::start`] tries before it gives up.
+const START_ATTEMPTS: usize = 5;
+
+/// Whether a start attempt came up.
+enum Ready {
+    Up,
+    Failed,
+}
+
+/// A libpq URL for the server's Unix socket in `dir`: only this cluster's
+/// server listens there.
+fn socket_url(dir: &Path, port: u16) -> String {
+    let quoted = dir
+        .to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'");
+    format!("host='{quoted}' port={port} user=postgres dbname=postgres connect_timeout=5")
+}
+
+/// The kernel's ephemeral port range (the local ports it gives outgoing
+/// connections), or Linux's default if it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| parse_port_range(&s))
+        .unwrap_or((32768, 60999))
+}
+
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// Every loopback port a throwaway server may use, outside the ephemeral
+/// range `(lo, hi)`: from 20000 (or 1024, if the range starts lower) up to
+/// `lo`, then above `hi`; rotated to start at `seed` (so that concurrent
+/// processes start at different places).
+fn port_candidates((lo, hi): (u16, u16), seed: u32) -> Vec<u16> {
+    let from = if lo > 20000 { 20000 } else { 1024 };
+    let mut ports: Vec<u16> = (from..lo).chain(hi.saturating_add(1)..=u16::MAX).collect();
+    ports.retain(|p| *p >= 1024 && !(lo..=hi).contains(p));
+    if !ports.is_empty() {
+        let n = ports.len();
+        ports.rotate_left(seed as usize % n);
+    }
+    ports
+}
+
+/// Whether nothing holds `127.0.0.1:port` now (bound the way a server binds
+/// it; a port an outgoing connection holds fails too).
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Free loopback ports outside the ephemeral range, checked one by one as
+/// they are taken from the iterator.
+fn free_ports() -> impl Iterator<Item = u16> {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(101));
+    port_candidates(ephemeral_range(), seed)
+        .into_iter()
+        .filter(|p| port_is_free(*p))
+}
+
 fn free_port() -> Result<u16, TestingError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("find a free port"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(io("find a free port"))
+    free_ports().next().ok_or_else(|| TestingError::Io {
+        action: "find a free loopback port outside the ephemeral port range".into(),
+        source: std::io::ErrorKind::AddrInUse.into(),
+    })
 }
 
 /// The cluster shared by every [`TestDatabase`] of this process.
@@ -678,6 +808,82 @@ mod tests {
         let found = find_bin_dir_in(None, None, &root).unwrap();
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(found, root.join("15").join("bin"));
+    }
+
+    #[test]
+    fn ports_are_chosen_outside_the_ephemeral_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range(""), None);
+
+        let ports = port_candidates((32768, 60999), 0);
+        assert_eq!(ports[0], 20000, "from 20000 upward");
+        assert_eq!(ports[1], 20001);
+        assert!(ports.contains(&32767) && ports.contains(&61000) && ports.contains(&65535));
+        assert!(ports.iter().all(|p| !(32768..=60999).contains(p)));
+        assert_eq!(ports.len(), (32768 - 20000) + (65535 - 60999));
+        // The seed rotates the order; the set stays the same.
+        let rotated = port_candidates((32768, 60999), 5);
+        assert_eq!(rotated[0], 20005);
+        assert_eq!(rotated.len(), ports.len());
+
+        let low = port_candidates((10000, 20000), 0);
+        assert_eq!(low[0], 1024);
+        assert!(low.iter().all(|p| !(10000..=20000).contains(p)));
+        assert!(port_candidates((1024, 65535), 3).is_empty());
+
+        let (lo, hi) = ephemeral_range();
+        let p = free_port().unwrap();
+        assert!(!(lo..=hi).contains(&p), "{p} in {lo}-{hi}");
+    }
+
+    /// A port nothing holds now, outside the ephemeral range (from a place of
+    /// this process's own, away from other processes running these tests).
+    fn unused_port(except: &[u16]) -> u16 {
+        port_candidates(ephemeral_range(), std::process::id().wrapping_mul(7))
+            .into_iter()
+            .find(|p| !except.contains(p) && port_is_free(*p))
+            .unwrap()
+    }
+
+    /// The tests that hold ports take turns, so that one never picks the port
+    /// the other holds or is about to use.
+    static PORT_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_server_whose_port_is_taken_starts_on_the_next_one() {
+        let _turn = PORT_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        // Something holds the first port: the server cannot bind it (the way a
+        // port held by another process's connection fails), so the harness
+        // moves on to the second.
+        let taken = unused_port(&[]);
+        let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        assert!(!port_is_free(taken));
+        let next = unused_port(&[taken]);
+        let cluster = TestCluster::start_on([taken, next]).unwrap();
+        assert_eq!(cluster.port(), Some(next));
+        assert_eq!(
+            cluster.admin_url(),
+            format!("postgres://postgres@127.0.0.1:{next}/postgres")
+        );
+        let log = read_log(&cluster.dir().join("server.log"));
+        assert!(log.contains("Address already in use"), "{log}");
+        assert!(cluster.dir().join(format!("failed-{taken}")).exists());
+        let mut conn = PgConnection::establish(cluster.admin_url()).unwrap();
+        conn.batch_execute("SELECT 1").unwrap();
+    }
+
+    #[test]
+    fn a_server_that_cannot_start_reports_its_ports_and_log() {
+        let _turn = PORT_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = unused_port(&[]);
+        let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        let err = TestCluster::start_on([taken]).unwrap_err();
+        let TestingError::ServerStart { log } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(log.contains(&format!("tried port(s) {taken}")), "{log}");
+        assert!(log.contains("Address already in use"), "{log}");
     }
 
     #[test]

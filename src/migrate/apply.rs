@@ -133,6 +133,12 @@ pub(crate) struct ApplySettings {
 enum Stop {
     Locked,
     Missing,
+    /// A non-transactional migration found `current_schema()` was not the
+    /// target's schema, and did not run.
+    NotOnPath {
+        version: String,
+        current_schema: Option<String>,
+    },
     Failed {
         version: Option<String>,
         error: String,
@@ -303,12 +309,112 @@ fn batch(
     })
 }
 
+/// The session settings a non-transactional migration changes, as they were
+/// before, and whether the schema's migration lock was taken.
+#[derive(QueryableByName)]
+struct Entered {
+    #[diesel(sql_type = Text)]
+    search_path: String,
+    #[diesel(sql_type = Text)]
+    lock_timeout: String,
+    #[diesel(sql_type = Text)]
+    statement_timeout: String,
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+#[derive(QueryableByName)]
+struct Head {
+    #[diesel(sql_type = Nullable<Text>)]
+    current_schema: Option<String>,
+}
+
+/// Outside a transaction, in one statement: remembers the session's path and
+/// timeouts, sets the timeouts of `settings` for the session, then takes the
+/// target's migration lock (session-level; waiting or not, as `settings.lock`
+/// says). `OFFSET 0` keeps the remembering before the setting. If the
+/// statement fails (a lock timeout), the server undoes its settings.
+fn enter_session(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    settings: &ApplySettings,
+) -> QueryResult<Entered> {
+    let lock = match settings.lock {
+        LockMode::Wait => "pg_advisory_lock(hashtextextended($3, 0))::text IS NOT NULL",
+        LockMode::Skip => "pg_try_advisory_lock(hashtextextended($3, 0))",
+    };
+    let sql = format!(
+        "SELECT s.search_path, s.lock_timeout, s.statement_timeout, \
+                set_config('lock_timeout', coalesce($1, s.lock_timeout), false) IS NOT NULL \
+            AND set_config('statement_timeout', coalesce($2, s.statement_timeout), false) IS NOT NULL \
+            AND {lock} AS locked \
+         FROM (SELECT current_setting('search_path') AS search_path, \
+                      current_setting('lock_timeout') AS lock_timeout, \
+                      current_setting('statement_timeout') AS statement_timeout \
+               OFFSET 0) s"
+    );
+    diesel::sql_query(sql)
+        .bind::<Nullable<Text>, _>(millis(settings.lock_timeout))
+        .bind::<Nullable<Text>, _>(millis(settings.statement_timeout))
+        .bind::<Text, _>(target.lock_key())
+        .get_result::<Entered>(conn)
+}
+
+/// Puts the target alone on the session's search path and reads
+/// `current_schema()` back, in one statement. Run once the lock is held, as a
+/// statement of its own, so that it sees a schema dropped or renamed while the
+/// lock was awaited (drop and rename take the same lock).
+fn set_session_path(conn: &mut PgConnection, target: Target<'_>) -> QueryResult<Option<String>> {
+    Ok(diesel::sql_query(
+        "SELECT CASE WHEN set_config('search_path', $1, false) IS NOT NULL \
+                THEN current_schema() END AS current_schema",
+    )
+    .bind::<Text, _>(target.path())
+    .get_result::<Head>(conn)?
+    .current_schema)
+}
+
+/// Undoes [`enter_session`]: the remembered path and timeouts (if the
+/// statement got that far), and the session-level migration lock if this
+/// session holds it.
+fn leave_session(
+    conn: &mut PgConnection,
+    target: Target<'_>,
+    entered: Option<&Entered>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "SELECT set_config('search_path', coalesce($2, current_setting('search_path')), false), \
+                set_config('lock_timeout', coalesce($3, current_setting('lock_timeout')), false), \
+                set_config('statement_timeout', coalesce($4, current_setting('statement_timeout')), false), \
+                (SELECT bool_or(pg_advisory_unlock(h.k)) \
+                 FROM (SELECT hashtextextended($1, 0) AS k) h \
+                 WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks \
+                               WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
+                                 AND database = (SELECT oid FROM pg_catalog.pg_database \
+                                                 WHERE datname = current_database()) \
+                                 AND objsubid = 1 \
+                                 AND classid::bigint = (h.k >> 32) & 4294967295 \
+                                 AND objid::bigint = h.k & 4294967295))",
+    )
+    .bind::<Text, _>(target.lock_key())
+    .bind::<Nullable<Text>, _>(entered.map(|e| &e.search_path))
+    .bind::<Nullable<Text>, _>(entered.map(|e| &e.lock_timeout))
+    .bind::<Nullable<Text>, _>(entered.map(|e| &e.statement_timeout))
+    .execute(conn)?;
+    Ok(())
+}
+
 /// A migration that cannot run in a transaction: on its own, under the
-/// session-level form of the same lock.
+/// session-level form of the same lock, with the same lock mode and timeouts
+/// as a batch, and only if the target's schema really is at the head of the
+/// search path (a tenant dropped or renamed since the last batch, or one the
+/// role cannot use, stops here and nothing runs). The session's path and
+/// timeouts are put back afterwards.
 fn non_transactional(
     conn: &mut PgConnection,
     target: Target<'_>,
     set: &MigrationSet,
+    settings: &ApplySettings,
     version: &str,
 ) -> Result<(), Stop> {
     let m = set
@@ -316,16 +422,25 @@ fn non_transactional(
         .iter()
         .find(|m| m.name().version().to_string() == version)
         .expect("the version comes from this set");
-    diesel::sql_query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
-        .bind::<Text, _>(target.lock_key())
-        .execute(conn)?;
+    let entered = match enter_session(conn, target, settings) {
+        Ok(entered) => entered,
+        Err(e) => {
+            // Best effort: the lock is released if the failure came after it.
+            let _ = leave_session(conn, target, None);
+            return Err(e.into());
+        }
+    };
     let result = (|| -> Result<(), Stop> {
-        diesel::sql_query(
-            "SELECT set_config('search_path', $1, false) FROM pg_catalog.pg_namespace WHERE nspname = $2",
-        )
-        .bind::<Text, _>(target.path())
-        .bind::<Text, _>(target.name())
-        .execute(conn)?;
+        if !entered.locked {
+            return Err(Stop::Locked);
+        }
+        let current_schema = set_session_path(conn, target)?;
+        if current_schema.as_deref() != Some(target.name()) {
+            return Err(Stop::NotOnPath {
+                version: version.to_owned(),
+                current_schema,
+            });
+        }
         if applied_versions(conn)?.iter().any(|v| v == version) {
             return Ok(());
         }
@@ -333,11 +448,9 @@ fn non_transactional(
         record(conn, target, &[version.to_owned()], None)?;
         Ok(())
     })();
-    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-        .bind::<Text, _>(target.lock_key())
-        .execute(conn);
+    let left = leave_session(conn, target, Some(&entered));
     result?;
-    unlocked?;
+    left?;
     Ok(())
 }
 
@@ -358,7 +471,7 @@ pub(crate) fn apply(
                 versions.extend(batch.applied);
                 match batch.next_non_transactional {
                     Some(v) => {
-                        non_transactional(conn, target, set, &v)?;
+                        non_transactional(conn, target, set, settings, &v)?;
                         versions.push(v.clone());
                         non_transactional_done.push(v);
                         Ok(true)
@@ -377,6 +490,25 @@ pub(crate) fn apply(
             }
             Err(Stop::Locked) => return Outcome::Locked,
             Err(Stop::Missing) => return Outcome::SchemaMissing,
+            Err(Stop::NotOnPath {
+                version,
+                current_schema,
+            }) => {
+                if let Some(id) = target.journal_id() {
+                    let error = super::report::not_on_path(
+                        target.name(),
+                        &version,
+                        current_schema.as_deref(),
+                    );
+                    record_failure(conn, id, Some(&version), &error);
+                }
+                return Outcome::SchemaNotOnPath {
+                    schema: target.name().to_owned(),
+                    version,
+                    current_schema,
+                    applied: versions,
+                };
+            }
             Err(Stop::Failed { version, error }) => {
                 if let Some(id) = target.journal_id() {
                     record_failure(conn, id, version.as_deref(), &error);
@@ -404,6 +536,15 @@ pub(crate) fn apply_in_transaction(
         },
         Stop::Missing => Error::SchemaMissing {
             schema: target.name().to_owned(),
+        },
+        Stop::NotOnPath {
+            version,
+            current_schema,
+        } => Error::Migration {
+            schema: target.name().to_owned(),
+            source: super::report::not_on_path(target.name(), &version, current_schema.as_deref())
+                .into(),
+            version: Some(version),
         },
         Stop::Failed { version, error } => Error::Migration {
             schema: target.name().to_owned(),

@@ -29,6 +29,16 @@ fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
             version,
             source: error.into(),
         }),
+        Outcome::SchemaNotOnPath {
+            schema: expected,
+            version,
+            current_schema,
+            ..
+        } => Err(Error::Migration {
+            schema: schema.to_owned(),
+            source: report::not_on_path(&expected, &version, current_schema.as_deref()).into(),
+            version: Some(version),
+        }),
         Outcome::SchemaMissing => Err(Error::SchemaMissing {
             schema: schema.to_owned(),
         }),

@@ -39,6 +39,21 @@ pub enum Outcome {
     /// The tenant is registered but its schema does not exist; nothing was done
     /// (in particular, nothing fell through to `public`).
     SchemaMissing,
+    /// A migration marked `run_in_transaction = false` did not run, because
+    /// the schema was not at the head of the search path when its turn came:
+    /// the schema was dropped or renamed since the run started, or the role
+    /// cannot use it. Nothing ran anywhere else (in particular not in `public`).
+    SchemaNotOnPath {
+        /// The schema that had to be at the head of the search path.
+        schema: String,
+        /// The migration that did not run.
+        version: String,
+        /// What `current_schema()` was instead (`None`: no usable schema on
+        /// the path).
+        current_schema: Option<String>,
+        /// Migrations of this run already committed before it, in order.
+        applied: Vec<String>,
+    },
     /// Skipped: another run held this schema's migration lock
     /// ([`LockMode::Skip`](crate::LockMode::Skip)).
     Locked,
@@ -50,7 +65,10 @@ pub enum Outcome {
 impl Outcome {
     /// Whether this outcome is a failure.
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed { .. } | Outcome::SchemaMissing)
+        matches!(
+            self,
+            Outcome::Failed { .. } | Outcome::SchemaMissing | Outcome::SchemaNotOnPath { .. }
+        )
     }
 }
 
@@ -79,10 +97,32 @@ impl fmt::Display for Outcome {
                 None => write!(f, "failed: {error}"),
             },
             Outcome::SchemaMissing => f.write_str("failed: the schema does not exist"),
+            Outcome::SchemaNotOnPath {
+                schema,
+                version,
+                current_schema,
+                ..
+            } => write!(
+                f,
+                "failed at {version}: {}",
+                not_on_path(schema, version, current_schema.as_deref())
+            ),
             Outcome::Locked => f.write_str("skipped: locked by another run"),
             Outcome::NotRun => f.write_str("not run"),
         }
     }
+}
+
+/// Why [`Outcome::SchemaNotOnPath`]: names the schema and the migration.
+pub(crate) fn not_on_path(schema: &str, version: &str, current_schema: Option<&str>) -> String {
+    let found = match current_schema {
+        Some(s) => format!("current_schema() is {s:?}"),
+        None => "no usable schema is on the path".to_owned(),
+    };
+    format!(
+        "schema {schema:?} is not at the head of the search path ({found}: dropped or renamed \
+         during the run?), so non-transactional migration {version} did not run"
+    )
 }
 
 /// One tenant's line in a [`MigrationReport`].
@@ -158,7 +198,9 @@ impl MigrationReport {
                 Outcome::UpToDate => t.up_to_date += 1,
                 Outcome::Pending { versions } if versions.is_empty() => t.up_to_date += 1,
                 Outcome::Pending { .. } => t.pending += 1,
-                Outcome::Failed { .. } | Outcome::SchemaMissing => t.failed += 1,
+                Outcome::Failed { .. }
+                | Outcome::SchemaMissing
+                | Outcome::SchemaNotOnPath { .. } => t.failed += 1,
                 Outcome::Locked => t.locked += 1,
                 Outcome::NotRun => t.not_run += 1,
             }

@@ -253,14 +253,19 @@ impl TenantDb {
         self.scope.tenant.as_ref()
     }
 
-    /// Runs `f` on a scoped connection, on a blocking thread.
-    pub async fn run<F, R>(&self, f: F) -> Result<R, Error>
+    /// Runs `f` on a scoped connection, on a blocking thread. In
+    /// transaction-scoped mode the work is committed when `f` returns `Ok` and
+    /// rolled back when it returns `Err`.
+    pub async fn run<F, T, E>(&self, f: F) -> Result<Result<T, E>, Error>
     where
-        F: FnOnce(&mut PgConnection) -> R + Send + 'static,
-        R: Send + 'static,
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
     {
         let scope = self.scope.clone();
-        actix_web::web::block(move || scope.pool.run_scoped(scope.tenant.as_ref(), f))
+        actix_web::web::block(move || scope
+            .pool
+            .run_scoped(scope.tenant.as_ref(), f, Result::is_ok))
             .await
             .unwrap_or_else(super::database_task_failed)
     }

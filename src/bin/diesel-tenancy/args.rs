@@ -53,7 +53,8 @@ pub(crate) enum Command {
         fix: bool,
     },
     /// Run an SQL statement or file in every tenant (or the chosen ones), each in
-    /// its own transaction.
+    /// its own transaction with only the tenant's schema on the search path
+    /// (write shared tables qualified: public.plans).
     Exec(Exec),
     /// Print a shell completion script.
     Completions {

@@ -152,6 +152,18 @@ fn outcome_json(outcome: &Outcome) -> Value {
         Outcome::SchemaMissing => {
             json!({ "result": "schema_missing", "error": "the schema does not exist" })
         }
+        Outcome::SchemaNotOnPath {
+            version,
+            current_schema,
+            applied,
+            ..
+        } => json!({
+            "result": "schema_not_on_path",
+            "version": version,
+            "current_schema": current_schema,
+            "error": outcome.to_string(),
+            "applied": applied,
+        }),
         Outcome::Locked => json!({ "result": "locked" }),
         Outcome::NotRun => json!({ "result": "not_run" }),
         other => json!({ "result": other.to_string() }),
@@ -602,6 +614,38 @@ fn doctor(ctx: &Ctx, fix: bool) -> Result<Ended> {
     })
 }
 
+#[derive(QueryableByName)]
+struct Head {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    current_schema: Option<String>,
+}
+
+/// Runs `sql` in one transaction with only `schema` on the search path, as
+/// `migrate` runs tenant migrations: an unqualified name never reaches
+/// `public` (shared tables are written `public.plans`). The path is set for the
+/// transaction only, and read back on the server first: if the schema is not at
+/// its head (dropped or renamed meanwhile), nothing runs.
+fn exec_in_tenant(conn: &mut PgConnection, schema: &SchemaName, sql: &str) -> Result<()> {
+    conn.transaction(|c| {
+        let head = diesel::sql_query(
+            "SELECT CASE WHEN set_config('search_path', $1, true) IS NOT NULL \
+                    THEN current_schema() END AS current_schema",
+        )
+        .bind::<diesel::sql_types::Text, _>(schema.quoted())
+        .get_result::<Head>(c)?;
+        if head.current_schema.as_deref() != Some(schema.as_str()) {
+            anyhow::bail!(
+                "schema {:?} is not at the head of the search path (current_schema() is {}), so nothing was run",
+                schema.as_str(),
+                head.current_schema
+                    .map_or_else(|| "none".to_owned(), |s| format!("{s:?}"))
+            );
+        }
+        c.batch_execute(sql)?;
+        Ok(())
+    })
+}
+
 fn exec(ctx: &Ctx, e: args::Exec) -> Result<Ended> {
     let sql = match (&e.sql, &e.file) {
         (Some(sql), _) => sql.clone(),
@@ -627,7 +671,7 @@ fn exec(ctx: &Ctx, e: args::Exec) -> Result<Ended> {
             .get(t)
             .map_err(anyhow::Error::from)
             .and_then(|mut conn| {
-                conn.transaction(|c| c.batch_execute(&sql))
+                exec_in_tenant(&mut conn, t.schema(), &sql)
                     .with_context(|| format!("in tenant {}", t.schema()))
             });
         if !ctx.json && !ctx.terminal {
