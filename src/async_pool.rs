@@ -445,7 +445,7 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
         None => return Err(lost(scope)),
     }
     for _ in 0..MAX_STEPS {
-        let step = state(conn).ok_or_else(|| lost(scope))?.plan(cfg, scope);
+        let step = state(conn).ok_or_else(|| lost(scope))?.plan(cfg, scope, cfg.transaction_scoped);
         match step {
             Step::Ready => return Ok(()),
             Step::Reset => {

@@ -209,7 +209,7 @@ pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
                 used = 0;
             }
             if conn.is_none() {
-                match pool.public() {
+                match pool.maintenance() {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         out.push((i, Err(e)));
@@ -320,7 +320,10 @@ pub fn rename_tenant(
     }))
 }
 
-/// Suspends a tenant: its connections are refused until it is activated again.
+/// Suspends a tenant: lookups of it fail with [`Error::TenantSuspended`] until
+/// it is activated again, and so do checkouts for the returned value. A
+/// [`Tenant`] looked up before is a snapshot and still gets connections (see
+/// [`Tenant`]).
 pub fn suspend_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
     registry::set_tenant_status(conn, schema, TenantStatus::Suspended)
 }

@@ -229,7 +229,7 @@ impl ManagedConnection {
     /// Drives the scope state machine until the connection holds `scope`: in
     /// the common case one statement (set the path on a switch, read it back
     /// for the same tenant), or none.
-    fn enter(&mut self, scope: &ScopeKey) -> Result<()> {
+    fn enter(&mut self, scope: &ScopeKey, local: bool) -> Result<()> {
         let settings = Arc::clone(&self.settings);
         let cfg = &settings.scope;
         match scope::watch_of(self.conn.instrumentation()) {
@@ -240,7 +240,7 @@ impl ManagedConnection {
             None => return Err(self.lost_error(scope)),
         }
         for _ in 0..MAX_STEPS {
-            let Some(step) = self.state().map(|s| s.plan(cfg, scope)) else {
+            let Some(step) = self.state().map(|s| s.plan(cfg, scope, local)) else {
                 return Err(self.lost_error(scope));
             };
             match step {
@@ -429,7 +429,7 @@ impl TenantConnection {
         cfg.check_tenant(tenant)?;
         let scope = ScopeKey::Tenant(tenant.schema().clone(), cfg.role_of(tenant)?);
         let own_transaction = cfg.transaction_scoped;
-        conn.enter(&scope)?;
+        conn.enter(&scope, own_transaction)?;
         Ok(TenantConnection {
             conn,
             tenant: Some(tenant.clone()),
@@ -439,9 +439,18 @@ impl TenantConnection {
 
     /// Scopes a connection from a pool of [`TenantConnectionManager`] to the shared
     /// `public` schema (plus the pool's extra schemas).
-    pub fn scope_public(mut conn: r2d2::PooledConnection<TenantConnectionManager>) -> Result<Self> {
+    pub fn scope_public(conn: r2d2::PooledConnection<TenantConnectionManager>) -> Result<Self> {
         let own_transaction = conn.settings.scope.transaction_scoped;
-        conn.enter(&ScopeKey::Public)?;
+        Self::scope_public_with(conn, own_transaction)
+    }
+
+    /// Scopes a connection to `public`, in a transaction of its own
+    /// (`own_transaction`, transaction-scoped mode) or for the session.
+    fn scope_public_with(
+        mut conn: r2d2::PooledConnection<TenantConnectionManager>,
+        own_transaction: bool,
+    ) -> Result<Self> {
+        conn.enter(&ScopeKey::Public, own_transaction)?;
         Ok(TenantConnection {
             conn,
             tenant: None,
@@ -797,6 +806,15 @@ impl TenantPool {
     /// A connection scoped to the shared `public` schema.
     pub fn public(&self) -> Result<TenantConnection> {
         self.retrying(TenantConnection::scope_public)
+    }
+
+    /// A connection scoped to `public` for the session, with no transaction of
+    /// its own even in transaction-scoped mode: for the crate's own work
+    /// (migrations, tenant creation) that opens and commits its transactions
+    /// itself, and would otherwise be nested in the guard's transaction and
+    /// rolled back with it.
+    pub(crate) fn maintenance(&self) -> Result<TenantConnection> {
+        self.retrying(|c| TenantConnection::scope_public_with(c, false))
     }
 
     /// Runs `f` on a connection scoped to `tenant`.

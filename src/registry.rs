@@ -150,6 +150,14 @@ impl TenantStatus {
 ///
 /// Only the registry makes these, so holding one means the tenant was found (or
 /// created) there; scoping a connection to it costs no registry query.
+///
+/// A `Tenant` is a snapshot of its registry row when it was looked up. A pool
+/// refuses a snapshot whose status is suspended, but a snapshot taken before
+/// [`suspend_tenant`](crate::suspend_tenant) still gets connections; fresh
+/// lookups ([`TenantPool::tenant`](crate::TenantPool::tenant), the
+/// [`Resolver`](crate::Resolver), whose cache the registry's notifications
+/// invalidate) see the suspension. Look a tenant up per request or job rather
+/// than holding the value for the life of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
     id: i64,

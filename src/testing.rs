@@ -7,7 +7,8 @@
 //! the machine's PostgreSQL binaries (found on `PATH` or under
 //! `/usr/lib/postgresql/<version>/bin`), with its data and socket in a temporary
 //! directory (under `/dev/shm` when there is one, so in memory), a free loopback
-//! port and durability turned off; when the process
+//! port below the kernel's ephemeral port range (another is tried if the server
+//! cannot bind it) and durability turned off; when the process
 //! ends, however it ends, the cluster is stopped and its directory removed. Run as
 //! root, the server runs as the `postgres` system user, since PostgreSQL refuses
 //! to run as root.

@@ -442,3 +442,73 @@ fn completions_and_man_page() {
         .unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("diesel-tenancy "));
 }
+
+#[test]
+fn exec_puts_only_the_tenant_schema_on_the_path() {
+    use diesel::prelude::*;
+
+    let dir = MigrationDir::tenant_copy();
+    let cli = Cli::new(&dir);
+    cli.json(&["migrate"], 0);
+    cli.json(&["tenant", "create", "p1"], 0);
+    // `plans` is a shared table: it exists only in public, so unqualified it
+    // is not found from a tenant.
+    let unqualified = cli.json(
+        &[
+            "exec",
+            "--schema",
+            "p1",
+            "--sql",
+            "SELECT count(*) FROM plans",
+        ],
+        1,
+    );
+    assert_eq!(unqualified["failed"], 1);
+    let error = unqualified["tenants"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("relation \"plans\" does not exist"),
+        "{error}"
+    );
+    // Qualified, it is (as the help text says).
+    let qualified = cli.json(
+        &[
+            "exec",
+            "--schema",
+            "p1",
+            "--sql",
+            "SELECT count(*) FROM public.plans",
+        ],
+        0,
+    );
+    assert_eq!(qualified["ok"], 1);
+    // The path is the tenant's schema alone, and what is created unqualified
+    // lands there.
+    cli.json(
+        &[
+            "exec",
+            "--schema",
+            "p1",
+            "--sql",
+            "DO $$ BEGIN IF current_schemas(false)::text[] <> ARRAY['p1'] THEN \
+             RAISE EXCEPTION 'path is %', current_setting('search_path'); END IF; END $$; \
+             CREATE TABLE exec_made (id int)",
+        ],
+        0,
+    );
+    let mut conn = PgConnection::establish(cli.db.url()).unwrap();
+    let tables: Vec<String> = diesel::dsl::sql::<diesel::sql_types::Text>(
+        "SELECT schemaname::text FROM pg_tables WHERE tablename = 'exec_made'",
+    )
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(tables, ["p1"]);
+    assert!(
+        cli.cmd(&["exec", "--help"])
+            .output()
+            .unwrap()
+            .stdout
+            .windows(b"public.plans".len())
+            .any(|w| w == b"public.plans"),
+        "the help text names the qualified form"
+    );
+}

@@ -610,6 +610,26 @@ fn tenant_roles_deny_other_tenants_tables() {
         .unwrap();
         assert_eq!(common::count(&pool, "SELECT count(*) AS n FROM plans"), 2);
         assert_sees_only(&pool, b);
+        // What roles do not stop: RESET ROLE returns to the login user, a
+        // member of every tenant role, who reads the other tenant's table.
+        let escaped = pool.with_tenant(a, |conn| {
+            conn.batch_execute("RESET ROLE")?;
+            diesel::sql_query("SELECT name FROM rolb.customers").execute(conn)
+        });
+        assert_eq!(escaped.unwrap(), 1, "RESET ROLE escapes the tenant role");
+        // The next borrower, on the same connection, runs as its own role.
+        #[derive(QueryableByName)]
+        struct User {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            user: String,
+        }
+        let user = pool
+            .with_tenant(b, |conn| {
+                diesel::sql_query("SELECT current_user::text AS user").get_result::<User>(conn)
+            })
+            .unwrap();
+        assert_eq!(user.user, b.role().unwrap().as_str());
+        assert_sees_only(&pool, b);
         // A tenant without a role is refused, not served as the session user.
         let plain = diesel_tenancy::create_tenant(
             &mut setup_pool.public().unwrap(),
@@ -642,5 +662,22 @@ fn tenant_roles_deny_other_tenants_tables() {
             &format!("SELECT count(*) AS n FROM pg_roles WHERE rolname = '{role}'")
         ),
         0
+    );
+}
+
+#[test]
+fn a_tenant_schema_cannot_be_an_extra_schema() {
+    let (db, pool) = setup(1);
+    let tenant = tenants_with_markers(&pool, "extx", 1).remove(0);
+    let with_extra = db
+        .pool_builder()
+        .max_size(1)
+        .extra_schema(tenant.schema().clone())
+        .build()
+        .unwrap();
+    let refused = with_extra.get(&tenant).unwrap_err();
+    assert!(
+        matches!(&refused, Error::Refused { reason } if reason.contains("extx0")),
+        "{refused:?}"
     );
 }

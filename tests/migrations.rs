@@ -625,3 +625,269 @@ fn a_run_killed_midway_leaves_every_tenant_whole() {
     assert_eq!(rerun.totals().applied, N - done);
     assert!((0..N).all(|i| whole(&format!("kill{i}"))));
 }
+
+/// Runs `run` (a migration run reaching tenant `schema`, whose next pending
+/// migration is non-transactional) while another session takes `schema`'s
+/// migration lock exactly between the run's transactional batch and that
+/// migration: the batch is held at the ledger (a third session locks it)
+/// until the other session's request for the lock is queued behind the
+/// batch's, so the other session gets the lock as the batch commits. With
+/// the lock, `holder` runs on that session, and the lock is released when it
+/// returns; its receiver hears when `run` has returned.
+fn between_batches<R: Send>(
+    pool: &TenantPool,
+    db_url: &str,
+    schema: &str,
+    run: impl FnOnce() -> R + Send,
+    holder: impl FnOnce(&mut PgConnection, std::sync::mpsc::Receiver<()>) + Send,
+) -> R {
+    let waiting = |locktype: &str| {
+        let sql = format!(
+            "SELECT count(*) AS n FROM pg_locks WHERE NOT granted AND locktype = '{locktype}' \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(pool, &sql) == 0 {
+            assert!(Instant::now() < deadline, "no {locktype} lock wait");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let quoted = SchemaName::new(schema).unwrap().quoted();
+    let mut ledger = PgConnection::establish(db_url).unwrap();
+    ledger
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {quoted}.__diesel_schema_migrations IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
+    let mut other = PgConnection::establish(db_url).unwrap();
+    let key = format!("hashtextextended('diesel_tenancy:{schema}', 0)");
+    let (done, heard) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let run = s.spawn(run);
+        waiting("relation"); // the batch, holding the migration lock, at the ledger
+        let lock_sql = format!("SELECT pg_advisory_lock({key})");
+        let unlock_sql = format!("SELECT pg_advisory_unlock({key})");
+        let held = s.spawn(move || {
+            other.batch_execute(&lock_sql).unwrap();
+            holder(&mut other, heard);
+            other.batch_execute(&unlock_sql).unwrap();
+        });
+        waiting("advisory"); // the other session, queued behind the batch
+        ledger.batch_execute("COMMIT").unwrap();
+        let result = run.join().unwrap();
+        let _ = done.send(());
+        held.join().unwrap();
+        result
+    })
+}
+
+#[test]
+fn a_non_transactional_migration_refuses_a_schema_renamed_out_from_under_it() {
+    let (db, pool) = setup(4);
+    let dir = MigrationDir::tenant_copy();
+    bulk_tenants(&pool, "moved", 1, &dir.source());
+    dir.add_non_transactional(V3, "marker", "CREATE TABLE ntx_marker (id int)");
+    let m = migrator(&dir);
+    let report = between_batches(
+        &pool,
+        db.url(),
+        "moved0",
+        || {
+            m.migrate_all(&pool, &MigrateOptions::new().shared(false))
+                .unwrap()
+        },
+        |other, _| {
+            other
+                .batch_execute("ALTER SCHEMA moved0 RENAME TO moved0_elsewhere")
+                .unwrap();
+        },
+    );
+    let outcome = &report.tenant("moved0").unwrap().outcome;
+    assert_eq!(
+        *outcome,
+        Outcome::SchemaNotOnPath {
+            schema: "moved0".into(),
+            version: V3.into(),
+            current_schema: None,
+            applied: vec![],
+        }
+    );
+    assert!(outcome.is_failure());
+    let message = outcome.to_string();
+    assert!(
+        message.contains("moved0") && message.contains(V3),
+        "{message}"
+    );
+    assert_eq!(report.totals().failed, 1);
+    // Nothing ran, in public or anywhere else.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'ntx_marker'"
+        ),
+        0
+    );
+    assert!(!ledger_has(&pool, "public", V3));
+    assert!(!ledger_has(&pool, "moved0_elsewhere", V3));
+    match report.into_result() {
+        Err(Error::MigrationsFailed { summary, .. }) => {
+            assert!(
+                summary.contains("moved0") && summary.contains(V3),
+                "{summary}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_non_transactional_migration_honours_the_lock_mode_and_timeouts() {
+    let (db, pool) = setup(4);
+    // lock_timeout: another session holds a lock CREATE INDEX CONCURRENTLY
+    // waits for. Without the timeout the run would wait until the holder gives
+    // up (20 s) and then succeed.
+    let dir = MigrationDir::tenant_copy();
+    bulk_tenants(&pool, "lt", 1, &dir.source());
+    dir.add_non_transactional(
+        V3,
+        "index_concurrently",
+        "CREATE INDEX CONCURRENTLY customers_name ON customers (name)",
+    );
+    let m = migrator(&dir);
+    let only = |s: &str| {
+        MigrateOptions::new()
+            .shared(false)
+            .tenants([SchemaName::new(s).unwrap()])
+    };
+    let mut holder = PgConnection::establish(db.url()).unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE lt0.customers IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holding = std::thread::spawn(move || {
+        let _ = released.recv_timeout(Duration::from_secs(20));
+        holder.batch_execute("ROLLBACK").unwrap();
+    });
+    let started = Instant::now();
+    let report = m
+        .migrate_all(&pool, &only("lt0").lock_timeout(Duration::from_millis(300)))
+        .unwrap();
+    let elapsed = started.elapsed();
+    release.send(()).unwrap();
+    holding.join().unwrap();
+    match &report.tenant("lt0").unwrap().outcome {
+        Outcome::Failed { version, error, .. } => {
+            assert_eq!(version.as_deref(), Some(V3));
+            assert!(error.contains("lock timeout"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    // With the lock gone, the same run applies it.
+    let report = m.migrate_all(&pool, &only("lt0")).unwrap();
+    assert_eq!(applied(&report.tenant("lt0").unwrap().outcome), [V3]);
+
+    // statement_timeout: a non-transactional migration that runs too long.
+    let slow = MigrationDir::tenant_copy();
+    bulk_tenants(&pool, "st", 1, &slow.source());
+    slow.add_non_transactional(V3, "slow", "SELECT pg_sleep(30)");
+    let started = Instant::now();
+    let report = migrator(&slow)
+        .migrate_all(
+            &pool,
+            &only("st0").statement_timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    match &report.tenant("st0").unwrap().outcome {
+        Outcome::Failed { version, error, .. } => {
+            assert_eq!(version.as_deref(), Some(V3));
+            assert!(error.contains("statement timeout"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!ledger_has(&pool, "st0", V3));
+
+    // LockMode::Skip: another session takes the schema's migration lock just
+    // before the non-transactional migration wants it. Waiting would block
+    // until that session gives up (20 s) and then apply it.
+    let skip = MigrationDir::tenant_copy();
+    bulk_tenants(&pool, "sk", 1, &skip.source());
+    skip.add_non_transactional(V3, "marker", "CREATE TABLE ntx_marker (id int)");
+    let m = migrator(&skip);
+    let started = Instant::now();
+    let report = between_batches(
+        &pool,
+        db.url(),
+        "sk0",
+        || {
+            m.migrate_all(&pool, &only("sk0").lock_mode(LockMode::Skip))
+                .unwrap()
+        },
+        |_, run_done| {
+            let _ = run_done.recv_timeout(Duration::from_secs(20));
+        },
+    );
+    assert_eq!(report.tenant("sk0").unwrap().outcome, Outcome::Locked);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!ledger_has(&pool, "sk0", V3));
+    assert!(!has_table(&pool, "sk0", "ntx_marker"));
+}
+
+fn has_table(pool: &TenantPool, schema: &str, table: &str) -> bool {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
+    )
+    .bind::<diesel::sql_types::Text, _>(schema)
+    .bind::<diesel::sql_types::Text, _>(table)
+    .get_result::<common::Count>(&mut *pool.public().unwrap())
+    .unwrap()
+    .n == 1
+}
+
+#[test]
+fn a_non_transactional_migration_leaves_the_session_as_it_found_it() {
+    let (db, pool) = setup(2);
+    let dir = MigrationDir::tenant_copy();
+    let tenant = bulk_tenants(&pool, "sess", 1, &dir.source()).remove(0);
+    dir.add_non_transactional(
+        V3,
+        "index_concurrently",
+        "CREATE INDEX CONCURRENTLY customers_name ON customers (name)",
+    );
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Session {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        search_path: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        lock_timeout: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement_timeout: String,
+    }
+    let read = |c: &mut PgConnection| {
+        diesel::sql_query(
+            "SELECT current_setting('search_path') AS search_path, \
+                    current_setting('lock_timeout') AS lock_timeout, \
+                    current_setting('statement_timeout') AS statement_timeout",
+        )
+        .get_result::<Session>(c)
+        .unwrap()
+    };
+    let mut conn = PgConnection::establish(db.url()).unwrap();
+    conn.batch_execute(
+        "SET search_path = public; SET lock_timeout = '7s'; SET statement_timeout = '9s'",
+    )
+    .unwrap();
+    let before = read(&mut conn);
+    let applied = diesel_tenancy::run_tenant_migrations(&mut conn, &tenant, dir.source()).unwrap();
+    assert_eq!(applied, [V3]);
+    assert_eq!(read(&mut conn), before);
+    assert_eq!(before.lock_timeout, "7s");
+    // Nor is the migration lock left held by this session.
+    let held = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    )
+    .get_result::<common::Count>(&mut conn)
+    .unwrap();
+    assert_eq!(held.n, 0);
+}

@@ -300,3 +300,30 @@ fn bad_settings_and_unreachable_servers_give_errors() {
         .unwrap_err();
     assert!(matches!(err, Error::Pool(_)), "{err:?}");
 }
+
+/// A `Tenant` is a snapshot: a value looked up before `suspend_tenant` still
+/// gets connections (as documented), while every fresh lookup and the value
+/// `suspend_tenant` returns are refused.
+#[test]
+fn a_tenant_value_is_a_snapshot_and_fresh_lookups_see_a_suspension() {
+    let (_db, pool) = setup(2);
+    let held = tenants_with_markers(&pool, "snap", 1).remove(0);
+    let suspended = diesel_tenancy::suspend_tenant(&mut pool.public().unwrap(), held.schema())
+        .unwrap();
+    assert_eq!(suspended.status(), TenantStatus::Suspended);
+    assert!(matches!(
+        pool.get(&suspended),
+        Err(Error::TenantSuspended { .. })
+    ));
+    assert!(matches!(
+        pool.tenant("snap0"),
+        Err(Error::TenantSuspended { .. })
+    ));
+    // The snapshot taken before the suspension is served, as documented.
+    assert_eq!(
+        pool.with_tenant(&held, markers).unwrap(),
+        vec!["snap0".to_string()]
+    );
+    diesel_tenancy::activate_tenant(&mut pool.public().unwrap(), held.schema()).unwrap();
+    assert!(pool.tenant("snap0").is_ok());
+}

@@ -328,7 +328,7 @@ where
     /// Installs the registry, then applies the shared set to `public`.
     /// Returns the versions applied.
     pub fn migrate_shared(&self, pool: &TenantPool) -> Result<Vec<String>> {
-        let mut conn = pool.public()?;
+        let mut conn = pool.maintenance()?;
         registry::install(&mut conn)?;
         let set = MigrationSet::load(&self.shared, "public")?;
         let outcome = apply(&mut conn, Target::Public, &set, &ApplySettings::default());
@@ -343,7 +343,7 @@ where
             id: tenant.id(),
         };
         let outcome = apply(
-            &mut *pool.public()?,
+            &mut *pool.maintenance()?,
             target,
             &set,
             &ApplySettings::default(),
@@ -376,7 +376,7 @@ where
             connections: 0,
             elapsed: Duration::ZERO,
         };
-        let mut conn = pool.public()?;
+        let mut conn = pool.maintenance()?;
         report.connections += 1;
         if options.shared {
             let set = MigrationSet::load(&self.shared, "public")?;
@@ -552,7 +552,7 @@ where
                 let mut conn_error = None;
                 if conn.is_none() {
                     used = 0;
-                    match pool.public() {
+                    match pool.maintenance() {
                         Ok(c) => {
                             connections.fetch_add(1, Ordering::Relaxed);
                             conn = Some(c);

@@ -192,7 +192,10 @@ impl ConnState {
     }
 
     /// The next step of a checkout for `scope`.
-    pub(crate) fn plan(&mut self, cfg: &ScopeConfig, scope: &ScopeKey) -> Step {
+    ///
+    /// `local` is whether a path set now lasts for a transaction the pool opens
+    /// (transaction-scoped mode) or for the session.
+    pub(crate) fn plan(&mut self, cfg: &ScopeConfig, scope: &ScopeKey, local: bool) -> Step {
         if self.pending_reset {
             return Step::Reset;
         }
@@ -224,7 +227,7 @@ impl ConnState {
         Step::Set {
             path: scope.search_path(&cfg.extra_schemas),
             role: cfg.tenant_roles.then(|| scope.role_setting().to_owned()),
-            local: cfg.transaction_scoped,
+            local,
         }
     }
 
@@ -426,7 +429,7 @@ mod tests {
     }
 
     fn set(c: &mut ConnState, cfg: &ScopeConfig, scope: &ScopeKey) {
-        let Step::Set { path, .. } = c.plan(cfg, scope) else {
+        let Step::Set { path, .. } = c.plan(cfg, scope, false) else {
             panic!("expected a set")
         };
         c.settle(cfg, scope, Some(&path), Ok(state(&path, scope.head(), "app", false)))
@@ -438,9 +441,9 @@ mod tests {
         let cfg = cfg();
         let mut c = ConnState::default();
         set(&mut c, &cfg, &acme());
-        assert_eq!(c.plan(&cfg, &acme()), Step::Ready);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::Ready);
         assert_eq!(c.release(&cfg, Some(false), false), Release::Keep);
-        assert_eq!(c.plan(&cfg, &acme()), Step::ReadBack);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::ReadBack);
     }
 
     #[test]
@@ -451,7 +454,7 @@ mod tests {
         c.borrower_left_state();
         assert_eq!(c.release(&cfg, Some(false), false), Release::Reset);
         c.settle_reset(&cfg, true);
-        assert!(matches!(c.plan(&cfg, &acme()), Step::Set { .. }));
+        assert!(matches!(c.plan(&cfg, &acme(), false), Step::Set { .. }));
     }
 
     #[test]
@@ -460,25 +463,25 @@ mod tests {
         let mut c = ConnState::default();
         set(&mut c, &cfg, &acme());
         c.release(&cfg, Some(false), false);
-        assert_eq!(c.plan(&cfg, &acme()), Step::ReadBack);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::ReadBack);
         let mut s = state("\"acme\", public, pg_temp", "acme", "app", false);
         s.current_user = "intruder".into();
         c.settle(&cfg, &acme(), None, Ok(s)).unwrap();
-        assert_eq!(c.plan(&cfg, &acme()), Step::Reset);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::Reset);
     }
 
     #[test]
     fn a_temporary_schema_is_probed_and_reset_when_not_empty() {
         let cfg = cfg();
         let mut c = ConnState::default();
-        let Step::Set { path, .. } = c.plan(&cfg, &acme()) else {
+        let Step::Set { path, .. } = c.plan(&cfg, &acme(), false) else {
             panic!()
         };
         c.settle(&cfg, &acme(), Some(&path), Ok(state(&path, "acme", "app", true)))
             .unwrap();
-        assert_eq!(c.plan(&cfg, &acme()), Step::ProbeTemp);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::ProbeTemp);
         c.settle_probe(&acme(), Ok(true)).unwrap();
-        assert_eq!(c.plan(&cfg, &acme()), Step::Reset);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::Reset);
     }
 
     #[test]
@@ -501,7 +504,7 @@ mod tests {
     fn a_missing_schema_is_refused_and_forgotten() {
         let cfg = cfg();
         let mut c = ConnState::default();
-        let Step::Set { path, .. } = c.plan(&cfg, &acme()) else {
+        let Step::Set { path, .. } = c.plan(&cfg, &acme(), false) else {
             panic!()
         };
         let err = c

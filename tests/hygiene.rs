@@ -1,0 +1,1004 @@
+//! Session hygiene: whatever a borrower did to its connection, nothing of it
+//! reaches the next borrower. Search path, role and session authorization, an
+//! open or failed transaction, temporary objects, session settings, advisory
+//! locks, cursors WITH HOLD, SQL-level prepared statements, LISTEN
+//! registrations and sequence state are all checked after every entry of the
+//! catalog in `common/misbehave.rs`, on the same physical connection (pools of
+//! one), by a borrower of another tenant and by one of the same tenant.
+//!
+//! Each pool and mode is one test that runs the whole catalog and reports every
+//! failure at once (entry, which borrower looked, what it found).
+#![allow(missing_docs)]
+
+mod common;
+#[path = "common/misbehave.rs"]
+mod misbehave;
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use common::{Rng, customers, tenants_with_markers};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
+use diesel_tenancy::testing::TestDatabase;
+use diesel_tenancy::{AsyncTenantPool, Tenant, TenantPool};
+use misbehave::{CANCEL_BORROW_AFTER, Misbehaviour, PANIC_MESSAGE, catalog, setup_sql};
+
+// ---------------------------------------------------------------------------
+// Set-up
+// ---------------------------------------------------------------------------
+
+/// Keeps the catalog's deliberate panics out of the output.
+fn quiet_deliberate_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&PANIC_MESSAGE) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Row ids are given explicitly (never from the sequence), so that the harness
+/// itself leaves no sequence state (`lastval()`) behind; unique across tests.
+fn next_id() -> i64 {
+    static NEXT: AtomicI64 = AtomicI64::new(1_000_000_000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A database with the shared migrations, the catalog's set-up and `n` tenants
+/// `prefix0..` holding their marker rows.
+fn database(prefix: &str, n: usize) -> (TestDatabase, Vec<Tenant>) {
+    let (db, pool) = common::setup(2);
+    pool.public()
+        .unwrap()
+        .batch_execute(setup_sql())
+        .expect("catalog set-up");
+    let tenants = tenants_with_markers(&pool, prefix, n);
+    (db, tenants)
+}
+
+/// A plain connection of its own, outside every pool: reads the server clock
+/// and checks what was committed. Timeouts, so that a lock a leaked
+/// transaction holds cannot hang the test.
+fn verifier(db: &TestDatabase) -> PgConnection {
+    let mut conn = PgConnection::establish(db.url()).expect("verifier connection");
+    conn.batch_execute("SET lock_timeout = '3s'; SET statement_timeout = '10s'")
+        .unwrap();
+    conn
+}
+
+#[derive(QueryableByName)]
+struct One {
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The server's clock now, as text: a borrow that starts later must see a
+/// transaction start (`now()`) after it.
+fn server_clock(v: &mut PgConnection) -> String {
+    diesel::sql_query("SELECT clock_timestamp()::text AS v")
+        .get_result::<One>(v)
+        .expect("server clock")
+        .v
+}
+
+fn session_user(v: &mut PgConnection) -> String {
+    diesel::sql_query("SELECT session_user::text AS v")
+        .get_result::<One>(v)
+        .unwrap()
+        .v
+}
+
+/// Whether row `id` is committed in `schema.customers`.
+fn committed(v: &mut PgConnection, schema: &str, id: i64) -> Result<bool, String> {
+    diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM \"{schema}\".customers WHERE id = $1"
+    ))
+    .bind::<BigInt, _>(id)
+    .get_result::<Count>(v)
+    .map(|c| c.n == 1)
+    .map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// What the next borrower sees
+// ---------------------------------------------------------------------------
+
+/// Everything a borrower can observe of earlier borrows, in one statement.
+/// `$1`: the server clock read after the previous borrow ended.
+const STATE_SQL: &str = r#"
+SELECT current_schemas(false)::text[] AS schemas,
+       current_schema()::text AS schema,
+       current_user::text AS cur_user,
+       session_user::text AS sess_user,
+       (now() > $1::timestamptz) AS fresh_tx,
+       txid_current_if_assigned()::text AS xid,
+       concat_ws(',',
+           (SELECT string_agg(relname || ':' || relkind, ',' ORDER BY relname) FROM pg_class
+             WHERE relnamespace = pg_my_temp_schema() AND relkind NOT IN ('i', 't')),
+           (SELECT string_agg(proname || '()', ',' ORDER BY proname) FROM pg_proc
+             WHERE pronamespace = pg_my_temp_schema())) AS temp_objects,
+       coalesce((SELECT string_agg(concat_ws('/', classid, objid, objsubid) || ' ' || mode, ',')
+                   FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), '') AS advisory,
+       coalesce((SELECT string_agg(name || CASE WHEN is_holdable THEN ' (with hold)' ELSE '' END, ',')
+                   FROM pg_cursors WHERE name <> ''), '') AS cursors,
+       coalesce((SELECT string_agg(name, ',') FROM pg_prepared_statements WHERE from_sql), '') AS prepared,
+       coalesce((SELECT string_agg(c, ',') FROM pg_listening_channels() c), '') AS channels,
+       current_setting('app.tenant', true) AS app_tenant,
+       public.misbehave_probe_lastval() AS lastval,
+       ARRAY(SELECT name || '=' || setting FROM pg_settings ORDER BY name)::text[] AS settings
+"#;
+
+#[derive(QueryableByName, Debug)]
+struct State {
+    #[diesel(sql_type = Array<Text>)]
+    schemas: Vec<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    schema: Option<String>,
+    #[diesel(sql_type = Text)]
+    cur_user: String,
+    #[diesel(sql_type = Text)]
+    sess_user: String,
+    #[diesel(sql_type = Bool)]
+    fresh_tx: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    xid: Option<String>,
+    #[diesel(sql_type = Text)]
+    temp_objects: String,
+    #[diesel(sql_type = Text)]
+    advisory: String,
+    #[diesel(sql_type = Text)]
+    cursors: String,
+    #[diesel(sql_type = Text)]
+    prepared: String,
+    #[diesel(sql_type = Text)]
+    channels: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    app_tenant: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lastval: Option<i64>,
+    #[diesel(sql_type = Array<Text>)]
+    settings: Vec<String>,
+}
+
+/// Settings that are the pool's to set (the path, the role) or follow from them.
+const NOT_SETTINGS: [&str; 4] = ["search_path", "role", "session_authorization", "is_superuser"];
+
+fn settings_map(settings: &[String]) -> BTreeMap<String, String> {
+    settings
+        .iter()
+        .filter_map(|s| s.split_once('='))
+        .filter(|(k, _)| !NOT_SETTINGS.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// What a clean borrow of `schema` looks like.
+struct Expect<'a> {
+    schema: &'a str,
+    user: &'a str,
+    /// The settings of a clean borrow of a fresh pool of the same kind.
+    settings: &'a BTreeMap<String, String>,
+}
+
+/// What is wrong with `state` for a clean borrow.
+fn judge(state: &State, e: &Expect) -> Vec<String> {
+    let mut found = Vec::new();
+    // The path: the tenant, then public (a trailing pg_temp_N is fine).
+    let mut schemas: Vec<&str> = state.schemas.iter().map(String::as_str).collect();
+    if schemas.last().is_some_and(|s| s.starts_with("pg_temp")) {
+        schemas.pop();
+    }
+    if schemas != [e.schema, "public"] || state.schema.as_deref() != Some(e.schema) {
+        found.push(format!(
+            "search path: current_schemas {:?}, current_schema {:?}",
+            state.schemas, state.schema
+        ));
+    }
+    if state.cur_user != e.user || state.sess_user != e.user {
+        found.push(format!(
+            "role: current_user {}, session_user {} (expected {})",
+            state.cur_user, state.sess_user, e.user
+        ));
+    }
+    if !state.fresh_tx {
+        found.push("transaction: the borrow runs in a transaction begun before it".into());
+    }
+    if let Some(xid) = &state.xid {
+        found.push(format!(
+            "transaction: the borrow's transaction already holds xid {xid}"
+        ));
+    }
+    if !state.temp_objects.is_empty() {
+        found.push(format!("temp objects: {}", state.temp_objects));
+    }
+    if !state.advisory.is_empty() {
+        found.push(format!("advisory locks held: {}", state.advisory));
+    }
+    if !state.cursors.is_empty() {
+        found.push(format!("cursors: {}", state.cursors));
+    }
+    if !state.prepared.is_empty() {
+        found.push(format!("prepared statements: {}", state.prepared));
+    }
+    if !state.channels.is_empty() {
+        found.push(format!("listening: {}", state.channels));
+    }
+    if let Some(v) = state.app_tenant.as_deref().filter(|v| !v.is_empty()) {
+        found.push(format!("app.tenant = {v:?}"));
+    }
+    if let Some(v) = state.lastval {
+        found.push(format!("sequence: lastval() = {v}"));
+    }
+    let now = settings_map(&state.settings);
+    let mut changed = Vec::new();
+    for (k, v) in &now {
+        match e.settings.get(k) {
+            Some(b) if b == v => {}
+            Some(b) => changed.push(format!("{k}={v} (fresh: {b})")),
+            None if v.is_empty() => {}
+            None => changed.push(format!("{k}={v} (fresh: unset)")),
+        }
+    }
+    let hidden = e.settings.keys().filter(|k| !now.contains_key(*k)).count();
+    if hidden > 0 {
+        changed.push(format!("{hidden} settings no longer visible"));
+    }
+    if !changed.is_empty() {
+        found.push(format!("settings: {}", changed.join(", ")));
+    }
+    found
+}
+
+/// The rows a borrower of `schema` may see: its marker, and rows named
+/// `<schema>:...`.
+fn judge_rows(rows: &[String], schema: &str) -> Option<String> {
+    let own = |r: &String| r == schema || r.starts_with(&format!("{schema}:"));
+    if rows.iter().any(|r| r == schema) && rows.iter().all(own) {
+        None
+    } else {
+        let foreign: Vec<&String> = rows.iter().filter(|r| !own(r)).take(4).collect();
+        Some(format!(
+            "wrong rows: {} rows, marker {}, foreign {:?}",
+            rows.len(),
+            if rows.iter().any(|r| r == schema) {
+                "present"
+            } else {
+                "missing"
+            },
+            foreign
+        ))
+    }
+}
+
+const STAGING_PROBE: &str = "CREATE TEMP TABLE IF NOT EXISTS staging (name text)";
+const STAGING_COUNT: &str = "SELECT count(*) AS n FROM staging";
+const STAGING_DROP: &str = "DROP TABLE IF EXISTS pg_temp.staging";
+const SAVEPOINT_PROBE: &str = "SAVEPOINT hygiene_probe";
+const NOT_IN_BLOCK: &str = "can only be used in transaction blocks";
+
+/// What one checking borrow found, and the row it wrote (if its borrow
+/// reported success, the row must be committed).
+#[derive(Default)]
+struct Checked {
+    found: Vec<String>,
+    state: Option<State>,
+    written: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------
+// The sync pool
+// ---------------------------------------------------------------------------
+
+fn insert_row(conn: &mut PgConnection, schema: &str, tag: &str) -> QueryResult<i64> {
+    let id = next_id();
+    let name = format!("{schema}:{tag}{id}");
+    diesel::insert_into(customers::table)
+        .values((
+            customers::id.eq(id),
+            customers::name.eq(&name),
+            customers::email.eq(format!("{name}@hygiene.test")),
+        ))
+        .execute(conn)?;
+    Ok(id)
+}
+
+/// A borrower of `own` that misbehaves as `m` says, pointing at `other`.
+fn misbehave_sync(pool: &TenantPool, m: &Misbehaviour, own: &Tenant, other: &Tenant) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        pool.with_tenant(own, |conn| {
+            let _ = insert_row(conn, own.schema().as_str(), "m");
+            m.run_sync(conn, own.schema().as_str(), other.schema().as_str());
+            Ok::<_, diesel::result::Error>(())
+        })
+    }));
+}
+
+/// The checking borrower: reads the session's state, its own rows, probes
+/// `staging`, writes a row, and (session mode) probes for a transaction block.
+fn check_sync(pool: &TenantPool, tenant: &Tenant, since: &str, session_mode: bool) -> Checked {
+    let schema = tenant.schema().as_str();
+    let mut c = Checked::default();
+    let result = pool.with_tenant(tenant, |conn| {
+        let step = (|| -> Result<(), String> {
+            let state = diesel::sql_query(STATE_SQL)
+                .bind::<Text, _>(since)
+                .get_result::<State>(conn)
+                .map_err(|e| format!("state query failed: {e}"))?;
+            c.state = Some(state);
+            let rows = common::markers(conn).map_err(|e| format!("reading rows failed: {e}"))?;
+            if let Some(f) = judge_rows(&rows, schema) {
+                c.found.push(f);
+            }
+            conn.batch_execute(STAGING_PROBE)
+                .map_err(|e| format!("staging probe failed: {e}"))?;
+            let staged = diesel::sql_query(STAGING_COUNT)
+                .get_result::<Count>(conn)
+                .map_err(|e| format!("staging probe failed: {e}"))?
+                .n;
+            if staged > 0 {
+                c.found
+                    .push(format!("temp: staging already holds {staged} rows"));
+            }
+            conn.batch_execute(STAGING_DROP)
+                .map_err(|e| format!("staging drop failed: {e}"))?;
+            c.written =
+                Some(insert_row(conn, schema, "w").map_err(|e| format!("write failed: {e}"))?);
+            if session_mode {
+                match diesel::sql_query(SAVEPOINT_PROBE).execute(conn) {
+                    Ok(_) => c
+                        .found
+                        .push("transaction: SAVEPOINT succeeded (inside a transaction block)".into()),
+                    Err(e) if e.to_string().contains(NOT_IN_BLOCK) => {}
+                    Err(e) => c.found.push(format!("savepoint probe: {e}")),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(f) = step {
+            c.found.push(f);
+        }
+        Ok::<_, diesel::result::Error>(())
+    });
+    if let Err(e) = result {
+        c.found.push(format!("borrow failed: {e}"));
+        c.written = None;
+    }
+    c
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Session,
+    TransactionScoped,
+}
+
+fn sync_pool(db: &TestDatabase, mode: Mode, check: bool) -> TenantPool {
+    db.pool_builder()
+        .max_size(1)
+        .test_on_check_out(check)
+        .transaction_scoped(mode == Mode::TransactionScoped)
+        .build()
+        .expect("pool")
+}
+
+/// The two checking borrowers of each entry: another tenant, and the
+/// misbehaving borrower's own tenant again.
+const NEXT: [(&str, usize); 2] = [("other", 2), ("same", 0)];
+
+/// Runs the catalog on a sync pool of one connection in `mode`, reporting every
+/// failure at once.
+fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
+    quiet_deliberate_panics();
+    let started = Instant::now();
+    let (db, t) = database(prefix, 3);
+    let mut v = verifier(&db);
+    let user = session_user(&mut v);
+    let session_mode = mode == Mode::Session;
+
+    // A clean borrow of a fresh pool: the settings everything is compared with.
+    let since = server_clock(&mut v);
+    let clean = check_sync(&sync_pool(&db, mode, check), &t[2], &since, session_mode);
+    let Some(state) = clean.state.as_ref() else {
+        panic!("a clean borrow failed: {:?}", clean.found)
+    };
+    let fresh = settings_map(&state.settings);
+    let expect = |schema| Expect {
+        schema,
+        user: &user,
+        settings: &fresh,
+    };
+    let mut baseline = clean.found;
+    baseline.extend(judge(clean.state.as_ref().unwrap(), &expect(t[2].schema().as_str())));
+    assert!(baseline.is_empty(), "a clean borrow is not clean: {baseline:?}");
+
+    let catalog = catalog();
+    let mut failures = Vec::new();
+    let mut failed_entries = Vec::new();
+    for m in &catalog {
+        let mut entry_failed = false;
+        for (label, next) in NEXT {
+            let pool = sync_pool(&db, mode, check);
+            misbehave_sync(&pool, m, &t[0], &t[1]);
+            let since = server_clock(&mut v);
+            let mut c = check_sync(&pool, &t[next], &since, session_mode);
+            drop(pool);
+            let schema = t[next].schema().as_str();
+            if let Some(state) = &c.state {
+                let found = judge(state, &expect(schema));
+                c.found.extend(found);
+            }
+            if let Some(id) = c.written {
+                match committed(&mut v, schema, id) {
+                    Ok(true) => {}
+                    Ok(false) => c
+                        .found
+                        .push(format!("lost write: row {id}, reported committed, is not")),
+                    Err(e) => c.found.push(format!("verifying the write failed: {e}")),
+                }
+            }
+            if !c.found.is_empty() {
+                entry_failed = true;
+                failures.push(format!("{} [next: {label}]: {}", m.name, c.found.join("; ")));
+            }
+        }
+        if entry_failed {
+            failed_entries.push(m.name);
+        }
+    }
+    report(
+        &format!("sync {mode:?} test_on_check_out={check}"),
+        &catalog,
+        &failed_entries,
+        &failures,
+        started,
+    );
+}
+
+fn report(
+    label: &str,
+    catalog: &[Misbehaviour],
+    failed_entries: &[&str],
+    failures: &[String],
+    started: Instant,
+) {
+    println!(
+        "HYGIENE {label}: {} of {} entries leak ({:.1} s)",
+        failed_entries.len(),
+        catalog.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for m in catalog {
+        let verdict = if failed_entries.contains(&m.name) {
+            "FAIL"
+        } else {
+            "ok"
+        };
+        println!("HYGIENE {label} | {verdict:4} | {}", m.name);
+    }
+    assert!(
+        failures.is_empty(),
+        "{label}: {} of {} misbehaving borrowers leaked into the next borrow:\n  {}",
+        failed_entries.len(),
+        catalog.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn sync_session_mode_with_checkout_check() {
+    run_catalog_sync("hss", Mode::Session, true);
+}
+
+#[test]
+fn sync_session_mode_without_checkout_check() {
+    run_catalog_sync("hsn", Mode::Session, false);
+}
+
+#[test]
+fn sync_transaction_scoped_with_checkout_check() {
+    run_catalog_sync("hts", Mode::TransactionScoped, true);
+}
+
+#[test]
+fn sync_transaction_scoped_without_checkout_check() {
+    run_catalog_sync("htn", Mode::TransactionScoped, false);
+}
+
+// ---------------------------------------------------------------------------
+// The async pool
+// ---------------------------------------------------------------------------
+
+mod not_sync {
+    //! The async forms of the borrowers.
+    use super::{
+        CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK, SAVEPOINT_PROBE,
+        STAGING_COUNT, STAGING_DROP, STAGING_PROBE, STATE_SQL, State, customers, judge_rows,
+        next_id,
+    };
+    use diesel::prelude::{ExpressionMethods, QueryDsl, QueryResult};
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+    use diesel_tenancy::{AsyncTenantPool, Tenant};
+
+    pub(super) async fn markers(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
+        customers::table
+            .select(customers::name)
+            .order(customers::id)
+            .load(conn)
+            .await
+    }
+
+    pub(super) async fn insert_row(
+        conn: &mut AsyncPgConnection,
+        schema: &str,
+        tag: &str,
+    ) -> QueryResult<i64> {
+        let id = next_id();
+        let name = format!("{schema}:{tag}{id}");
+        diesel::insert_into(customers::table)
+            .values((
+                customers::id.eq(id),
+                customers::name.eq(&name),
+                customers::email.eq(format!("{name}@hygiene.test")),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(id)
+    }
+
+    /// A borrower of `own` that misbehaves, in a task of its own (so that a
+    /// panic is caught), cancelled from outside when the entry says so.
+    pub(super) async fn misbehave(
+        pool: &AsyncTenantPool,
+        m: Misbehaviour,
+        own: &Tenant,
+        other: &Tenant,
+    ) {
+        let (pool, own, other) = (pool.clone(), own.clone(), other.clone());
+        let task = tokio::spawn(async move {
+            let own_s = own.schema().to_string();
+            let other_s = other.schema().to_string();
+            let work = pool.with_tenant(&own, async |conn| {
+                let _ = insert_row(conn, &own_s, "m").await;
+                m.run_async(conn, &own_s, &other_s).await;
+                Ok::<_, diesel::result::Error>(())
+            });
+            if m.cancels_borrow() {
+                let _ = tokio::time::timeout(CANCEL_BORROW_AFTER, work).await;
+            } else {
+                let _ = work.await;
+            }
+        });
+        let _ = task.await;
+    }
+
+    pub(super) async fn check(
+        pool: &AsyncTenantPool,
+        tenant: &Tenant,
+        since: &str,
+    ) -> Checked {
+        let schema = tenant.schema().to_string();
+        let mut c = Checked::default();
+        let result = pool
+            .with_tenant(tenant, async |conn| {
+                let step: Result<(), String> = async {
+                    let state = diesel::sql_query(STATE_SQL)
+                        .bind::<Text, _>(since)
+                        .get_result::<State>(conn)
+                        .await
+                        .map_err(|e| format!("state query failed: {e}"))?;
+                    c.state = Some(state);
+                    let rows = markers(conn)
+                        .await
+                        .map_err(|e| format!("reading rows failed: {e}"))?;
+                    if let Some(f) = judge_rows(&rows, &schema) {
+                        c.found.push(f);
+                    }
+                    conn.batch_execute(STAGING_PROBE)
+                        .await
+                        .map_err(|e| format!("staging probe failed: {e}"))?;
+                    let staged = diesel::sql_query(STAGING_COUNT)
+                        .get_result::<Count>(conn)
+                        .await
+                        .map_err(|e| format!("staging probe failed: {e}"))?
+                        .n;
+                    if staged > 0 {
+                        c.found
+                            .push(format!("temp: staging already holds {staged} rows"));
+                    }
+                    conn.batch_execute(STAGING_DROP)
+                        .await
+                        .map_err(|e| format!("staging drop failed: {e}"))?;
+                    c.written = Some(
+                        insert_row(conn, &schema, "w")
+                            .await
+                            .map_err(|e| format!("write failed: {e}"))?,
+                    );
+                    match diesel::sql_query(SAVEPOINT_PROBE).execute(conn).await {
+                        Ok(_) => c.found.push(
+                            "transaction: SAVEPOINT succeeded (inside a transaction block)".into(),
+                        ),
+                        Err(e) if e.to_string().contains(NOT_IN_BLOCK) => {}
+                        Err(e) => c.found.push(format!("savepoint probe: {e}")),
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(f) = step {
+                    c.found.push(f);
+                }
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await;
+        if let Err(e) = result {
+            c.found.push(format!("borrow failed: {e}"));
+            c.written = None;
+        }
+        c
+    }
+}
+
+fn async_pool(db: &TestDatabase, size: usize, check: bool) -> AsyncTenantPool {
+    AsyncTenantPool::builder(db.url())
+        .max_size(size)
+        .test_on_check_out(check)
+        .connection_timeout(Duration::from_secs(20))
+        .build()
+        .expect("async pool")
+}
+
+async fn run_catalog_async(prefix: &str, check: bool) {
+    quiet_deliberate_panics();
+    let started = Instant::now();
+    let (db, t) = tokio::task::block_in_place(|| database(prefix, 3));
+    let v = Arc::new(Mutex::new(tokio::task::block_in_place(|| verifier(&db))));
+    let on_verifier = |f: &dyn Fn(&mut PgConnection) -> String| {
+        tokio::task::block_in_place(|| f(&mut v.lock().unwrap()))
+    };
+    let user = on_verifier(&session_user);
+
+    let since = on_verifier(&server_clock);
+    let clean = not_sync::check(&async_pool(&db, 1, check), &t[2], &since).await;
+    let Some(state) = clean.state.as_ref() else {
+        panic!("a clean borrow failed: {:?}", clean.found)
+    };
+    let fresh = settings_map(&state.settings);
+    let expect = |schema| Expect {
+        schema,
+        user: &user,
+        settings: &fresh,
+    };
+    let mut baseline = clean.found;
+    baseline.extend(judge(clean.state.as_ref().unwrap(), &expect(t[2].schema().as_str())));
+    assert!(baseline.is_empty(), "a clean borrow is not clean: {baseline:?}");
+
+    let catalog = catalog();
+    let mut failures = Vec::new();
+    let mut failed_entries = Vec::new();
+    for m in &catalog {
+        let mut entry_failed = false;
+        for (label, next) in NEXT {
+            let pool = async_pool(&db, 1, check);
+            not_sync::misbehave(&pool, *m, &t[0], &t[1]).await;
+            let since = on_verifier(&server_clock);
+            let mut c = not_sync::check(&pool, &t[next], &since).await;
+            drop(pool);
+            let schema = t[next].schema().as_str();
+            if let Some(state) = &c.state {
+                let found = judge(state, &expect(schema));
+                c.found.extend(found);
+            }
+            if let Some(id) = c.written {
+                let verdict = tokio::task::block_in_place(|| {
+                    committed(&mut v.lock().unwrap(), schema, id)
+                });
+                match verdict {
+                    Ok(true) => {}
+                    Ok(false) => c
+                        .found
+                        .push(format!("lost write: row {id}, reported committed, is not")),
+                    Err(e) => c.found.push(format!("verifying the write failed: {e}")),
+                }
+            }
+            if !c.found.is_empty() {
+                entry_failed = true;
+                failures.push(format!("{} [next: {label}]: {}", m.name, c.found.join("; ")));
+            }
+        }
+        if entry_failed {
+            failed_entries.push(m.name);
+        }
+    }
+    report(
+        &format!("async session test_on_check_out={check}"),
+        &catalog,
+        &failed_entries,
+        &failures,
+        started,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_pool_with_checkout_check() {
+    run_catalog_async("has", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_pool_without_checkout_check() {
+    run_catalog_async("han", false).await;
+}
+
+// ---------------------------------------------------------------------------
+// The catalog itself
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_catalog_covers_every_item_of_the_promise() {
+    use misbehave::Item;
+    let catalog = catalog();
+    assert!(catalog.len() >= 40, "{} entries", catalog.len());
+    let mut names: Vec<&str> = catalog.iter().map(|m| m.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), catalog.len(), "names are unique");
+    for item in Item::ALL {
+        let n = catalog.iter().filter(|m| m.covers(item)).count();
+        println!("catalog: {item:?}: {n} entries");
+        assert!(n > 0, "nothing covers {item:?}");
+    }
+    assert!(catalog.iter().any(|m| m.panics()));
+    assert!(catalog.iter().any(|m| m.cancels_borrow()));
+}
+
+// ---------------------------------------------------------------------------
+// Under load
+// ---------------------------------------------------------------------------
+
+const STRESS_THREADS: usize = 4;
+const STRESS_POOL: u32 = 3;
+const STRESS_TENANTS: usize = 30;
+const STRESS_BORROWS: usize = 3_000;
+/// Percent of borrows that misbehave.
+const STRESS_MISBEHAVING: usize = 20;
+
+/// Cancels statements of this database that wait more than two seconds for a
+/// lock (one a leaked transaction or advisory lock holds), so that a leak slows
+/// the stress tests down instead of hanging them. Counts what it cancelled.
+struct Watchdog {
+    stop: Arc<AtomicBool>,
+    cancelled: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(db: &TestDatabase) -> Watchdog {
+        let mut conn = verifier(db);
+        let stop = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let handle = {
+            let (stop, cancelled) = (stop.clone(), cancelled.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    if let Ok(c) = diesel::sql_query(
+                        "SELECT count(pg_cancel_backend(pid)) AS n FROM pg_stat_activity \
+                         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                         AND state = 'active' AND wait_event_type = 'Lock' \
+                         AND now() - query_start > interval '2 seconds'",
+                    )
+                    .get_result::<Count>(&mut conn)
+                    {
+                        cancelled.fetch_add(c.n as usize, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Watchdog {
+            stop,
+            cancelled,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap();
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    reads: AtomicUsize,
+    wrong: AtomicUsize,
+    errors: AtomicUsize,
+    misbehaved: AtomicUsize,
+    /// (tenant index, row id) of every write whose borrow reported success.
+    written: Mutex<Vec<(usize, i64)>>,
+    /// The first few wrong reads and errors, for the report.
+    samples: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn sample(&self, s: String) {
+        let mut samples = self.samples.lock().unwrap();
+        if samples.len() < 12 {
+            samples.push(s);
+        }
+    }
+
+    /// Checks every write reported committed against the tables; prints the
+    /// counts and asserts no wrong read and no lost write.
+    fn finish(&self, label: &str, db: &TestDatabase, tenants: &[Tenant], stalls: usize) {
+        let mut v = verifier(db);
+        let written = self.written.lock().unwrap();
+        let mut lost = 0;
+        for (i, tenant) in tenants.iter().enumerate() {
+            let ids: Vec<i64> = written
+                .iter()
+                .filter(|(t, _)| *t == i)
+                .map(|(_, id)| *id)
+                .collect();
+            let found = diesel::sql_query(format!(
+                "SELECT count(*) AS n FROM \"{}\".customers WHERE id = ANY($1)",
+                tenant.schema().as_str()
+            ))
+            .bind::<Array<BigInt>, _>(&ids)
+            .get_result::<Count>(&mut v)
+            .unwrap()
+            .n as usize;
+            lost += ids.len() - found;
+        }
+        let (reads, wrong, errors, misbehaved) = (
+            self.reads.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            self.misbehaved.load(Ordering::Relaxed),
+        );
+        println!(
+            "STRESS {label}: {STRESS_BORROWS} borrows, {misbehaved} misbehaving, {reads} checked reads, \
+             {wrong} wrong reads, {} writes reported committed, {lost} lost writes, \
+             {errors} failed borrows, {stalls} lock waits cancelled by the watchdog",
+            written.len()
+        );
+        let samples = self.samples.lock().unwrap();
+        for s in samples.iter() {
+            println!("STRESS {label}:   {s}");
+        }
+        assert!(
+            wrong == 0 && lost == 0,
+            "{label}: {wrong} wrong reads, {lost} lost writes (of {} reported committed); first problems:\n  {}",
+            written.len(),
+            samples.join("\n  ")
+        );
+    }
+}
+
+#[test]
+fn stress_sync_pool_with_random_misbehaviour() {
+    quiet_deliberate_panics();
+    let (db, tenants) = database("hstr", STRESS_TENANTS);
+    let tenants = Arc::new(tenants);
+    let pool = db
+        .pool_builder()
+        .max_size(STRESS_POOL)
+        .connection_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let catalog = Arc::new(catalog());
+    let tally = Arc::new(Tally::default());
+    let watchdog = Watchdog::start(&db);
+    let handles: Vec<_> = (0..STRESS_THREADS)
+        .map(|thread| {
+            let (pool, tenants, catalog, tally) =
+                (pool.clone(), tenants.clone(), catalog.clone(), tally.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(0x4e11_0000 + thread as u64);
+                for _ in 0..STRESS_BORROWS / STRESS_THREADS {
+                    let i = rng.below(STRESS_TENANTS);
+                    let tenant = &tenants[i];
+                    if rng.below(100) < STRESS_MISBEHAVING {
+                        let m = &catalog[rng.below(catalog.len())];
+                        let other = &tenants[(i + 1 + rng.below(STRESS_TENANTS - 1)) % STRESS_TENANTS];
+                        misbehave_sync(&pool, m, tenant, other);
+                        tally.misbehaved.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let schema = tenant.schema().as_str();
+                    let result = pool.with_tenant(tenant, |conn| {
+                        let rows = common::markers(conn)?;
+                        tally.reads.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = judge_rows(&rows, schema) {
+                            tally.wrong.fetch_add(1, Ordering::Relaxed);
+                            tally.sample(format!("{schema}: {f}"));
+                        }
+                        insert_row(conn, schema, "s")
+                    });
+                    match result {
+                        Ok(id) => tally.written.lock().unwrap().push((i, id)),
+                        Err(e) => {
+                            tally.errors.fetch_add(1, Ordering::Relaxed);
+                            tally.sample(format!("{schema}: borrow failed: {e}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("stress thread");
+    }
+    drop(pool);
+    let stalls = watchdog.finish();
+    tally.finish("sync session pool", &db, &tenants, stalls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_async_pool_with_random_misbehaviour() {
+    quiet_deliberate_panics();
+    let (db, tenants) = tokio::task::block_in_place(|| database("hastr", STRESS_TENANTS));
+    let tenants = Arc::new(tenants);
+    let pool = async_pool(&db, STRESS_POOL as usize, true);
+    let catalog = Arc::new(catalog());
+    let tally = Arc::new(Tally::default());
+    let watchdog = tokio::task::block_in_place(|| Watchdog::start(&db));
+    let tasks: Vec<_> = (0..STRESS_THREADS)
+        .map(|task| {
+            let (pool, tenants, catalog, tally) =
+                (pool.clone(), tenants.clone(), catalog.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::new(0xa511_0000 + task as u64);
+                for _ in 0..STRESS_BORROWS / STRESS_THREADS {
+                    let i = rng.below(STRESS_TENANTS);
+                    let tenant = &tenants[i];
+                    if rng.below(100) < STRESS_MISBEHAVING {
+                        let m = catalog[rng.below(catalog.len())];
+                        let other = &tenants[(i + 1 + rng.below(STRESS_TENANTS - 1)) % STRESS_TENANTS];
+                        not_sync::misbehave(&pool, m, tenant, other).await;
+                        tally.misbehaved.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let schema = tenant.schema().to_string();
+                    let result = pool
+                        .with_tenant(tenant, async |conn| {
+                            let rows = not_sync::markers(conn).await?;
+                            tally.reads.fetch_add(1, Ordering::Relaxed);
+                            if let Some(f) = judge_rows(&rows, &schema) {
+                                tally.wrong.fetch_add(1, Ordering::Relaxed);
+                                tally.sample(format!("{schema}: {f}"));
+                            }
+                            not_sync::insert_row(conn, &schema, "s").await
+                        })
+                        .await;
+                    match result {
+                        Ok(id) => tally.written.lock().unwrap().push((i, id)),
+                        Err(e) => {
+                            tally.errors.fetch_add(1, Ordering::Relaxed);
+                            tally.sample(format!("{schema}: borrow failed: {e}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("stress task");
+    }
+    drop(pool);
+    let stalls = tokio::task::block_in_place(|| watchdog.finish());
+    tokio::task::block_in_place(|| tally.finish("async pool", &db, &tenants, stalls));
+}
