@@ -627,7 +627,7 @@ impl TestDatabase {
         shared_migrations: S,
     ) -> Result<TenantPool, TestingError> {
         let pool = self.pool_builder().build()?;
-        run_shared_migrations(&mut *pool.public()?, shared_migrations)?;
+        pool.with_public(|conn| run_shared_migrations(conn, shared_migrations))?;
         Ok(pool)
     }
 }
@@ -667,11 +667,7 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
     let schema = SchemaName::new(schema).map_err(Error::from)?;
     let domain = Domain::parse(&format!("{schema}.test.localhost")).map_err(Error::from)?;
     let new = NewTenant::new(schema.clone(), schema.as_str()).domain(domain);
-    Ok(crate::create_tenant(
-        &mut *pool.public()?,
-        &new,
-        tenant_migrations,
-    )?)
+    Ok(pool.with_public(|conn| crate::create_tenant(conn, &new, tenant_migrations))?)
 }
 
 /// A PgBouncer (Debian's `pgbouncer` package) in front of a test database, on a

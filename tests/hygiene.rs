@@ -127,7 +127,7 @@ SELECT current_schemas(false)::text[] AS schemas,
        (now() > $1::timestamptz) AS fresh_tx,
        txid_current_if_assigned()::text AS xid,
        concat_ws(',',
-           (SELECT string_agg(relname || ':' || relkind, ',' ORDER BY relname) FROM pg_class
+           (SELECT string_agg(relname || ':' || relkind::text, ',' ORDER BY relname) FROM pg_class
              WHERE relnamespace = pg_my_temp_schema() AND relkind NOT IN ('i', 't')),
            (SELECT string_agg(proname || '()', ',' ORDER BY proname) FROM pg_proc
              WHERE pronamespace = pg_my_temp_schema())) AS temp_objects,
@@ -139,7 +139,9 @@ SELECT current_schemas(false)::text[] AS schemas,
        coalesce((SELECT string_agg(c, ',') FROM pg_listening_channels() c), '') AS channels,
        current_setting('app.tenant', true) AS app_tenant,
        public.misbehave_probe_lastval() AS lastval,
-       ARRAY(SELECT name || '=' || setting FROM pg_settings ORDER BY name)::text[] AS settings
+       ARRAY(SELECT name FROM pg_settings ORDER BY name)::text[] AS setting_names,
+       ARRAY(SELECT setting FROM pg_settings ORDER BY name)::text[] AS setting_values,
+       ARRAY(SELECT coalesce(reset_val, '') FROM pg_settings ORDER BY name)::text[] AS setting_resets
 "#;
 
 #[derive(QueryableByName, Debug)]
@@ -171,18 +173,26 @@ struct State {
     #[diesel(sql_type = Nullable<BigInt>)]
     lastval: Option<i64>,
     #[diesel(sql_type = Array<Text>)]
-    settings: Vec<String>,
+    setting_names: Vec<String>,
+    #[diesel(sql_type = Array<Text>)]
+    setting_values: Vec<String>,
+    /// What `RESET` would set: the session's default.
+    #[diesel(sql_type = Array<Text>)]
+    setting_resets: Vec<String>,
 }
 
 /// Settings that are the pool's to set (the path, the role) or follow from them.
 const NOT_SETTINGS: [&str; 4] = ["search_path", "role", "session_authorization", "is_superuser"];
 
-fn settings_map(settings: &[String]) -> BTreeMap<String, String> {
-    settings
+/// The settings of a borrow, with what `RESET` would set each to.
+fn settings_map(state: &State) -> BTreeMap<String, (String, String)> {
+    state
+        .setting_names
         .iter()
-        .filter_map(|s| s.split_once('='))
-        .filter(|(k, _)| !NOT_SETTINGS.contains(k))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .zip(&state.setting_values)
+        .zip(&state.setting_resets)
+        .filter(|((k, _), _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .map(|((k, v), r)| (k.clone(), (v.clone(), r.clone())))
         .collect()
 }
 
@@ -191,7 +201,7 @@ struct Expect<'a> {
     schema: &'a str,
     user: &'a str,
     /// The settings of a clean borrow of a fresh pool of the same kind.
-    settings: &'a BTreeMap<String, String>,
+    settings: &'a BTreeMap<String, (String, String)>,
 }
 
 /// What is wrong with `state` for a clean borrow.
@@ -243,12 +253,15 @@ fn judge(state: &State, e: &Expect) -> Vec<String> {
     if let Some(v) = state.lastval {
         found.push(format!("sequence: lastval() = {v}"));
     }
-    let now = settings_map(&state.settings);
+    // Each setting as on a fresh connection, or back at its session default
+    // (what RESET sets).
+    let now = settings_map(state);
     let mut changed = Vec::new();
-    for (k, v) in &now {
+    for (k, (v, reset)) in &now {
         match e.settings.get(k) {
-            Some(b) if b == v => {}
-            Some(b) => changed.push(format!("{k}={v} (fresh: {b})")),
+            Some((b, _)) if b == v => {}
+            Some(_) if v == reset => {}
+            Some((b, _)) => changed.push(format!("{k}={v} (fresh: {b})")),
             None if v.is_empty() => {}
             None => changed.push(format!("{k}={v} (fresh: unset)")),
         }
@@ -415,7 +428,7 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
     let Some(state) = clean.state.as_ref() else {
         panic!("a clean borrow failed: {:?}", clean.found)
     };
-    let fresh = settings_map(&state.settings);
+    let fresh = settings_map(state);
     let expect = |schema| Expect {
         schema,
         user: &user,
@@ -676,7 +689,7 @@ async fn run_catalog_async(prefix: &str, check: bool) {
     let Some(state) = clean.state.as_ref() else {
         panic!("a clean borrow failed: {:?}", clean.found)
     };
-    let fresh = settings_map(&state.settings);
+    let fresh = settings_map(state);
     let expect = |schema| Expect {
         schema,
         user: &user,

@@ -896,13 +896,15 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "combined/everything-then-open-transaction",
             [SearchPath, TempObjects, Sequence, AdvisoryLock, Settings, Listen, Transaction],
-            [Batch(
-                "SELECT nextval('customers_id_seq'); \
-                 CREATE TEMP TABLE customers AS SELECT id, 'leak:' || name AS name, email FROM {own}.customers; \
-                 SELECT pg_advisory_lock(4242); SET app.tenant = '{own_lit}'; LISTEN chan; \
-                 SET search_path TO {other}, public; BEGIN; \
-                 INSERT INTO customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"
-            )]
+            [
+                Batch(
+                    "SELECT nextval('customers_id_seq'); \
+                     CREATE TEMP TABLE customers AS SELECT id, 'leak:' || name AS name, email FROM {own}.customers; \
+                     SELECT pg_advisory_lock(4242); SET app.tenant = '{own_lit}'; LISTEN chan; \
+                     SET search_path TO {other}, public"
+                ),
+                Batch("BEGIN; INSERT INTO customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"),
+            ]
         ),
         // ---- panics and cancellation ----------------------------------------
         m!(
@@ -912,8 +914,9 @@ pub fn catalog() -> Vec<Misbehaviour> {
                 Batch(
                     "SET search_path TO {other}, public; SET statement_timeout = '4242s'; \
                      CREATE TEMP TABLE panic_tmp AS SELECT * FROM {own}.customers; \
-                     SELECT pg_advisory_lock(4242); BEGIN"
+                     SELECT pg_advisory_lock(4242); LISTEN panic_chan"
                 ),
+                Batch("BEGIN"),
                 Panic,
             ]
         ),
