@@ -24,13 +24,13 @@
 //! # let db = diesel_tenancy::testing::TestDatabase::new()?;
 //! # let database_url = db.url();
 //! let pool = TenantPool::builder(database_url).max_size(4).build()?;
-//! run_shared_migrations(&mut *pool.public()?, SHARED)?;
+//! pool.with_public(|conn| run_shared_migrations(conn, SHARED))?;
 //!
 //! let mut tenants = Vec::new();
 //! for schema in ["acme", "globex"] {
 //!     let new = NewTenant::new(SchemaName::new(schema)?, schema)
 //!         .domain(Domain::parse(&format!("{schema}.example.com"))?);
-//!     tenants.push(create_tenant(&mut *pool.public()?, &new, TENANT)?);
+//!     tenants.push(pool.with_public(|conn| create_tenant(conn, &new, TENANT))?);
 //! }
 //!
 //! for tenant in &tenants {

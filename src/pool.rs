@@ -1,5 +1,7 @@
 //! The tenant-scoped connection pool over r2d2.
 
+mod connection;
+
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,16 +119,30 @@ pub(crate) fn check_database_url(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// A pooled physical connection. It runs no query until scoped into a
-/// [`TenantConnection`], so an unscoped connection can never read whatever
-/// tenant the previous borrower left behind:
+/// A pooled physical connection: what `pool.get()` returns on an
+/// `r2d2::Pool<TenantConnectionManager>`.
 ///
-/// ```compile_fail
-/// # use diesel::prelude::*;
-/// # fn f(pool: r2d2::Pool<diesel_tenancy::TenantConnectionManager>) {
-/// let mut unscoped = pool.get().unwrap();
-/// diesel::sql_query("SELECT 1").execute(&mut *unscoped); // not a Diesel connection
-/// # }
+/// It is a Diesel connection in its own right, so code written for diesel's
+/// `ConnectionManager<PgConnection>` keeps working unchanged after the manager
+/// is swapped (`&mut conn`, transactions, `run_pending_migrations`): on its
+/// first statement in a borrow it scopes itself to `public` (plus the pool's
+/// extra schemas), whatever the previous borrower left, and when it goes back
+/// to the pool it is released exactly as a [`TenantConnection`] is. To work in
+/// a tenant's schema, scope it with [`TenantConnection::scope`] or use
+/// [`TenantPool`]:
+///
+/// ```no_run
+/// use diesel::prelude::*;
+/// use diesel_tenancy::{TenantConnection, TenantConnectionManager};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tenant: diesel_tenancy::Tenant = unimplemented!();
+/// let pool = r2d2::Pool::builder().build(TenantConnectionManager::new("postgres://localhost/app")?)?;
+/// let mut conn = pool.get()?; // public, as before the swap
+/// diesel::sql_query("SELECT 1").execute(&mut conn)?;
+/// let mut acme = TenantConnection::scope(pool.get()?, &tenant)?; // the tenant's schema
+/// diesel::sql_query("SELECT 1").execute(&mut acme)?;
+/// # Ok(()) }
 /// ```
 pub struct ManagedConnection {
     conn: PgConnection,
@@ -189,7 +205,15 @@ impl r2d2::ManageConnection for TenantConnectionManager {
         }
     }
 
+    /// Called by r2d2 whenever a connection comes back. A connection used
+    /// directly as a Diesel connection (a plain borrow, scoped to `public` on
+    /// first use) is released here exactly as a [`TenantConnection`] is when
+    /// dropped: reset if the borrow may have left state, closed if that is
+    /// unknowable.
     fn has_broken(&self, conn: &mut ManagedConnection) -> bool {
+        if conn.state().is_some_and(|state| state.in_borrow) {
+            conn.leave();
+        }
         std::thread::panicking()
             || conn.conn.is_broken()
             || conn.state().is_none_or(|state| state.discard)
@@ -244,7 +268,12 @@ impl ManagedConnection {
                 return Err(self.lost_error(scope));
             };
             match step {
-                Step::Ready => return Ok(()),
+                Step::Ready => {
+                    if let Some(state) = self.state() {
+                        state.in_borrow = true;
+                    }
+                    return Ok(());
+                }
                 Step::Reset => {
                     self.end_own_transaction();
                     let ok = self.run_reset();
@@ -723,7 +752,10 @@ impl TenantPoolBuilder {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build(manager.clone())
             .map_err(Error::Pool)?;
-        Ok(TenantPool { pool, manager })
+        Ok(TenantPool {
+            pool,
+            settings: manager.settings,
+        })
     }
 }
 
@@ -733,7 +765,7 @@ impl TenantPoolBuilder {
 #[derive(Clone)]
 pub struct TenantPool {
     pool: r2d2::Pool<TenantConnectionManager>,
-    manager: TenantConnectionManager,
+    settings: Arc<Settings>,
 }
 
 impl std::fmt::Debug for TenantPool {
@@ -766,6 +798,28 @@ impl TenantPool {
         }
     }
 
+    /// Wraps an application's own r2d2 pool of [`TenantConnectionManager`]
+    /// (the pool swap), so that the same pool and its connections also serve
+    /// [`with_tenant`](Self::with_tenant), the [`Resolver`](crate::Resolver)
+    /// and the web adapters. Takes one connection to read the manager's
+    /// settings; cloning either value shares the connections.
+    ///
+    /// ```no_run
+    /// use diesel_tenancy::{TenantConnectionManager, TenantPool};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let r2d2_pool = r2d2::Pool::builder()
+    ///     .max_size(20)
+    ///     .build(TenantConnectionManager::new("postgres://localhost/app")?)?;
+    /// let pool = TenantPool::from_r2d2(r2d2_pool.clone())?;
+    /// let acme = pool.tenant("acme")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_r2d2(pool: r2d2::Pool<TenantConnectionManager>) -> Result<Self> {
+        let settings = Arc::clone(&pool.get().map_err(Error::Pool)?.settings);
+        Ok(TenantPool { pool, settings })
+    }
+
     /// The underlying r2d2 pool.
     pub fn r2d2(&self) -> &r2d2::Pool<TenantConnectionManager> {
         &self.pool
@@ -773,17 +827,17 @@ impl TenantPool {
 
     /// The URL the pool connects to.
     pub(crate) fn database_url(&self) -> &str {
-        &self.manager.settings.database_url
+        &self.settings.database_url
     }
 
     /// How many checkouts were scoped, and how many of them had to set the path.
     pub fn stats(&self) -> ScopeStats {
-        self.manager.stats()
+        self.settings.scope.stats()
     }
 
     /// A connection scoped to `tenant`.
     pub fn get(&self, tenant: &Tenant) -> Result<TenantConnection> {
-        self.manager.settings.scope.check_tenant(tenant)?;
+        self.settings.scope.check_tenant(tenant)?;
         self.retrying(|pooled| TenantConnection::scope(pooled, tenant))
     }
 

@@ -329,15 +329,28 @@ fn insert_row(conn: &mut PgConnection, schema: &str, tag: &str) -> QueryResult<i
     Ok(id)
 }
 
-/// A borrower of `own` that misbehaves as `m` says, pointing at `other`.
-fn misbehave_sync(pool: &TenantPool, m: &Misbehaviour, own: &Tenant, other: &Tenant) {
+const BACKEND_PID: &str = "pg_backend_pid()";
+
+/// A borrower of `own` that misbehaves as `m` says, pointing at `other`. First
+/// writes a row of its own. Returns the backend it ran on, if it got that far.
+fn misbehave_sync(
+    pool: &TenantPool,
+    m: &Misbehaviour,
+    own: &Tenant,
+    other: &Tenant,
+) -> Option<i32> {
+    let mut pid = None;
     let _ = catch_unwind(AssertUnwindSafe(|| {
         pool.with_tenant(own, |conn| {
+            pid = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(BACKEND_PID))
+                .get_result(conn)
+                .ok();
             let _ = insert_row(conn, own.schema().as_str(), "m");
             m.run_sync(conn, own.schema().as_str(), other.schema().as_str());
             Ok::<_, diesel::result::Error>(())
         })
     }));
+    pid
 }
 
 /// The checking borrower: reads the session's state, its own rows, probes
@@ -457,9 +470,9 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
             if let Some(id) = c.written {
                 match committed(&mut v, schema, id) {
                     Ok(true) => {}
-                    Ok(false) => c
-                        .found
-                        .push(format!("lost write: row {id}, reported committed, is not")),
+                    Ok(false) => c.found.push(format!(
+                        "lost write: row {id}, reported committed, is not in {schema}.customers"
+                    )),
                     Err(e) => c.found.push(format!("verifying the write failed: {e}")),
                 }
             }
@@ -538,7 +551,7 @@ fn sync_transaction_scoped_without_checkout_check() {
 mod not_sync {
     //! The async forms of the borrowers.
     use super::{
-        CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK, SAVEPOINT_PROBE,
+        BACKEND_PID, CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK, SAVEPOINT_PROBE,
         STAGING_COUNT, STAGING_DROP, STAGING_PROBE, STATE_SQL, State, customers, judge_rows,
         next_id,
     };
@@ -546,6 +559,7 @@ mod not_sync {
     use diesel::sql_types::Text;
     use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
     use diesel_tenancy::{AsyncTenantPool, Tenant};
+    use std::sync::{Arc, Mutex};
 
     pub(super) async fn markers(conn: &mut AsyncPgConnection) -> QueryResult<Vec<String>> {
         customers::table
@@ -575,17 +589,30 @@ mod not_sync {
 
     /// A borrower of `own` that misbehaves, in a task of its own (so that a
     /// panic is caught), cancelled from outside when the entry says so.
+    pub(super) async fn backend_pid(conn: &mut AsyncPgConnection) -> QueryResult<i32> {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(BACKEND_PID))
+            .get_result(conn)
+            .await
+    }
+
+    /// A borrower of `own` that misbehaves, in a task of its own (so that a
+    /// panic is caught), cancelled from outside when the entry says so. First
+    /// writes a row of its own. Returns the backend it ran on, if it got that
+    /// far.
     pub(super) async fn misbehave(
         pool: &AsyncTenantPool,
         m: Misbehaviour,
         own: &Tenant,
         other: &Tenant,
-    ) {
+    ) -> Option<i32> {
         let (pool, own, other) = (pool.clone(), own.clone(), other.clone());
+        let pid = Arc::new(Mutex::new(None));
+        let seen = pid.clone();
         let task = tokio::spawn(async move {
             let own_s = own.schema().to_string();
             let other_s = other.schema().to_string();
             let work = pool.with_tenant(&own, async |conn| {
+                *seen.lock().unwrap() = backend_pid(conn).await.ok();
                 let _ = insert_row(conn, &own_s, "m").await;
                 m.run_async(conn, &own_s, &other_s).await;
                 Ok::<_, diesel::result::Error>(())
@@ -597,6 +624,7 @@ mod not_sync {
             }
         });
         let _ = task.await;
+        *pid.lock().unwrap()
     }
 
     pub(super) async fn check(
@@ -721,9 +749,9 @@ async fn run_catalog_async(prefix: &str, check: bool) {
                 });
                 match verdict {
                     Ok(true) => {}
-                    Ok(false) => c
-                        .found
-                        .push(format!("lost write: row {id}, reported committed, is not")),
+                    Ok(false) => c.found.push(format!(
+                        "lost write: row {id}, reported committed, is not in {schema}.customers"
+                    )),
                     Err(e) => c.found.push(format!("verifying the write failed: {e}")),
                 }
             }
@@ -834,67 +862,128 @@ impl Watchdog {
     }
 }
 
+/// What the stress tests saw.
 #[derive(Default)]
 struct Tally {
     reads: AtomicUsize,
     wrong: AtomicUsize,
-    errors: AtomicUsize,
+    failed: AtomicUsize,
     misbehaved: AtomicUsize,
-    /// (tenant index, row id) of every write whose borrow reported success.
-    written: Mutex<Vec<(usize, i64)>>,
-    /// The first few wrong reads and errors, for the report.
+    /// Per backend, the last misbehaviour that ran on it.
+    last_on: Mutex<BTreeMap<i32, &'static str>>,
+    /// Every write whose borrow reported success: tenant index, row id, and
+    /// the last misbehaviour on its backend then.
+    written: Mutex<Vec<(usize, i64, &'static str)>>,
+    /// How often each misbehaviour was the last one on the backend of a wrong
+    /// read, a failed borrow, a lost write.
+    blamed: Mutex<BTreeMap<(&'static str, &'static str), usize>>,
+    /// The first few problems, for the report.
     samples: Mutex<Vec<String>>,
 }
 
 impl Tally {
-    fn sample(&self, s: String) {
+    fn misbehaved(&self, m: &Misbehaviour, pid: Option<i32>) {
+        self.misbehaved.fetch_add(1, Ordering::Relaxed);
+        if let Some(pid) = pid {
+            self.last_on.lock().unwrap().insert(pid, m.name);
+        }
+    }
+
+    fn last_on(&self, pid: Option<i32>) -> &'static str {
+        match pid {
+            None => "(unknown: the borrow failed before its closure ran)",
+            Some(p) => self
+                .last_on
+                .lock()
+                .unwrap()
+                .get(&p)
+                .copied()
+                .unwrap_or("(none)"),
+        }
+    }
+
+    fn problem(&self, kind: &'static str, after: &'static str, what: String) {
+        *self.blamed.lock().unwrap().entry((kind, after)).or_default() += 1;
         let mut samples = self.samples.lock().unwrap();
         if samples.len() < 12 {
-            samples.push(s);
+            samples.push(format!("{kind} (last misbehaviour on the connection: {after}): {what}"));
+        }
+    }
+
+    /// One well-behaved borrow's outcome: the rows it read (if it got that far)
+    /// and the row it wrote.
+    fn record(
+        &self,
+        i: usize,
+        schema: &str,
+        pid: Option<i32>,
+        rows: Option<&[String]>,
+        result: Result<i64, String>,
+    ) {
+        let after = self.last_on(pid);
+        if let Some(rows) = rows {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if let Some(f) = judge_rows(rows, schema) {
+                self.wrong.fetch_add(1, Ordering::Relaxed);
+                self.problem("wrong read", after, format!("{schema}: {f}"));
+            }
+        }
+        match result {
+            Ok(id) => self.written.lock().unwrap().push((i, id, after)),
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.problem("failed borrow", after, format!("{schema}: {e}"));
+            }
         }
     }
 
     /// Checks every write reported committed against the tables; prints the
-    /// counts and asserts no wrong read and no lost write.
+    /// counts and asserts no wrong read, no lost write and no failed borrow.
     fn finish(&self, label: &str, db: &TestDatabase, tenants: &[Tenant], stalls: usize) {
         let mut v = verifier(db);
         let written = self.written.lock().unwrap();
         let mut lost = 0;
         for (i, tenant) in tenants.iter().enumerate() {
-            let ids: Vec<i64> = written
-                .iter()
-                .filter(|(t, _)| *t == i)
-                .map(|(_, id)| *id)
-                .collect();
-            let found = diesel::sql_query(format!(
-                "SELECT count(*) AS n FROM \"{}\".customers WHERE id = ANY($1)",
-                tenant.schema().as_str()
+            let schema = tenant.schema().as_str();
+            let mine: Vec<&(usize, i64, &str)> = written.iter().filter(|w| w.0 == i).collect();
+            let ids: Vec<i64> = mine.iter().map(|w| w.1).collect();
+            let present: Vec<i64> = diesel::sql_query(format!(
+                "SELECT id AS n FROM \"{schema}\".customers WHERE id = ANY($1)"
             ))
             .bind::<Array<BigInt>, _>(&ids)
-            .get_result::<Count>(&mut v)
+            .load::<Count>(&mut v)
             .unwrap()
-            .n as usize;
-            lost += ids.len() - found;
+            .into_iter()
+            .map(|c| c.n)
+            .collect();
+            for (_, id, after) in mine.iter().filter(|w| !present.contains(&w.1)) {
+                lost += 1;
+                self.problem("lost write", after, format!("{schema}: row {id}"));
+            }
         }
-        let (reads, wrong, errors, misbehaved) = (
+        let (reads, wrong, failed, misbehaved) = (
             self.reads.load(Ordering::Relaxed),
             self.wrong.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
             self.misbehaved.load(Ordering::Relaxed),
         );
         println!(
-            "STRESS {label}: {STRESS_BORROWS} borrows, {misbehaved} misbehaving, {reads} checked reads, \
-             {wrong} wrong reads, {} writes reported committed, {lost} lost writes, \
-             {errors} failed borrows, {stalls} lock waits cancelled by the watchdog",
+            "STRESS {label}: {STRESS_BORROWS} borrows on {STRESS_TENANTS} tenants, {misbehaved} misbehaving, \
+             {reads} checked reads, {wrong} wrong reads, {} writes reported committed, {lost} lost writes, \
+             {failed} failed well-behaved borrows, {stalls} lock waits cancelled by the watchdog",
             written.len()
         );
+        for ((kind, after), n) in self.blamed.lock().unwrap().iter() {
+            println!("STRESS {label}:   {n:5} {kind} after {after}");
+        }
         let samples = self.samples.lock().unwrap();
         for s in samples.iter() {
-            println!("STRESS {label}:   {s}");
+            println!("STRESS {label}:   e.g. {s}");
         }
         assert!(
-            wrong == 0 && lost == 0,
-            "{label}: {wrong} wrong reads, {lost} lost writes (of {} reported committed); first problems:\n  {}",
+            wrong == 0 && lost == 0 && failed == 0,
+            "{label}: {wrong} wrong reads, {lost} lost writes (of {} reported committed), \
+             {failed} failed well-behaved borrows; first problems:\n  {}",
             written.len(),
             samples.join("\n  ")
         );
@@ -926,28 +1015,25 @@ fn stress_sync_pool_with_random_misbehaviour() {
                     let tenant = &tenants[i];
                     if rng.below(100) < STRESS_MISBEHAVING {
                         let m = &catalog[rng.below(catalog.len())];
-                        let other = &tenants[(i + 1 + rng.below(STRESS_TENANTS - 1)) % STRESS_TENANTS];
-                        misbehave_sync(&pool, m, tenant, other);
-                        tally.misbehaved.fetch_add(1, Ordering::Relaxed);
+                        let other =
+                            &tenants[(i + 1 + rng.below(STRESS_TENANTS - 1)) % STRESS_TENANTS];
+                        let pid = misbehave_sync(&pool, m, tenant, other);
+                        tally.misbehaved(m, pid);
                         continue;
                     }
                     let schema = tenant.schema().as_str();
+                    let (mut pid, mut rows) = (None, None);
                     let result = pool.with_tenant(tenant, |conn| {
-                        let rows = common::markers(conn)?;
-                        tally.reads.fetch_add(1, Ordering::Relaxed);
-                        if let Some(f) = judge_rows(&rows, schema) {
-                            tally.wrong.fetch_add(1, Ordering::Relaxed);
-                            tally.sample(format!("{schema}: {f}"));
-                        }
+                        pid = Some(
+                            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                                BACKEND_PID,
+                            ))
+                            .get_result(conn)?,
+                        );
+                        rows = Some(common::markers(conn)?);
                         insert_row(conn, schema, "s")
                     });
-                    match result {
-                        Ok(id) => tally.written.lock().unwrap().push((i, id)),
-                        Err(e) => {
-                            tally.errors.fetch_add(1, Ordering::Relaxed);
-                            tally.sample(format!("{schema}: borrow failed: {e}"));
-                        }
-                    }
+                    tally.record(i, schema, pid, rows.as_deref(), result.map_err(|e| e.to_string()));
                 }
             })
         })
@@ -980,30 +1066,22 @@ async fn stress_async_pool_with_random_misbehaviour() {
                     let tenant = &tenants[i];
                     if rng.below(100) < STRESS_MISBEHAVING {
                         let m = catalog[rng.below(catalog.len())];
-                        let other = &tenants[(i + 1 + rng.below(STRESS_TENANTS - 1)) % STRESS_TENANTS];
-                        not_sync::misbehave(&pool, m, tenant, other).await;
-                        tally.misbehaved.fetch_add(1, Ordering::Relaxed);
+                        let other =
+                            &tenants[(i + 1 + rng.below(STRESS_TENANTS - 1)) % STRESS_TENANTS];
+                        let pid = not_sync::misbehave(&pool, m, tenant, other).await;
+                        tally.misbehaved(&m, pid);
                         continue;
                     }
                     let schema = tenant.schema().to_string();
+                    let (mut pid, mut rows) = (None, None);
                     let result = pool
                         .with_tenant(tenant, async |conn| {
-                            let rows = not_sync::markers(conn).await?;
-                            tally.reads.fetch_add(1, Ordering::Relaxed);
-                            if let Some(f) = judge_rows(&rows, &schema) {
-                                tally.wrong.fetch_add(1, Ordering::Relaxed);
-                                tally.sample(format!("{schema}: {f}"));
-                            }
+                            pid = Some(not_sync::backend_pid(conn).await?);
+                            rows = Some(not_sync::markers(conn).await?);
                             not_sync::insert_row(conn, &schema, "s").await
                         })
                         .await;
-                    match result {
-                        Ok(id) => tally.written.lock().unwrap().push((i, id)),
-                        Err(e) => {
-                            tally.errors.fetch_add(1, Ordering::Relaxed);
-                            tally.sample(format!("{schema}: borrow failed: {e}"));
-                        }
-                    }
+                    tally.record(i, &schema, pid, rows.as_deref(), result.map_err(|e| e.to_string()));
                 }
             })
         })

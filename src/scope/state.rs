@@ -167,6 +167,8 @@ pub(crate) struct ConnState {
     pub(crate) in_flight: u32,
     /// Close this connection instead of keeping it.
     pub(crate) discard: bool,
+    /// A borrow scoped this connection and has not been released yet.
+    pub(crate) in_borrow: bool,
     /// Hashes of the schemas this connection has been scoped to (the recycle
     /// rule); a collision only makes the count low by one.
     schemas: HashSet<u64>,
@@ -383,6 +385,7 @@ impl ConnState {
         in_transaction: Option<bool>,
         panicking: bool,
     ) -> Release {
+        self.in_borrow = false;
         self.verified = false;
         self.temp_unchecked = false;
         if self.path_dirty || cfg.transaction_scoped {

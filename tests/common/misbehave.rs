@@ -16,6 +16,11 @@
 //! | `{own}`, `{other}` | the schema, quoted as an identifier: `"acme"` |
 //! | `{own_lit}`, `{other_lit}` | the bare schema name, for use inside a string literal |
 //!
+//! A `Batch` runs as one implicit transaction: statements before a `BEGIN` in
+//! the same string join the explicit transaction (and are rolled back with
+//! it), so entries that leave a transaction open after other changes use two
+//! steps.
+//!
 //! Rows a misbehaviour writes into its own tenant are named `<own>:...`; fake
 //! rows it makes visible through temporary objects are named `leak:<own>`, so a
 //! reader can tell its own rows from anything else.
@@ -362,6 +367,12 @@ BEGIN
 END
 $fn$;
 
+CREATE OR REPLACE FUNCTION public.misbehave_prepare() RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    EXECUTE 'PREPARE misbehave_fn_p AS SELECT 1';
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION public.misbehave_nextval() RETURNS bigint LANGUAGE plpgsql AS $fn$
 BEGIN
     RETURN nextval('customers_id_seq');
@@ -560,6 +571,27 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [Batch("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")]
         ),
         m!("transaction/raw-commit-then-begin", [Transaction], [Batch("COMMIT; BEGIN")]),
+        m!(
+            "transaction/commit-then-changes-then-begin",
+            [Transaction, SearchPath, Settings, TempObjects],
+            [
+                Batch("COMMIT"),
+                Batch(
+                    "SET search_path TO {other}, public; SET app.tenant = '{own_lit}'; \
+                     CREATE TEMP TABLE after_commit_tmp (a int)"
+                ),
+                Batch("BEGIN"),
+            ]
+        ),
+        m!(
+            "transaction/rollback-then-changes",
+            [Transaction, SearchPath, Settings],
+            [
+                Query("ROLLBACK"),
+                Query("SET search_path TO {other}, public"),
+                Query("SET statement_timeout = '4242s'"),
+            ]
+        ),
         m!("transaction/diesel-begin_test_transaction", [Transaction], [BeginTestTransaction]),
         m!(
             "transaction/diesel-begin-left-open",
@@ -791,6 +823,16 @@ pub fn catalog() -> Vec<Misbehaviour> {
                 "SELECT 1; DECLARE c2 BINARY SCROLL CURSOR WITH HOLD FOR SELECT * FROM customers; SELECT 2"
             )]
         ),
+        m!(
+            "cursor/with-hold/line-comment/sql_query",
+            [HoldCursor],
+            [Query("-- note\nDECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers")]
+        ),
+        m!(
+            "cursor/with-hold/do-block",
+            [HoldCursor],
+            [Batch("DO $$ BEGIN EXECUTE 'DECLARE c3 CURSOR WITH HOLD FOR SELECT 1'; END $$")]
+        ),
         // ---- SQL-level prepared statements -----------------------------------
         m!(
             "prepare/batch",
@@ -817,6 +859,7 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [PreparedStatement],
             [Batch("DO $$ BEGIN EXECUTE 'PREPARE p5 AS SELECT 1'; END $$")]
         ),
+        m!("prepare/function", [PreparedStatement], [Query("SELECT public.misbehave_prepare()")]),
         m!(
             "prepare/in-committed-transaction",
             [PreparedStatement],
@@ -909,7 +952,7 @@ pub fn catalog() -> Vec<Misbehaviour> {
         // ---- panics and cancellation ----------------------------------------
         m!(
             "panic/after-misbehaving",
-            [Panics, SearchPath, Settings, TempObjects, AdvisoryLock, Transaction],
+            [Panics, SearchPath, Settings, TempObjects, AdvisoryLock, Listen, Transaction],
             [
                 Batch(
                     "SET search_path TO {other}, public; SET statement_timeout = '4242s'; \
@@ -934,17 +977,37 @@ pub fn catalog() -> Vec<Misbehaviour> {
             )]
         ),
         m!(
+            "cancel/after-misbehaving",
+            [Cancellation, SearchPath, Settings, TempObjects, Listen, Sequence],
+            [
+                Batch(
+                    "SET search_path TO {other}, public; SET application_name = 'cancelled'; \
+                     CREATE TEMP TABLE cancel_tmp AS SELECT * FROM {own}.customers; \
+                     LISTEN cancel_chan; SELECT nextval('{own}.customers_id_seq')"
+                ),
+                Cancelled("SELECT 1"),
+            ]
+        ),
+        m!(
             "cancel/statement-in-transaction",
             [Cancellation, Transaction, TempObjects],
-            [Cancelled("BEGIN; CREATE TEMP TABLE cancel_tmp AS SELECT * FROM customers")]
+            [
+                Batch("BEGIN; CREATE TEMP TABLE cancel_tx_tmp AS SELECT * FROM customers"),
+                Cancelled("SELECT 1"),
+            ]
         ),
         m!(
             "cancel/borrow",
-            [Cancellation, SearchPath, TempObjects, Listen, Transaction],
-            [CancelledBorrow(
-                "SET search_path TO {other}, public; LISTEN cancel_chan; BEGIN; \
-                 CREATE TEMP TABLE cancel_borrow_tmp AS SELECT * FROM {own}.customers"
-            )]
+            [Cancellation, SearchPath, Settings, Listen, Transaction, TempObjects],
+            [
+                Batch(
+                    "SET search_path TO {other}, public; SET statement_timeout = '4242s'; \
+                     LISTEN cancel_borrow_chan"
+                ),
+                CancelledBorrow(
+                    "BEGIN; CREATE TEMP TABLE cancel_borrow_tmp AS SELECT * FROM {own}.customers"
+                ),
+            ]
         ),
     ]
 }
