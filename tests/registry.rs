@@ -327,3 +327,61 @@ fn a_tenant_value_is_a_snapshot_and_fresh_lookups_see_a_suspension() {
     diesel_tenancy::activate_tenant(&mut pool.public().unwrap(), held.schema()).unwrap();
     assert!(pool.tenant("snap0").is_ok());
 }
+
+/// A sign-up wraps `create_tenant` in its own transaction and writes its
+/// billing row to a shared table afterwards, unqualified: `create_tenant`
+/// leaves the caller's path (and timeouts) as they were, and a failure after
+/// it rolls the tenant back with the billing row.
+#[test]
+fn create_tenant_inside_the_callers_transaction_leaves_its_path() {
+    let (_db, pool) = setup(1);
+    diesel::table! {
+        tenant_plans (tenant_id) {
+            tenant_id -> BigInt,
+            plan_id -> Integer,
+        }
+    }
+    let signed_up = pool
+        .with_public(|conn| {
+            conn.transaction(|conn| {
+                conn.batch_execute("SET LOCAL statement_timeout = '7s'")?;
+                let tenant = create_tenant(conn, &NewTenant::new(schema("billed"), "Billed"), TENANT)?;
+                // Unqualified: resolved on the caller's path, public.
+                diesel::sql_query(
+                    "INSERT INTO tenant_plans (tenant_id, plan_id) \
+                     SELECT $1, id FROM plans WHERE name = 'pro'",
+                )
+                .bind::<diesel::sql_types::BigInt, _>(tenant.id())
+                .execute(conn)?;
+                let (path, timeout): (String, String) = diesel::select((
+                    diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('search_path')"),
+                    diesel::dsl::sql::<diesel::sql_types::Text>(
+                        "current_setting('statement_timeout')",
+                    ),
+                ))
+                .get_result(conn)?;
+                assert!(path.starts_with("public"), "{path}");
+                assert_eq!(timeout, "7s");
+                Ok::<_, Error>(tenant)
+            })
+        })
+        .unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) AS n FROM tenant_plans"),
+        1,
+        "the billing row"
+    );
+    assert_eq!(signed_up.schema().as_str(), "billed");
+    // A failure after create_tenant rolls back the tenant too.
+    let failed: Result<(), Error> = pool.with_public(|conn| {
+        conn.transaction(|conn| {
+            create_tenant(conn, &NewTenant::new(schema("unbilled"), "Unbilled"), TENANT)?;
+            diesel::sql_query("INSERT INTO tenant_plans (tenant_id, plan_id) VALUES (-1, -1)")
+                .execute(conn)?;
+            Ok(())
+        })
+    });
+    assert!(failed.is_err());
+    assert!(!schema_exists(&pool, "unbilled"));
+    assert!(pool.tenant("unbilled").is_err());
+}

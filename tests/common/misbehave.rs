@@ -23,7 +23,9 @@
 //!
 //! Rows a misbehaviour writes into its own tenant are named `<own>:...`; fake
 //! rows it makes visible through temporary objects are named `leak:<own>`, so a
-//! reader can tell its own rows from anything else.
+//! reader can tell its own rows from anything else. Fake rows are always
+//! written to `pg_temp.` qualified names: with `pg_temp` last on the path, an
+//! unqualified name would reach the tenant's real table.
 //!
 //! Some entries rely on objects created by [`setup_sql`] (a role with no rights
 //! on tenant schemas, and functions in `public`); run it once per database, as
@@ -614,7 +616,7 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [TempObjects],
             [Batch(
                 "CREATE TEMP TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL); \
-                 INSERT INTO customers VALUES (-1, 'leak:{own_lit}', 'leak')"
+                 INSERT INTO pg_temp.customers VALUES (-1, 'leak:{own_lit}', 'leak')"
             )]
         ),
         m!(
@@ -630,7 +632,7 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [TempObjects],
             [Batch(
                 "CREATE TEMP TABLE IF NOT EXISTS staging (name text); \
-                 INSERT INTO staging SELECT name FROM customers"
+                 INSERT INTO pg_temp.staging SELECT name FROM customers"
             )]
         ),
         m!(
@@ -946,7 +948,7 @@ pub fn catalog() -> Vec<Misbehaviour> {
                      SELECT pg_advisory_lock(4242); SET app.tenant = '{own_lit}'; LISTEN chan; \
                      SET search_path TO {other}, public"
                 ),
-                Batch("BEGIN; INSERT INTO customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"),
+                Batch("BEGIN; INSERT INTO pg_temp.customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"),
             ]
         ),
         // ---- panics and cancellation ----------------------------------------
