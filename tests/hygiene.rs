@@ -102,6 +102,17 @@ fn session_user(v: &mut PgConnection) -> String {
         .v
 }
 
+/// Removes fake rows (`leak:...`) a misbehaving borrower wrote into real
+/// tables itself, so that they cannot be taken for a later entry's leak.
+fn scrub(v: &mut PgConnection, tenants: &[Tenant]) {
+    for t in tenants {
+        let _ = v.batch_execute(&format!(
+            "DELETE FROM \"{}\".customers WHERE name LIKE 'leak:%'",
+            t.schema().as_str()
+        ));
+    }
+}
+
 /// Whether row `id` is committed in `schema.customers`.
 fn committed(v: &mut PgConnection, schema: &str, id: i64) -> Result<bool, String> {
     diesel::sql_query(format!(
@@ -298,7 +309,7 @@ fn judge_rows(rows: &[String], schema: &str) -> Option<String> {
 }
 
 const STAGING_PROBE: &str = "CREATE TEMP TABLE IF NOT EXISTS staging (name text)";
-const STAGING_COUNT: &str = "SELECT count(*) AS n FROM staging";
+const STAGING_COUNT: &str = "SELECT count(*) AS n FROM pg_temp.staging";
 const STAGING_DROP: &str = "DROP TABLE IF EXISTS pg_temp.staging";
 const SAVEPOINT_PROBE: &str = "SAVEPOINT hygiene_probe";
 const NOT_IN_BLOCK: &str = "can only be used in transaction blocks";
@@ -484,6 +495,7 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
         if entry_failed {
             failed_entries.push(m.name);
         }
+        scrub(&mut v, &t);
     }
     report(
         &format!("sync {mode:?} test_on_check_out={check}"),
@@ -763,6 +775,7 @@ async fn run_catalog_async(prefix: &str, check: bool) {
         if entry_failed {
             failed_entries.push(m.name);
         }
+        tokio::task::block_in_place(|| scrub(&mut v.lock().unwrap(), &t));
     }
     report(
         &format!("async session test_on_check_out={check}"),
@@ -818,47 +831,74 @@ const STRESS_MISBEHAVING: usize = 20;
 
 /// Cancels statements of this database that wait more than two seconds for a
 /// lock (one a leaked transaction or advisory lock holds), so that a leak slows
-/// the stress tests down instead of hanging them. Counts what it cancelled.
+/// the stress tests down instead of hanging them. Records what it cancelled and
+/// who held the lock.
 struct Watchdog {
     stop: Arc<AtomicBool>,
-    cancelled: Arc<AtomicUsize>,
+    /// One line per cancelled wait, and the blocking backends' pids.
+    stalls: Arc<Mutex<Vec<(String, Vec<i32>)>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
+
+#[derive(QueryableByName)]
+struct Stall {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+    #[diesel(sql_type = Text)]
+    waiting: String,
+    #[diesel(sql_type = Array<diesel::sql_types::Integer>)]
+    blockers: Vec<i32>,
+    #[diesel(sql_type = Text)]
+    held_by: String,
+}
+
+const STALLS_SQL: &str = r#"
+SELECT w.pid, w.query AS waiting, pg_blocking_pids(w.pid) AS blockers,
+       coalesce((SELECT string_agg(format('pid %s %s for %s, last statement %L',
+                                          b.pid, b.state, now() - b.state_change, b.query), '; ')
+                   FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(w.pid))), '') AS held_by
+  FROM pg_stat_activity w
+ WHERE w.datname = current_database() AND w.pid <> pg_backend_pid()
+   AND w.state = 'active' AND w.wait_event_type = 'Lock'
+   AND now() - w.query_start > interval '2 seconds'
+"#;
 
 impl Watchdog {
     fn start(db: &TestDatabase) -> Watchdog {
         let mut conn = verifier(db);
         let stop = Arc::new(AtomicBool::new(false));
-        let cancelled = Arc::new(AtomicUsize::new(0));
+        let stalls = Arc::new(Mutex::new(Vec::new()));
         let handle = {
-            let (stop, cancelled) = (stop.clone(), cancelled.clone());
+            let (stop, stalls) = (stop.clone(), stalls.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(250));
-                    if let Ok(c) = diesel::sql_query(
-                        "SELECT count(pg_cancel_backend(pid)) AS n FROM pg_stat_activity \
-                         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                         AND state = 'active' AND wait_event_type = 'Lock' \
-                         AND now() - query_start > interval '2 seconds'",
-                    )
-                    .get_result::<Count>(&mut conn)
-                    {
-                        cancelled.fetch_add(c.n as usize, Ordering::Relaxed);
+                    let Ok(found) = diesel::sql_query(STALLS_SQL).load::<Stall>(&mut conn) else {
+                        continue;
+                    };
+                    for s in found {
+                        let _ = diesel::sql_query("SELECT pg_cancel_backend($1)")
+                            .bind::<diesel::sql_types::Integer, _>(s.pid)
+                            .execute(&mut conn);
+                        stalls.lock().unwrap().push((
+                            format!("pid {} waited over 2 s in {:?}, held by {}", s.pid, s.waiting, s.held_by),
+                            s.blockers,
+                        ));
                     }
                 }
             })
         };
         Watchdog {
             stop,
-            cancelled,
+            stalls,
             handle: Some(handle),
         }
     }
 
-    fn finish(mut self) -> usize {
+    fn finish(mut self) -> Vec<(String, Vec<i32>)> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap();
-        self.cancelled.load(Ordering::Relaxed)
+        std::mem::take(&mut *self.stalls.lock().unwrap())
     }
 }
 
@@ -939,7 +979,13 @@ impl Tally {
 
     /// Checks every write reported committed against the tables; prints the
     /// counts and asserts no wrong read, no lost write and no failed borrow.
-    fn finish(&self, label: &str, db: &TestDatabase, tenants: &[Tenant], stalls: usize) {
+    fn finish(
+        &self,
+        label: &str,
+        db: &TestDatabase,
+        tenants: &[Tenant],
+        stalls: &[(String, Vec<i32>)],
+    ) {
         let mut v = verifier(db);
         let written = self.written.lock().unwrap();
         let mut lost = 0;
@@ -970,9 +1016,16 @@ impl Tally {
         println!(
             "STRESS {label}: {STRESS_BORROWS} borrows on {STRESS_TENANTS} tenants, {misbehaved} misbehaving, \
              {reads} checked reads, {wrong} wrong reads, {} writes reported committed, {lost} lost writes, \
-             {failed} failed well-behaved borrows, {stalls} lock waits cancelled by the watchdog",
-            written.len()
+             {failed} failed well-behaved borrows, {} lock waits cancelled by the watchdog",
+            written.len(),
+            stalls.len()
         );
+        for (stall, blockers) in stalls.iter().take(10) {
+            let after: Vec<&str> = blockers.iter().map(|p| self.last_on(Some(*p))).collect();
+            println!(
+                "STRESS {label}:   stall: {stall} (last misbehaviour on the blocking backend: {after:?})"
+            );
+        }
         for ((kind, after), n) in self.blamed.lock().unwrap().iter() {
             println!("STRESS {label}:   {n:5} {kind} after {after}");
         }
@@ -1043,7 +1096,7 @@ fn stress_sync_pool_with_random_misbehaviour() {
     }
     drop(pool);
     let stalls = watchdog.finish();
-    tally.finish("sync session pool", &db, &tenants, stalls);
+    tally.finish("sync session pool", &db, &tenants, &stalls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1091,5 +1144,5 @@ async fn stress_async_pool_with_random_misbehaviour() {
     }
     drop(pool);
     let stalls = tokio::task::block_in_place(|| watchdog.finish());
-    tokio::task::block_in_place(|| tally.finish("async pool", &db, &tenants, stalls));
+    tokio::task::block_in_place(|| tally.finish("async pool", &db, &tenants, &stalls));
 }

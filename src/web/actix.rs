@@ -253,6 +253,20 @@ impl TenantDb {
         self.scope.tenant.as_ref()
     }
 
+    /// [`run`](Self::run) with the two errors in one: the closure's error
+    /// type also takes the crate's, so a handler needs one `?`:
+    /// `db.try_run(|conn| notes.load(conn)).await?` where the handler returns
+    /// `Result<_, diesel_tenancy::Error>` (which is a response), or any error
+    /// type that converts from both [`Error`] and `diesel::result::Error`.
+    pub async fn try_run<F, T, E>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.run(f).await.map_err(E::from)?
+    }
+
     /// Runs `f` on a scoped connection, on a blocking thread. In
     /// transaction-scoped mode the work is committed when `f` returns `Ok` and
     /// rolled back when it returns `Err`.
@@ -268,5 +282,24 @@ impl TenantDb {
             .run_scoped(scope.tenant.as_ref(), f, Result::is_ok))
             .await
             .unwrap_or_else(super::database_task_failed)
+    }
+}
+
+/// The crate's error as a response, so handlers can return
+/// `Result<_, diesel_tenancy::Error>`: 404 for an unknown tenant or domain, 503
+/// for a suspended tenant, 400 for an invalid name, 500 (with no detail) for
+/// the rest. The error is logged with `tracing` at `error` level for 500s.
+impl actix_web::ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(super::error_status(self).0)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, text) = super::error_status(self);
+        if status == 500 {
+            tracing::error!(error = %crate::migrate::error_chain(self), "request failed");
+        }
+        HttpResponse::build(self.status_code()).body(text)
     }
 }

@@ -52,6 +52,11 @@ type NotFoundPage = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 pub struct TenancyLayer {
     resolver: Resolver,
     not_found: Option<NotFoundPage>,
+    /// Paths answered by the public router for every host, unresolved.
+    bypass: Arc<Vec<String>>,
+    /// The registry listener, kept running as long as a clone of the layer
+    /// (the app's router) lives.
+    listener: Option<Arc<crate::ListenerGuard>>,
     #[cfg(feature = "deadpool")]
     async_pool: Option<crate::AsyncTenantPool>,
 }
@@ -70,6 +75,8 @@ impl TenancyLayer {
         TenancyLayer {
             resolver,
             not_found: None,
+            bypass: Arc::new(Vec::new()),
+            listener: None,
             #[cfg(feature = "deadpool")]
             async_pool: None,
         }
@@ -81,6 +88,48 @@ impl TenancyLayer {
     pub fn async_pool(mut self, pool: crate::AsyncTenantPool) -> Self {
         self.async_pool = Some(pool);
         self
+    }
+
+    /// Requests for exactly this path skip tenant resolution and reach the
+    /// inner service as public requests, whatever their host: for health
+    /// checks, which load balancers send to the server's IP address (an IP
+    /// host otherwise gets the tenant 404, see [`IpHosts`](crate::IpHosts)).
+    /// With [`tenant_routing`], put the route on the public router.
+    /// Repeatable; defaults to none.
+    pub fn bypass_path(mut self, path: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.bypass).push(path.into());
+        self
+    }
+
+    /// Starts the resolver's registry listener ([`Resolver::listen`]) and keeps
+    /// it running for as long as this layer or a clone of it lives, that is,
+    /// as long as the app's router does. Fails if the listener cannot connect.
+    pub fn listen(mut self) -> Result<Self, Error> {
+        self.listener = Some(Arc::new(self.resolver.listen()?));
+        Ok(self)
+    }
+
+    /// Answers hosts that serve no tenant with a JSON body,
+    /// `{"error":"not_found","host":"..."}`, for API services.
+    pub fn not_found_json(self) -> Self {
+        self.not_found_page(|host| {
+            let mut body = String::from("{\"error\":\"not_found\",\"host\":\"");
+            for c in host.chars() {
+                match c {
+                    '"' => body.push_str("\\\""),
+                    '\\' => body.push_str("\\\\"),
+                    c if c.is_control() => body.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => body.push(c),
+                }
+            }
+            body.push_str("\"}");
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                body,
+            )
+                .into_response()
+        })
     }
 
     /// The response for hosts that serve no tenant (given the normalised host).
@@ -176,7 +225,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let info = request_info(&req);
-            let resolution = match layer.resolver.resolve_cached(&info.info()) {
+            let bypassed = layer.bypass.iter().any(|p| p == req.uri().path());
+            let cached = if bypassed {
+                Some(Ok(Resolution::Public))
+            } else {
+                layer.resolver.resolve_cached(&info.info())
+            };
+            let resolution = match cached {
                 Some(r) => r,
                 None => {
                     let resolver = layer.resolver.clone();
@@ -299,6 +354,20 @@ impl TenantDb {
         &self.scope.pool
     }
 
+    /// [`run`](Self::run) with the two errors in one: the closure's error
+    /// type also takes the crate's, so a handler needs one `?`:
+    /// `db.try_run(|conn| notes.load(conn)).await?` where the handler returns
+    /// `Result<_, diesel_tenancy::Error>` (which is a response), or any error
+    /// type that converts from both [`Error`] and `diesel::result::Error`.
+    pub async fn try_run<F, T, E>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.run(f).await.map_err(E::from)?
+    }
+
     /// Runs `f` on a scoped connection, on a blocking thread. In
     /// transaction-scoped mode the work is committed when `f` returns `Ok` and
     /// rolled back when it returns `Err`.
@@ -386,5 +455,20 @@ impl std::ops::Deref for TenantConn {
 impl std::ops::DerefMut for TenantConn {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
+    }
+}
+
+/// The crate's error as a response, so handlers can return
+/// `Result<_, diesel_tenancy::Error>`: 404 for an unknown tenant or domain, 503
+/// for a suspended tenant, 400 for an invalid name, 500 (with no detail) for
+/// the rest. The error is logged with `tracing` at `error` level for 500s.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, text) = super::error_status(&self);
+        if status == 500 {
+            tracing::error!(error = %crate::migrate::error_chain(&self), "request failed");
+        }
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, text).into_response()
     }
 }

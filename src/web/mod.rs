@@ -19,6 +19,23 @@ pub(crate) fn database_task_failed<R>(e: impl std::fmt::Display) -> Result<R, cr
     })
 }
 
+/// The HTTP status and the text a response shows for the crate's error in a
+/// handler: not found for an unknown tenant or domain, 503 for a suspended
+/// tenant, 400 for an invalid name, and 500 (with no detail: the cause is for
+/// the logs, not the client) for everything else.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
+    use crate::Error;
+    match e {
+        Error::TenantNotFound { .. } | Error::TenantIdNotFound { .. } | Error::DomainNotFound { .. } => {
+            (404, "not found")
+        }
+        Error::TenantSuspended { .. } => (503, "service unavailable"),
+        Error::InvalidSchemaName(_) | Error::InvalidDomain(_) => (400, "bad request"),
+        _ => (500, "internal server error"),
+    }
+}
+
 /// The request fields the resolver reads, owned, so resolution can move to a
 /// blocking thread on a cache miss.
 #[derive(Debug, Clone, Default)]
