@@ -27,10 +27,13 @@
 //!
 //! `soak` runs `ops` checkouts over all tenants from 4 threads on a pool of 4
 //! (connections replaced after `--recycle` distinct schemas: 1,000 by default
-//! as in the pool, 0 for never),
-//! checks every read, samples each backend's memory
-//! (`pg_backend_memory_contexts`) every 100 operations per thread, and prints
-//! `RESULT scenario=soak tenants=<n> ops=<n> ops_per_s=<x> wrong_reads=<n>
+//! as in the pool, 0 for never): one in 20 borrows is a misbehaving borrower
+//! drawn from the catalog of `tests/common/misbehave.rs` (all but the ones that
+//! panic or need an async cancellation), one in 20 writes a row, the rest read
+//! and check. It samples each backend's memory (`pg_backend_memory_contexts`)
+//! every 100 operations per thread, counts the writes reported committed that a
+//! fresh pool cannot find, and prints `RESULT scenario=soak tenants=<n> ops=<n>
+//! misbehaving_borrows=<n> ops_per_s=<x> wrong_reads=<n> lost_writes=<n>
 //! leaked_connections=<n> peak_backend_mb=<x> peak_pool_size=<n>`.
 //!
 //! The checkout scenarios check a connection out and run a primary-key lookup
@@ -61,6 +64,10 @@
 //! floor_ms_per_tenant=<f> floor_total_ms=<F>`; the floor is the same DDL sent as plain SQL over one
 //! connection (for `noop`: the one query that lists tenants and their journal).
 #![allow(missing_docs)]
+
+#[path = "../tests/common/misbehave.rs"]
+#[allow(dead_code)]
+mod misbehave;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -328,7 +335,11 @@ impl Rng {
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
+        &items[self.below(items.len())]
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
     }
 }
 
@@ -948,11 +959,24 @@ mod checkout {
         use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
         const THREADS: usize = 4;
         let tenants = Arc::new(tenants(pool, set, n, jobs)?);
+        pool.public()?
+            .batch_execute(super::misbehave::setup_sql())?;
+        // Borrowers that misbehave: every catalog entry that neither panics
+        // nor needs an async borrow to be dropped.
+        let catalog: Arc<Vec<super::misbehave::Misbehaviour>> = Arc::new(
+            super::misbehave::catalog()
+                .into_iter()
+                .filter(|m| !m.panics() && !m.cancels_borrow())
+                .collect(),
+        );
         let soak_pool = TenantPool::builder(db.url())
             .max_size(THREADS as u32)
             .recycle_after_schemas((recycle > 0).then_some(recycle))
             .build()?;
         let wrong = Arc::new(AtomicUsize::new(0));
+        let misbehaved = Arc::new(AtomicUsize::new(0));
+        // Rows each thread wrote and saw committed, per tenant index.
+        let written = Arc::new(std::sync::Mutex::new(vec![0usize; tenants.len()]));
         let peak_bytes = Arc::new(AtomicU64::new(0));
         let peak_size = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -964,10 +988,38 @@ mod checkout {
                     Arc::clone(&peak_bytes),
                     Arc::clone(&peak_size),
                 );
+                let (catalog, misbehaved, written) = (
+                    Arc::clone(&catalog),
+                    Arc::clone(&misbehaved),
+                    Arc::clone(&written),
+                );
                 std::thread::spawn(move || -> Result<()> {
                     let mut rng = Rng::new(t as u64 + 1);
                     for i in 0..ops / THREADS {
-                        let tenant = rng.pick(&tenants);
+                        let index = rng.below(tenants.len());
+                        let tenant = &tenants[index];
+                        if i % 20 == 7 {
+                            // A misbehaving borrower, its errors ignored.
+                            let entry = &catalog[rng.below(catalog.len())];
+                            let other = tenants[rng.below(tenants.len())].schema().as_str();
+                            let mut conn = pool.get(tenant)?;
+                            entry.run_sync(&mut conn, tenant.schema().as_str(), other);
+                            misbehaved.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if i % 20 == 13 {
+                            // A write, counted once it is reported committed.
+                            let inserted = pool.with_tenant(tenant, |conn| {
+                                diesel::sql_query(
+                                    "INSERT INTO customers (name, email) VALUES ('soak', 'soak')",
+                                )
+                                .execute(conn)
+                            });
+                            if inserted.is_ok() {
+                                written.lock().expect("not poisoned")[index] += 1;
+                            }
+                            continue;
+                        }
                         let mut conn = pool.get(tenant)?;
                         if lookup(&mut conn)? != tenant.schema().as_str() {
                             wrong.fetch_add(1, Ordering::Relaxed);
@@ -995,16 +1047,32 @@ mod checkout {
                 .map_err(|_| anyhow::anyhow!("a soak thread panicked"))??;
         }
         let elapsed = started.elapsed();
+        // Give async-free releases a moment, then compare the writes reported
+        // committed with what a fresh pool finds.
         let state = soak_pool.r2d2().state();
         let leaked = state.connections - state.idle_connections;
+        let witness = TenantPool::builder(db.url()).max_size(1).build()?;
+        let written = written.lock().expect("not poisoned").clone();
+        let mut lost_writes = 0usize;
+        for (tenant, expected) in tenants.iter().zip(written) {
+            let found: i64 = witness.with_tenant(tenant, |conn| {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "(SELECT count(*) FROM customers WHERE name = 'soak')",
+                ))
+                .get_result(conn)
+            })?;
+            lost_writes += expected.saturating_sub(found as usize);
+        }
         println!(
-            "RESULT scenario=soak tenants={n} ops={ops} recycle_after={recycle} ops_per_s={:.0} wrong_reads={} leaked_connections={leaked} peak_backend_mb={:.1} peak_pool_size={}",
+            "RESULT scenario=soak tenants={n} ops={ops} recycle_after={recycle} misbehaving_borrows={} ops_per_s={:.0} wrong_reads={} lost_writes={lost_writes} leaked_connections={leaked} peak_backend_mb={:.1} peak_pool_size={}",
+            misbehaved.load(Ordering::Relaxed),
             ops as f64 / elapsed.as_secs_f64(),
             wrong.load(Ordering::Relaxed),
             peak_bytes.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0),
             peak_size.load(Ordering::Relaxed)
         );
         ensure!(wrong.load(Ordering::Relaxed) == 0, "wrong-tenant reads");
+        ensure!(lost_writes == 0, "writes reported committed but missing");
         ensure!(leaked == 0, "connections still checked out after the run");
         Ok(())
     }

@@ -14,11 +14,11 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager,
 };
 
+use crate::pool::MAX_STEPS;
 use crate::scope::{
     self, ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ScopeWatch, ServerState,
     SetPath, Step, TempObjects,
 };
-use crate::pool::MAX_STEPS;
 use crate::{Error, Result, SchemaName, ScopeStats, Tenant};
 
 mod private {
@@ -445,7 +445,9 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
         None => return Err(lost(scope)),
     }
     for _ in 0..MAX_STEPS {
-        let step = state(conn).ok_or_else(|| lost(scope))?.plan(cfg, scope, cfg.transaction_scoped);
+        let step = state(conn)
+            .ok_or_else(|| lost(scope))?
+            .plan(cfg, scope, cfg.transaction_scoped);
         match step {
             Step::Ready => return Ok(()),
             Step::Reset => {
@@ -493,9 +495,10 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
                 }
                 mark_own(conn);
                 let answer = set_path(conn, path.clone(), role, local).await;
-                let settled = state(conn)
-                    .ok_or_else(|| lost(scope))?
-                    .settle(cfg, scope, Some(&path), answer);
+                let settled =
+                    state(conn)
+                        .ok_or_else(|| lost(scope))?
+                        .settle(cfg, scope, Some(&path), answer);
                 if local && settled.is_err() {
                     end_own_transaction(conn).await;
                 }
@@ -556,9 +559,12 @@ async fn set_path(
 /// Rolls back a transaction Diesel knows to be open (the checkout's own, in
 /// transaction-scoped mode); marks the connection for discarding if that fails.
 async fn end_own_transaction(conn: &mut AsyncPgConnection) {
-    let ok = match AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth() {
+    let ok = match AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth()
+    {
         Ok(None) => true,
-        Ok(Some(_)) => AnsiTransactionManager::rollback_transaction(conn).await.is_ok(),
+        Ok(Some(_)) => AnsiTransactionManager::rollback_transaction(conn)
+            .await
+            .is_ok(),
         Err(_) => false,
     };
     if !ok {
@@ -579,9 +585,12 @@ async fn release(
 ) -> bool {
     use diesel_async::SimpleAsyncConnection;
     if own_transaction {
-        let depth = AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth();
+        let depth =
+            AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth();
         let rolled_back = matches!(depth, Ok(Some(d)) if d.get() == 1)
-            && AnsiTransactionManager::rollback_transaction(conn).await.is_ok();
+            && AnsiTransactionManager::rollback_transaction(conn)
+                .await
+                .is_ok();
         if !rolled_back && !matches!(depth, Ok(None)) {
             return false;
         }

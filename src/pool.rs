@@ -308,7 +308,8 @@ impl ManagedConnection {
                 }
                 Step::Set { path, role, local } => {
                     if local {
-                        if let Err(source) = AnsiTransactionManager::begin_transaction(&mut self.conn)
+                        if let Err(source) =
+                            AnsiTransactionManager::begin_transaction(&mut self.conn)
                         {
                             if let Some(state) = self.state() {
                                 state.discard = true;
@@ -350,8 +351,8 @@ impl ManagedConnection {
     /// Rolls back a transaction the checkout opened (transaction-scoped mode)
     /// before the session is reset or the checkout fails.
     fn end_own_transaction(&mut self) {
-        let depth =
-            AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn).transaction_depth();
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
+            .transaction_depth();
         let ok = match depth {
             Ok(None) => true,
             Ok(Some(_)) => AnsiTransactionManager::rollback_transaction(&mut self.conn).is_ok(),
@@ -379,11 +380,10 @@ impl ManagedConnection {
         let settings = Arc::clone(&self.settings);
         let cfg = &settings.scope;
         let panicking = std::thread::panicking();
-        let in_transaction =
-            AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
-                .transaction_depth()
-                .ok()
-                .map(|depth| depth.is_some());
+        let in_transaction = AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
+            .transaction_depth()
+            .ok()
+            .map(|depth| depth.is_some());
         let Some(watch) = scope::watch_of(self.conn.instrumentation()) else {
             self.lost = true;
             return;

@@ -102,6 +102,48 @@ fn session_user(v: &mut PgConnection) -> String {
         .v
 }
 
+#[derive(QueryableByName)]
+struct Lingering {
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+/// Backends of this database (other than `v`) that, after a borrow ended, are
+/// still running a statement, inside a transaction, or holding advisory locks:
+/// a cancelled statement still running on the server, a transaction left open
+/// on a connection that went back to the pool or was dropped without closing.
+/// Waits up to a second for them to go (a discarded connection's backend takes
+/// a moment to notice).
+fn lingering(v: &mut PgConnection) -> Vec<String> {
+    const SQL: &str = r#"
+SELECT format('backend %s %s for %s s%s%s, last statement %L', a.pid, a.state,
+              round(extract(epoch FROM now() - a.state_change)::numeric, 1),
+              CASE WHEN a.xact_start IS NOT NULL THEN ', in a transaction' ELSE '' END,
+              (SELECT ', holding advisory locks ' || string_agg(l.objid::text, ',')
+                 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'),
+              a.query) AS v
+  FROM pg_stat_activity a
+ WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+   AND a.backend_type = 'client backend'
+   AND (a.state <> 'idle' OR a.xact_start IS NOT NULL
+        OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'))
+"#;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let found: Vec<String> = diesel::sql_query(SQL)
+            .load::<Lingering>(v)
+            .map(|rows| rows.into_iter().map(|r| r.v).collect())
+            .unwrap_or_else(|e| vec![format!("reading pg_stat_activity failed: {e}")]);
+        if found.is_empty() || Instant::now() > deadline {
+            return found
+                .into_iter()
+                .map(|f| format!("after the borrow ended: {f}"))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Removes fake rows (`leak:...`) a misbehaving borrower wrote into real
 /// tables itself, so that they cannot be taken for a later entry's leak.
 fn scrub(v: &mut PgConnection, tenants: &[Tenant]) {
@@ -193,7 +235,12 @@ struct State {
 }
 
 /// Settings that are the pool's to set (the path, the role) or follow from them.
-const NOT_SETTINGS: [&str; 4] = ["search_path", "role", "session_authorization", "is_superuser"];
+const NOT_SETTINGS: [&str; 4] = [
+    "search_path",
+    "role",
+    "session_authorization",
+    "is_superuser",
+];
 
 /// The settings of a borrow, with what `RESET` would set each to.
 fn settings_map(state: &State) -> BTreeMap<String, (String, String)> {
@@ -396,9 +443,9 @@ fn check_sync(pool: &TenantPool, tenant: &Tenant, since: &str, session_mode: boo
                 Some(insert_row(conn, schema, "w").map_err(|e| format!("write failed: {e}"))?);
             if session_mode {
                 match diesel::sql_query(SAVEPOINT_PROBE).execute(conn) {
-                    Ok(_) => c
-                        .found
-                        .push("transaction: SAVEPOINT succeeded (inside a transaction block)".into()),
+                    Ok(_) => c.found.push(
+                        "transaction: SAVEPOINT succeeded (inside a transaction block)".into(),
+                    ),
                     Err(e) if e.to_string().contains(NOT_IN_BLOCK) => {}
                     Err(e) => c.found.push(format!("savepoint probe: {e}")),
                 }
@@ -459,8 +506,14 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
         settings: &fresh,
     };
     let mut baseline = clean.found;
-    baseline.extend(judge(clean.state.as_ref().unwrap(), &expect(t[2].schema().as_str())));
-    assert!(baseline.is_empty(), "a clean borrow is not clean: {baseline:?}");
+    baseline.extend(judge(
+        clean.state.as_ref().unwrap(),
+        &expect(t[2].schema().as_str()),
+    ));
+    assert!(
+        baseline.is_empty(),
+        "a clean borrow is not clean: {baseline:?}"
+    );
 
     let catalog = catalog();
     let mut failures = Vec::new();
@@ -470,8 +523,10 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
         for (label, next) in NEXT {
             let pool = sync_pool(&db, mode, check);
             misbehave_sync(&pool, m, &t[0], &t[1]);
+            let after = lingering(&mut v);
             let since = server_clock(&mut v);
             let mut c = check_sync(&pool, &t[next], &since, session_mode);
+            c.found.extend(after);
             drop(pool);
             let schema = t[next].schema().as_str();
             if let Some(state) = &c.state {
@@ -489,7 +544,11 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
             }
             if !c.found.is_empty() {
                 entry_failed = true;
-                failures.push(format!("{} [next: {label}]: {}", m.name, c.found.join("; ")));
+                failures.push(format!(
+                    "{} [next: {label}]: {}",
+                    m.name,
+                    c.found.join("; ")
+                ));
             }
         }
         if entry_failed {
@@ -563,9 +622,9 @@ fn sync_transaction_scoped_without_checkout_check() {
 mod not_sync {
     //! The async forms of the borrowers.
     use super::{
-        BACKEND_PID, CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK, SAVEPOINT_PROBE,
-        STAGING_COUNT, STAGING_DROP, STAGING_PROBE, STATE_SQL, State, customers, judge_rows,
-        next_id,
+        BACKEND_PID, CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK,
+        SAVEPOINT_PROBE, STAGING_COUNT, STAGING_DROP, STAGING_PROBE, STATE_SQL, State, customers,
+        judge_rows, next_id,
     };
     use diesel::prelude::{ExpressionMethods, QueryDsl, QueryResult};
     use diesel::sql_types::Text;
@@ -639,11 +698,7 @@ mod not_sync {
         *pid.lock().unwrap()
     }
 
-    pub(super) async fn check(
-        pool: &AsyncTenantPool,
-        tenant: &Tenant,
-        since: &str,
-    ) -> Checked {
+    pub(super) async fn check(pool: &AsyncTenantPool, tenant: &Tenant, since: &str) -> Checked {
         let schema = tenant.schema().to_string();
         let mut c = Checked::default();
         let result = pool
@@ -736,8 +791,14 @@ async fn run_catalog_async(prefix: &str, check: bool) {
         settings: &fresh,
     };
     let mut baseline = clean.found;
-    baseline.extend(judge(clean.state.as_ref().unwrap(), &expect(t[2].schema().as_str())));
-    assert!(baseline.is_empty(), "a clean borrow is not clean: {baseline:?}");
+    baseline.extend(judge(
+        clean.state.as_ref().unwrap(),
+        &expect(t[2].schema().as_str()),
+    ));
+    assert!(
+        baseline.is_empty(),
+        "a clean borrow is not clean: {baseline:?}"
+    );
 
     let catalog = catalog();
     let mut failures = Vec::new();
@@ -747,8 +808,10 @@ async fn run_catalog_async(prefix: &str, check: bool) {
         for (label, next) in NEXT {
             let pool = async_pool(&db, 1, check);
             not_sync::misbehave(&pool, *m, &t[0], &t[1]).await;
+            let after = tokio::task::block_in_place(|| lingering(&mut v.lock().unwrap()));
             let since = on_verifier(&server_clock);
             let mut c = not_sync::check(&pool, &t[next], &since).await;
+            c.found.extend(after);
             drop(pool);
             let schema = t[next].schema().as_str();
             if let Some(state) = &c.state {
@@ -756,9 +819,8 @@ async fn run_catalog_async(prefix: &str, check: bool) {
                 c.found.extend(found);
             }
             if let Some(id) = c.written {
-                let verdict = tokio::task::block_in_place(|| {
-                    committed(&mut v.lock().unwrap(), schema, id)
-                });
+                let verdict =
+                    tokio::task::block_in_place(|| committed(&mut v.lock().unwrap(), schema, id));
                 match verdict {
                     Ok(true) => {}
                     Ok(false) => c.found.push(format!(
@@ -769,7 +831,11 @@ async fn run_catalog_async(prefix: &str, check: bool) {
             }
             if !c.found.is_empty() {
                 entry_failed = true;
-                failures.push(format!("{} [next: {label}]: {}", m.name, c.found.join("; ")));
+                failures.push(format!(
+                    "{} [next: {label}]: {}",
+                    m.name,
+                    c.found.join("; ")
+                ));
             }
         }
         if entry_failed {
@@ -881,7 +947,10 @@ impl Watchdog {
                             .bind::<diesel::sql_types::Integer, _>(s.pid)
                             .execute(&mut conn);
                         stalls.lock().unwrap().push((
-                            format!("pid {} waited over 2 s in {:?}, held by {}", s.pid, s.waiting, s.held_by),
+                            format!(
+                                "pid {} waited over 2 s in {:?}, held by {}",
+                                s.pid, s.waiting, s.held_by
+                            ),
                             s.blockers,
                         ));
                     }
@@ -943,10 +1012,17 @@ impl Tally {
     }
 
     fn problem(&self, kind: &'static str, after: &'static str, what: String) {
-        *self.blamed.lock().unwrap().entry((kind, after)).or_default() += 1;
+        *self
+            .blamed
+            .lock()
+            .unwrap()
+            .entry((kind, after))
+            .or_default() += 1;
         let mut samples = self.samples.lock().unwrap();
         if samples.len() < 12 {
-            samples.push(format!("{kind} (last misbehaviour on the connection: {after}): {what}"));
+            samples.push(format!(
+                "{kind} (last misbehaviour on the connection: {after}): {what}"
+            ));
         }
     }
 
@@ -1059,8 +1135,12 @@ fn stress_sync_pool_with_random_misbehaviour() {
     let watchdog = Watchdog::start(&db);
     let handles: Vec<_> = (0..STRESS_THREADS)
         .map(|thread| {
-            let (pool, tenants, catalog, tally) =
-                (pool.clone(), tenants.clone(), catalog.clone(), tally.clone());
+            let (pool, tenants, catalog, tally) = (
+                pool.clone(),
+                tenants.clone(),
+                catalog.clone(),
+                tally.clone(),
+            );
             std::thread::spawn(move || {
                 let mut rng = Rng::new(0x4e11_0000 + thread as u64);
                 for _ in 0..STRESS_BORROWS / STRESS_THREADS {
@@ -1086,7 +1166,13 @@ fn stress_sync_pool_with_random_misbehaviour() {
                         rows = Some(common::markers(conn)?);
                         insert_row(conn, schema, "s")
                     });
-                    tally.record(i, schema, pid, rows.as_deref(), result.map_err(|e| e.to_string()));
+                    tally.record(
+                        i,
+                        schema,
+                        pid,
+                        rows.as_deref(),
+                        result.map_err(|e| e.to_string()),
+                    );
                 }
             })
         })
@@ -1110,8 +1196,12 @@ async fn stress_async_pool_with_random_misbehaviour() {
     let watchdog = tokio::task::block_in_place(|| Watchdog::start(&db));
     let tasks: Vec<_> = (0..STRESS_THREADS)
         .map(|task| {
-            let (pool, tenants, catalog, tally) =
-                (pool.clone(), tenants.clone(), catalog.clone(), tally.clone());
+            let (pool, tenants, catalog, tally) = (
+                pool.clone(),
+                tenants.clone(),
+                catalog.clone(),
+                tally.clone(),
+            );
             tokio::spawn(async move {
                 let mut rng = Rng::new(0xa511_0000 + task as u64);
                 for _ in 0..STRESS_BORROWS / STRESS_THREADS {
@@ -1134,7 +1224,13 @@ async fn stress_async_pool_with_random_misbehaviour() {
                             not_sync::insert_row(conn, &schema, "s").await
                         })
                         .await;
-                    tally.record(i, &schema, pid, rows.as_deref(), result.map_err(|e| e.to_string()));
+                    tally.record(
+                        i,
+                        &schema,
+                        pid,
+                        rows.as_deref(),
+                        result.map_err(|e| e.to_string()),
+                    );
                 }
             })
         })

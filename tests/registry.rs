@@ -308,8 +308,8 @@ fn bad_settings_and_unreachable_servers_give_errors() {
 fn a_tenant_value_is_a_snapshot_and_fresh_lookups_see_a_suspension() {
     let (_db, pool) = setup(2);
     let held = tenants_with_markers(&pool, "snap", 1).remove(0);
-    let suspended = diesel_tenancy::suspend_tenant(&mut pool.public().unwrap(), held.schema())
-        .unwrap();
+    let suspended =
+        diesel_tenancy::suspend_tenant(&mut pool.public().unwrap(), held.schema()).unwrap();
     assert_eq!(suspended.status(), TenantStatus::Suspended);
     assert!(matches!(
         pool.get(&suspended),
@@ -345,7 +345,8 @@ fn create_tenant_inside_the_callers_transaction_leaves_its_path() {
         .with_public(|conn| {
             conn.transaction(|conn| {
                 conn.batch_execute("SET LOCAL statement_timeout = '7s'")?;
-                let tenant = create_tenant(conn, &NewTenant::new(schema("billed"), "Billed"), TENANT)?;
+                let tenant =
+                    create_tenant(conn, &NewTenant::new(schema("billed"), "Billed"), TENANT)?;
                 // Unqualified: resolved on the caller's path, public.
                 diesel::sql_query(
                     "INSERT INTO tenant_plans (tenant_id, plan_id) \
@@ -375,7 +376,11 @@ fn create_tenant_inside_the_callers_transaction_leaves_its_path() {
     // A failure after create_tenant rolls back the tenant too.
     let failed: Result<(), Error> = pool.with_public(|conn| {
         conn.transaction(|conn| {
-            create_tenant(conn, &NewTenant::new(schema("unbilled"), "Unbilled"), TENANT)?;
+            create_tenant(
+                conn,
+                &NewTenant::new(schema("unbilled"), "Unbilled"),
+                TENANT,
+            )?;
             diesel::sql_query("INSERT INTO tenant_plans (tenant_id, plan_id) VALUES (-1, -1)")
                 .execute(conn)?;
             Ok(())

@@ -36,7 +36,9 @@ fn everything_is_committed(url: &str, witness: &TenantPool, prefix: &str) {
     // The README's way to run the shared set by hand.
     pool.with_public(|conn| run_shared_migrations(conn, SHARED))
         .unwrap();
-    let bulk: Vec<NewTenant> = (0..3).map(|i| new_tenant(&format!("{prefix}b{i}"))).collect();
+    let bulk: Vec<NewTenant> = (0..3)
+        .map(|i| new_tenant(&format!("{prefix}b{i}")))
+        .collect();
     for created in create_tenants(&pool, &bulk, &TENANT, 2) {
         created.unwrap();
     }
@@ -76,7 +78,9 @@ fn everything_is_committed(url: &str, witness: &TenantPool, prefix: &str) {
     // What the session-mode witness sees.
     let tenants = count(
         witness,
-        &format!("SELECT count(*) AS n FROM public.tenancy_tenants WHERE schema_name LIKE '{prefix}%'"),
+        &format!(
+            "SELECT count(*) AS n FROM public.tenancy_tenants WHERE schema_name LIKE '{prefix}%'"
+        ),
     );
     assert_eq!(tenants, 4, "every created tenant is registered");
     for i in 0..3 {
@@ -102,7 +106,10 @@ fn transaction_scoped_mode_commits_what_every_helper_reports() {
 fn transaction_scoped_mode_commits_behind_pgbouncer() {
     if PgBouncer::binary().is_none() {
         let required = std::env::var("DIESEL_TENANCY_REQUIRE_PGBOUNCER").is_ok_and(|v| v == "1");
-        assert!(!required, "pgbouncer is required: apt-get install pgbouncer");
+        assert!(
+            !required,
+            "pgbouncer is required: apt-get install pgbouncer"
+        );
         eprintln!("SKIPPED: install pgbouncer (apt-get install pgbouncer) to run this test");
         return;
     }

@@ -7,13 +7,13 @@
 //! `i-implement-a-third-party-backend-and-opt-into-breaking-changes` feature,
 //! which is why the crate pins Diesel to one minor version.
 
+use diesel::connection::DefaultLoadingMode;
 use diesel::connection::{
     AnsiTransactionManager, CacheSize, Connection, ConnectionSealed, Instrumentation,
     LoadConnection, SimpleConnection, TransactionManager,
 };
 use diesel::expression::QueryMetadata;
 use diesel::migration::MigrationConnection;
-use diesel::connection::DefaultLoadingMode;
 use diesel::pg::{Pg, PgConnection, PgRowByRowLoadingMode};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::query_dsl::UpdateAndFetchResults;

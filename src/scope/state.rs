@@ -190,7 +190,9 @@ impl ConnState {
     /// Whether the session is known to hold `scope`'s path (the same-tenant
     /// fast path).
     pub(crate) fn holds(&self, scope: &ScopeKey) -> bool {
-        self.current.as_ref().is_some_and(|(known, _)| known == scope)
+        self.current
+            .as_ref()
+            .is_some_and(|(known, _)| known == scope)
     }
 
     /// The next step of a checkout for `scope`.
@@ -435,8 +437,13 @@ mod tests {
         let Step::Set { path, .. } = c.plan(cfg, scope, false) else {
             panic!("expected a set")
         };
-        c.settle(cfg, scope, Some(&path), Ok(state(&path, scope.head(), "app", false)))
-            .unwrap();
+        c.settle(
+            cfg,
+            scope,
+            Some(&path),
+            Ok(state(&path, scope.head(), "app", false)),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -480,8 +487,13 @@ mod tests {
         let Step::Set { path, .. } = c.plan(&cfg, &acme(), false) else {
             panic!()
         };
-        c.settle(&cfg, &acme(), Some(&path), Ok(state(&path, "acme", "app", true)))
-            .unwrap();
+        c.settle(
+            &cfg,
+            &acme(),
+            Some(&path),
+            Ok(state(&path, "acme", "app", true)),
+        )
+        .unwrap();
         assert_eq!(c.plan(&cfg, &acme(), false), Step::ProbeTemp);
         c.settle_probe(&acme(), Ok(true)).unwrap();
         assert_eq!(c.plan(&cfg, &acme(), false), Step::Reset);
@@ -511,7 +523,12 @@ mod tests {
             panic!()
         };
         let err = c
-            .settle(&cfg, &acme(), Some(&path), Ok(state(&path, "public", "app", false)))
+            .settle(
+                &cfg,
+                &acme(),
+                Some(&path),
+                Ok(state(&path, "public", "app", false)),
+            )
             .unwrap_err();
         assert!(matches!(err, Error::SchemaMissing { .. }));
         assert!(!c.holds(&acme()));

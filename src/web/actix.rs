@@ -277,11 +277,13 @@ impl TenantDb {
         E: Send + 'static,
     {
         let scope = self.scope.clone();
-        actix_web::web::block(move || scope
-            .pool
-            .run_scoped(scope.tenant.as_ref(), f, Result::is_ok))
-            .await
-            .unwrap_or_else(super::database_task_failed)
+        actix_web::web::block(move || {
+            scope
+                .pool
+                .run_scoped(scope.tenant.as_ref(), f, Result::is_ok)
+        })
+        .await
+        .unwrap_or_else(super::database_task_failed)
     }
 }
 

@@ -125,7 +125,10 @@ impl TenancyLayer {
             body.push_str("\"}");
             (
                 StatusCode::NOT_FOUND,
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
                 body,
             )
                 .into_response()
@@ -378,11 +381,13 @@ impl TenantDb {
         E: Send + 'static,
     {
         let scope = self.scope.clone();
-        tokio::task::spawn_blocking(move || scope
-            .pool
-            .run_scoped(scope.tenant.as_ref(), f, Result::is_ok))
-            .await
-            .unwrap_or_else(super::database_task_failed)
+        tokio::task::spawn_blocking(move || {
+            scope
+                .pool
+                .run_scoped(scope.tenant.as_ref(), f, Result::is_ok)
+        })
+        .await
+        .unwrap_or_else(super::database_task_failed)
     }
 }
 

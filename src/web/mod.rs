@@ -27,9 +27,9 @@ pub(crate) fn database_task_failed<R>(e: impl std::fmt::Display) -> Result<R, cr
 pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
     use crate::Error;
     match e {
-        Error::TenantNotFound { .. } | Error::TenantIdNotFound { .. } | Error::DomainNotFound { .. } => {
-            (404, "not found")
-        }
+        Error::TenantNotFound { .. }
+        | Error::TenantIdNotFound { .. }
+        | Error::DomainNotFound { .. } => (404, "not found"),
         Error::TenantSuspended { .. } => (503, "service unavailable"),
         Error::InvalidSchemaName(_) | Error::InvalidDomain(_) => (400, "bad request"),
         _ => (500, "internal server error"),

@@ -33,7 +33,12 @@
 //!
 //! This file depends on diesel, diesel-async and std only, so that tests and
 //! examples can include it with `#[path = ".../misbehave.rs"] mod misbehave;`.
-#![allow(dead_code, missing_docs, unreachable_pub, missing_debug_implementations)]
+#![allow(
+    dead_code,
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations
+)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -195,9 +200,8 @@ impl Misbehaviour {
                 }
                 Step::InDieselTransaction(sql) => {
                     let sql = expand(sql, own, other);
-                    let _ = conn.transaction::<_, diesel::result::Error, _>(|c| {
-                        c.batch_execute(&sql)
-                    });
+                    let _ =
+                        conn.transaction::<_, diesel::result::Error, _>(|c| c.batch_execute(&sql));
                 }
                 Step::DieselBegin => {
                     let _ = Tm::begin_transaction(conn);
@@ -410,12 +414,22 @@ pub fn catalog() -> Vec<Misbehaviour> {
     }
     vec![
         // ---- the search path ------------------------------------------------
-        m!("search_path/set/batch", [SearchPath], [Batch("SET search_path TO {other}, public")]),
-        m!("search_path/set/sql_query", [SearchPath], [Query("SET search_path TO {other}, public")]),
+        m!(
+            "search_path/set/batch",
+            [SearchPath],
+            [Batch("SET search_path TO {other}, public")]
+        ),
+        m!(
+            "search_path/set/sql_query",
+            [SearchPath],
+            [Query("SET search_path TO {other}, public")]
+        ),
         m!(
             "search_path/set/block-comment",
             [SearchPath],
-            [Batch("/* app=billing */ SET search_path TO {other}, public")]
+            [Batch(
+                "/* app=billing */ SET search_path TO {other}, public"
+            )]
         ),
         m!(
             "search_path/set/line-comment/sql_query",
@@ -425,9 +439,15 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "search_path/set/multi-statement",
             [SearchPath],
-            [Batch("SELECT 1; SET search_path TO {other}, public; SELECT 2")]
+            [Batch(
+                "SELECT 1; SET search_path TO {other}, public; SELECT 2"
+            )]
         ),
-        m!("search_path/set-schema", [SearchPath], [Batch("SET SCHEMA '{other_lit}'")]),
+        m!(
+            "search_path/set-schema",
+            [SearchPath],
+            [Batch("SET SCHEMA '{other_lit}'")]
+        ),
         m!(
             "search_path/set-session-quoted-name",
             [SearchPath],
@@ -436,32 +456,44 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "search_path/set_config",
             [SearchPath],
-            [Query("SELECT set_config('search_path', '{other_lit}, public', false)")]
+            [Query(
+                "SELECT set_config('search_path', '{other_lit}, public', false)"
+            )]
         ),
         m!(
             "search_path/set_config/unicode-escaped-name",
             [SearchPath],
-            [Query(r#"SELECT U&"set\005fconfig"('search_path', '{other_lit}, public', false)"#)]
+            [Query(
+                r#"SELECT U&"set\005fconfig"('search_path', '{other_lit}, public', false)"#
+            )]
         ),
         m!(
             "search_path/set_config/computed-setting-name",
             [SearchPath],
-            [Query("SELECT pg_catalog.set_config('search' || '_path', '{other_lit}', false)")]
+            [Query(
+                "SELECT pg_catalog.set_config('search' || '_path', '{other_lit}', false)"
+            )]
         ),
         m!(
             "search_path/update-pg_settings",
             [SearchPath],
-            [Query("UPDATE pg_settings SET setting = '{other_lit}, public' WHERE name = 'search_path'")]
+            [Query(
+                "UPDATE pg_settings SET setting = '{other_lit}, public' WHERE name = 'search_path'"
+            )]
         ),
         m!(
             "search_path/do-block",
             [SearchPath],
-            [Batch("DO $$ BEGIN PERFORM set_config('search_path', '{other_lit}, public', false); END $$")]
+            [Batch(
+                "DO $$ BEGIN PERFORM set_config('search_path', '{other_lit}, public', false); END $$"
+            )]
         ),
         m!(
             "search_path/function",
             [SearchPath],
-            [Query("SELECT public.misbehave_setpath('{other_lit}, public')")]
+            [Query(
+                "SELECT public.misbehave_setpath('{other_lit}, public')"
+            )]
         ),
         m!(
             "search_path/in-committed-raw-transaction",
@@ -473,15 +505,30 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [SearchPath],
             [InDieselTransaction("SET search_path TO {other}, public")]
         ),
-        m!("search_path/reset-all", [SearchPath, Settings], [Batch("RESET ALL")]),
-        m!("search_path/discard-all", [SearchPath, Settings], [Query("DISCARD ALL")]),
+        m!(
+            "search_path/reset-all",
+            [SearchPath, Settings],
+            [Batch("RESET ALL")]
+        ),
+        m!(
+            "search_path/discard-all",
+            [SearchPath, Settings],
+            [Query("DISCARD ALL")]
+        ),
         m!(
             "search_path/error-after-set",
             [SearchPath],
-            [Batch("SET search_path TO {other}, public"), Batch("SELECT * FROM no_such_table")]
+            [
+                Batch("SET search_path TO {other}, public"),
+                Batch("SELECT * FROM no_such_table")
+            ]
         ),
         // ---- role and session authorization --------------------------------
-        m!("role/set-role/batch", [Role], [Batch("SET ROLE misbehave_r")]),
+        m!(
+            "role/set-role/batch",
+            [Role],
+            [Batch("SET ROLE misbehave_r")]
+        ),
         m!(
             "role/set-role/block-comment/sql_query",
             [Role],
@@ -492,7 +539,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [Role],
             [Batch("SELECT 1; SET ROLE misbehave_r; SELECT 2")]
         ),
-        m!("role/set_config", [Role], [Query("SELECT set_config('role', 'misbehave_r', false)")]),
+        m!(
+            "role/set_config",
+            [Role],
+            [Query("SELECT set_config('role', 'misbehave_r', false)")]
+        ),
         m!(
             "role/session-authorization/batch",
             [Role],
@@ -508,7 +559,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [Role],
             [Batch("DO $$ BEGIN EXECUTE 'SET ROLE misbehave_r'; END $$")]
         ),
-        m!("role/function", [Role], [Query("SELECT public.misbehave_setrole()")]),
+        m!(
+            "role/function",
+            [Role],
+            [Query("SELECT public.misbehave_setrole()")]
+        ),
         m!(
             "role/in-committed-transaction",
             [Role],
@@ -516,9 +571,21 @@ pub fn catalog() -> Vec<Misbehaviour> {
         ),
         // ---- transactions ---------------------------------------------------
         m!("transaction/begin/batch", [Transaction], [Batch("BEGIN")]),
-        m!("transaction/begin/sql_query", [Transaction], [Query("BEGIN")]),
-        m!("transaction/begin/block-comment", [Transaction], [Batch("/* app=billing */ BEGIN")]),
-        m!("transaction/begin/line-comment/sql_query", [Transaction], [Query("-- note\nBEGIN")]),
+        m!(
+            "transaction/begin/sql_query",
+            [Transaction],
+            [Query("BEGIN")]
+        ),
+        m!(
+            "transaction/begin/block-comment",
+            [Transaction],
+            [Batch("/* app=billing */ BEGIN")]
+        ),
+        m!(
+            "transaction/begin/line-comment/sql_query",
+            [Transaction],
+            [Query("-- note\nBEGIN")]
+        ),
         m!(
             "transaction/begin-with-write/multi-statement",
             [Transaction],
@@ -550,7 +617,9 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "transaction/failed/do-block",
             [Transaction],
-            [Batch("BEGIN; DO $$ BEGIN RAISE EXCEPTION 'misbehave'; END $$")]
+            [Batch(
+                "BEGIN; DO $$ BEGIN RAISE EXCEPTION 'misbehave'; END $$"
+            )]
         ),
         m!(
             "transaction/commit-and-chain",
@@ -570,9 +639,15 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "transaction/lock-table-left-open",
             [Transaction],
-            [Batch("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")]
+            [Batch(
+                "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"
+            )]
         ),
-        m!("transaction/raw-commit-then-begin", [Transaction], [Batch("COMMIT; BEGIN")]),
+        m!(
+            "transaction/raw-commit-then-begin",
+            [Transaction],
+            [Batch("COMMIT; BEGIN")]
+        ),
         m!(
             "transaction/commit-then-changes-then-begin",
             [Transaction, SearchPath, Settings, TempObjects],
@@ -594,7 +669,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
                 Query("SET statement_timeout = '4242s'"),
             ]
         ),
-        m!("transaction/diesel-begin_test_transaction", [Transaction], [BeginTestTransaction]),
+        m!(
+            "transaction/diesel-begin_test_transaction",
+            [Transaction],
+            [BeginTestTransaction]
+        ),
         m!(
             "transaction/diesel-begin-left-open",
             [Transaction],
@@ -638,7 +717,9 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "temp/select-into-temp/sql_query",
             [TempObjects],
-            [Query("SELECT name, email INTO TEMP TABLE leaked_rows FROM customers")]
+            [Query(
+                "SELECT name, email INTO TEMP TABLE leaked_rows FROM customers"
+            )]
         ),
         m!(
             "temp/shadow-view/line-comment/sql_query",
@@ -651,7 +732,9 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "temp/view",
             [TempObjects],
-            [Batch("CREATE TEMP VIEW customer_names AS SELECT name FROM customers")]
+            [Batch(
+                "CREATE TEMP VIEW customer_names AS SELECT name FROM customers"
+            )]
         ),
         m!(
             "temp/sequence-function-type/multi-statement",
@@ -665,22 +748,30 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "temp/do-block",
             [TempObjects],
-            [Batch("DO $$ BEGIN CREATE TEMP TABLE do_tmp AS SELECT * FROM customers; END $$")]
+            [Batch(
+                "DO $$ BEGIN CREATE TEMP TABLE do_tmp AS SELECT * FROM customers; END $$"
+            )]
         ),
         m!(
             "temp/function-shadow-customers",
             [TempObjects],
-            [Query("SELECT public.misbehave_temp_customers('leak:{own_lit}')")]
+            [Query(
+                "SELECT public.misbehave_temp_customers('leak:{own_lit}')"
+            )]
         ),
         m!(
             "temp/in-committed-raw-transaction",
             [TempObjects],
-            [Batch("BEGIN; CREATE TEMP TABLE tx_tmp AS SELECT * FROM customers; COMMIT")]
+            [Batch(
+                "BEGIN; CREATE TEMP TABLE tx_tmp AS SELECT * FROM customers; COMMIT"
+            )]
         ),
         m!(
             "temp/in-committed-diesel-transaction",
             [TempObjects],
-            [InDieselTransaction("CREATE TEMP TABLE dtx_tmp AS SELECT * FROM customers")]
+            [InDieselTransaction(
+                "CREATE TEMP TABLE dtx_tmp AS SELECT * FROM customers"
+            )]
         ),
         m!(
             "temp/shadow-with-pg_temp-first-on-path",
@@ -692,7 +783,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
             )]
         ),
         // ---- session settings -----------------------------------------------
-        m!("settings/statement_timeout", [Settings], [Batch("SET statement_timeout = '4242s'")]),
+        m!(
+            "settings/statement_timeout",
+            [Settings],
+            [Batch("SET statement_timeout = '4242s'")]
+        ),
         m!(
             "settings/application_name/block-comment",
             [Settings],
@@ -703,7 +798,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [Settings],
             [Query("-- note\nSET TimeZone = 'Pacific/Chatham'")]
         ),
-        m!("settings/custom", [Settings], [Batch("SET app.tenant = '{own_lit}'")]),
+        m!(
+            "settings/custom",
+            [Settings],
+            [Batch("SET app.tenant = '{own_lit}'")]
+        ),
         m!(
             "settings/custom/set_config",
             [Settings],
@@ -712,22 +811,30 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "settings/custom/set_config-unicode-escaped-name",
             [Settings],
-            [Query(r#"SELECT U&"set\005fconfig"('app.tenant', '{own_lit}', false)"#)]
+            [Query(
+                r#"SELECT U&"set\005fconfig"('app.tenant', '{own_lit}', false)"#
+            )]
         ),
         m!(
             "settings/multi-statement",
             [Settings],
-            [Batch("SELECT 1; SET work_mem = '42MB'; SET lock_timeout = '4242s'; SELECT 2")]
+            [Batch(
+                "SELECT 1; SET work_mem = '42MB'; SET lock_timeout = '4242s'; SELECT 2"
+            )]
         ),
         m!(
             "settings/session-characteristics-read-only/sql_query",
             [Settings],
-            [Query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")]
+            [Query(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+            )]
         ),
         m!(
             "settings/update-pg_settings",
             [Settings],
-            [Query("UPDATE pg_settings SET setting = '4242s' WHERE name = 'statement_timeout'")]
+            [Query(
+                "UPDATE pg_settings SET setting = '4242s' WHERE name = 'statement_timeout'"
+            )]
         ),
         m!(
             "settings/do-block",
@@ -758,7 +865,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [Batch("SET session_replication_role = replica")]
         ),
         // ---- advisory locks -------------------------------------------------
-        m!("advisory/lock/sql_query", [AdvisoryLock], [Query("SELECT pg_advisory_lock(4242)")]),
+        m!(
+            "advisory/lock/sql_query",
+            [AdvisoryLock],
+            [Query("SELECT pg_advisory_lock(4242)")]
+        ),
         m!(
             "advisory/lock/block-comment",
             [AdvisoryLock],
@@ -780,14 +891,20 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "advisory/lock-twice",
             [AdvisoryLock],
-            [Batch("SELECT pg_advisory_lock(4242); SELECT pg_advisory_lock(4242)")]
+            [Batch(
+                "SELECT pg_advisory_lock(4242); SELECT pg_advisory_lock(4242)"
+            )]
         ),
         m!(
             "advisory/do-block",
             [AdvisoryLock],
             [Batch("DO $$ BEGIN PERFORM pg_advisory_lock(4245); END $$")]
         ),
-        m!("advisory/function", [AdvisoryLock], [Query("SELECT public.misbehave_lock()")]),
+        m!(
+            "advisory/function",
+            [AdvisoryLock],
+            [Query("SELECT public.misbehave_lock()")]
+        ),
         m!(
             "advisory/in-committed-transaction",
             [AdvisoryLock],
@@ -797,26 +914,34 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "cursor/with-hold/batch",
             [HoldCursor],
-            [Batch("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers; COMMIT")]
+            [Batch(
+                "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers; COMMIT"
+            )]
         ),
         m!(
             "cursor/with-hold/comments/sql_query-steps",
             [HoldCursor],
             [
                 Query("BEGIN"),
-                Query("/* app=billing */ DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers"),
+                Query(
+                    "/* app=billing */ DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers"
+                ),
                 Query("-- note\nCOMMIT"),
             ]
         ),
         m!(
             "cursor/with-hold/in-diesel-transaction",
             [HoldCursor],
-            [InDieselTransaction("DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers")]
+            [InDieselTransaction(
+                "DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers"
+            )]
         ),
         m!(
             "cursor/with-hold/outside-transaction/sql_query",
             [HoldCursor],
-            [Query("DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers")]
+            [Query(
+                "DECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers"
+            )]
         ),
         m!(
             "cursor/binary-scroll-with-hold/multi-statement",
@@ -828,12 +953,16 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "cursor/with-hold/line-comment/sql_query",
             [HoldCursor],
-            [Query("-- note\nDECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers")]
+            [Query(
+                "-- note\nDECLARE c CURSOR WITH HOLD FOR SELECT name FROM customers"
+            )]
         ),
         m!(
             "cursor/with-hold/do-block",
             [HoldCursor],
-            [Batch("DO $$ BEGIN EXECUTE 'DECLARE c3 CURSOR WITH HOLD FOR SELECT 1'; END $$")]
+            [Batch(
+                "DO $$ BEGIN EXECUTE 'DECLARE c3 CURSOR WITH HOLD FOR SELECT 1'; END $$"
+            )]
         ),
         // ---- SQL-level prepared statements -----------------------------------
         m!(
@@ -844,24 +973,36 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "prepare/block-comment/sql_query",
             [PreparedStatement],
-            [Query("/* app=billing */ PREPARE p AS SELECT name FROM customers")]
+            [Query(
+                "/* app=billing */ PREPARE p AS SELECT name FROM customers"
+            )]
         ),
         m!(
             "prepare/line-comment/sql_query",
             [PreparedStatement],
-            [Query("-- note\nPREPARE p2 (int) AS SELECT name FROM customers LIMIT 1")]
+            [Query(
+                "-- note\nPREPARE p2 (int) AS SELECT name FROM customers LIMIT 1"
+            )]
         ),
         m!(
             "prepare/multi-statement",
             [PreparedStatement],
-            [Batch("SELECT 1; PREPARE p3 AS SELECT 1; PREPARE p4 AS SELECT 2")]
+            [Batch(
+                "SELECT 1; PREPARE p3 AS SELECT 1; PREPARE p4 AS SELECT 2"
+            )]
         ),
         m!(
             "prepare/do-block",
             [PreparedStatement],
-            [Batch("DO $$ BEGIN EXECUTE 'PREPARE p5 AS SELECT 1'; END $$")]
+            [Batch(
+                "DO $$ BEGIN EXECUTE 'PREPARE p5 AS SELECT 1'; END $$"
+            )]
         ),
-        m!("prepare/function", [PreparedStatement], [Query("SELECT public.misbehave_prepare()")]),
+        m!(
+            "prepare/function",
+            [PreparedStatement],
+            [Query("SELECT public.misbehave_prepare()")]
+        ),
         m!(
             "prepare/in-committed-transaction",
             [PreparedStatement],
@@ -869,15 +1010,31 @@ pub fn catalog() -> Vec<Misbehaviour> {
         ),
         // ---- LISTEN ---------------------------------------------------------
         m!("listen/batch", [Listen], [Batch("LISTEN chan")]),
-        m!("listen/block-comment/sql_query", [Listen], [Query("/* app=billing */ LISTEN chan")]),
+        m!(
+            "listen/block-comment/sql_query",
+            [Listen],
+            [Query("/* app=billing */ LISTEN chan")]
+        ),
         m!(
             "listen/line-comment-quoted/sql_query",
             [Listen],
             [Query("-- note\nLISTEN \"Chan\"")]
         ),
-        m!("listen/multi-statement", [Listen], [Batch("SELECT 1; LISTEN chan_a; LISTEN chan_b")]),
-        m!("listen/do-block", [Listen], [Batch("DO $$ BEGIN EXECUTE 'LISTEN do_chan'; END $$")]),
-        m!("listen/function", [Listen], [Query("SELECT public.misbehave_listen()")]),
+        m!(
+            "listen/multi-statement",
+            [Listen],
+            [Batch("SELECT 1; LISTEN chan_a; LISTEN chan_b")]
+        ),
+        m!(
+            "listen/do-block",
+            [Listen],
+            [Batch("DO $$ BEGIN EXECUTE 'LISTEN do_chan'; END $$")]
+        ),
+        m!(
+            "listen/function",
+            [Listen],
+            [Query("SELECT public.misbehave_listen()")]
+        ),
         m!(
             "listen/in-committed-transaction",
             [Listen],
@@ -892,7 +1049,9 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "sequence/nextval/block-comment",
             [Sequence],
-            [Batch("/* app=billing */ SELECT nextval('customers_id_seq')")]
+            [Batch(
+                "/* app=billing */ SELECT nextval('customers_id_seq')"
+            )]
         ),
         m!(
             "sequence/serial-insert/line-comment/sql_query",
@@ -905,18 +1064,33 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "sequence/multi-statement",
             [Sequence],
-            [Batch("SELECT 1; SELECT nextval('customers_id_seq'); SELECT currval('customers_id_seq')")]
+            [Batch(
+                "SELECT 1; SELECT nextval('customers_id_seq'); SELECT currval('customers_id_seq')"
+            )]
         ),
         m!(
             "sequence/do-block",
             [Sequence],
-            [Batch("DO $$ BEGIN PERFORM nextval('customers_id_seq'); END $$")]
+            [Batch(
+                "DO $$ BEGIN PERFORM nextval('customers_id_seq'); END $$"
+            )]
         ),
-        m!("sequence/function", [Sequence], [Query("SELECT public.misbehave_nextval()")]),
+        m!(
+            "sequence/function",
+            [Sequence],
+            [Query("SELECT public.misbehave_nextval()")]
+        ),
         // ---- combined -------------------------------------------------------
         m!(
             "combined/issue/batch",
-            [AdvisoryLock, Settings, HoldCursor, PreparedStatement, Listen, Role],
+            [
+                AdvisoryLock,
+                Settings,
+                HoldCursor,
+                PreparedStatement,
+                Listen,
+                Role
+            ],
             [Batch(
                 "SELECT pg_advisory_lock(4242); SET statement_timeout = '4242s'; \
                  SET application_name = 'tenant-a'; BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; \
@@ -925,7 +1099,14 @@ pub fn catalog() -> Vec<Misbehaviour> {
         ),
         m!(
             "combined/issue/sql_query-steps",
-            [AdvisoryLock, Settings, HoldCursor, PreparedStatement, Listen, Role],
+            [
+                AdvisoryLock,
+                Settings,
+                HoldCursor,
+                PreparedStatement,
+                Listen,
+                Role
+            ],
             [
                 Query("SELECT pg_advisory_lock(4242)"),
                 Query("SET statement_timeout = '4242s'"),
@@ -940,7 +1121,15 @@ pub fn catalog() -> Vec<Misbehaviour> {
         ),
         m!(
             "combined/everything-then-open-transaction",
-            [SearchPath, TempObjects, Sequence, AdvisoryLock, Settings, Listen, Transaction],
+            [
+                SearchPath,
+                TempObjects,
+                Sequence,
+                AdvisoryLock,
+                Settings,
+                Listen,
+                Transaction
+            ],
             [
                 Batch(
                     "SELECT nextval('customers_id_seq'); \
@@ -948,13 +1137,23 @@ pub fn catalog() -> Vec<Misbehaviour> {
                      SELECT pg_advisory_lock(4242); SET app.tenant = '{own_lit}'; LISTEN chan; \
                      SET search_path TO {other}, public"
                 ),
-                Batch("BEGIN; INSERT INTO pg_temp.customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"),
+                Batch(
+                    "BEGIN; INSERT INTO pg_temp.customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"
+                ),
             ]
         ),
         // ---- panics and cancellation ----------------------------------------
         m!(
             "panic/after-misbehaving",
-            [Panics, SearchPath, Settings, TempObjects, AdvisoryLock, Listen, Transaction],
+            [
+                Panics,
+                SearchPath,
+                Settings,
+                TempObjects,
+                AdvisoryLock,
+                Listen,
+                Transaction
+            ],
             [
                 Batch(
                     "SET search_path TO {other}, public; SET statement_timeout = '4242s'; \
@@ -968,7 +1167,11 @@ pub fn catalog() -> Vec<Misbehaviour> {
         m!(
             "panic/inside-diesel-transaction",
             [Panics, SearchPath, Transaction],
-            [DieselBegin, Batch("SET LOCAL search_path TO {other}, public"), Panic]
+            [
+                DieselBegin,
+                Batch("SET LOCAL search_path TO {other}, public"),
+                Panic
+            ]
         ),
         m!(
             "cancel/statement",
@@ -980,7 +1183,14 @@ pub fn catalog() -> Vec<Misbehaviour> {
         ),
         m!(
             "cancel/after-misbehaving",
-            [Cancellation, SearchPath, Settings, TempObjects, Listen, Sequence],
+            [
+                Cancellation,
+                SearchPath,
+                Settings,
+                TempObjects,
+                Listen,
+                Sequence
+            ],
             [
                 Batch(
                     "SET search_path TO {other}, public; SET application_name = 'cancelled'; \
@@ -1000,7 +1210,14 @@ pub fn catalog() -> Vec<Misbehaviour> {
         ),
         m!(
             "cancel/borrow",
-            [Cancellation, SearchPath, Settings, Listen, Transaction, TempObjects],
+            [
+                Cancellation,
+                SearchPath,
+                Settings,
+                Listen,
+                Transaction,
+                TempObjects
+            ],
             [
                 Batch(
                     "SET search_path TO {other}, public; SET statement_timeout = '4242s'; \
