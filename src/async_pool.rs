@@ -410,7 +410,18 @@ impl AsyncTenantPool {
                 .settings
                 .max_lifetime
                 .is_some_and(|max| Object::metrics(&conn).age() > max);
-            if too_old || state(&mut conn).is_none_or(|s| s.discard) {
+            // A checkout cancelled mid-statement returns its connection to
+            // the pool without a guard: a query may be in flight, or the
+            // checkout's own transaction open.
+            let unsettled = !matches!(
+                AnsiTransactionManager::transaction_manager_status_mut(&mut *conn)
+                    .transaction_depth(),
+                Ok(None)
+            );
+            if too_old
+                || unsettled
+                || state(&mut conn).is_none_or(|s| s.discard || s.in_flight > 0)
+            {
                 drop(Object::take(conn));
                 continue;
             }
@@ -455,6 +466,7 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
                 mark_own(conn);
                 let sql = scope::reset_sql(cfg.session_setup.as_deref());
                 let ok = conn.batch_execute(&sql).await.is_ok();
+                drain_notifications(conn);
                 state(conn)
                     .ok_or_else(|| lost(scope))?
                     .settle_reset(cfg, ok);
@@ -556,6 +568,14 @@ async fn set_path(
     }
 }
 
+/// Drops the notifications already received (before the reset's `UNLISTEN`),
+/// without waiting for more: the next borrower must not receive them.
+fn drain_notifications(conn: &mut AsyncPgConnection) {
+    use futures_util::{FutureExt, StreamExt};
+    let mut stream = std::pin::pin!(conn.notifications_stream());
+    while let Some(Some(_)) = stream.next().now_or_never() {}
+}
+
 /// Rolls back a transaction Diesel knows to be open (the checkout's own, in
 /// transaction-scoped mode); marks the connection for discarding if that fails.
 async fn end_own_transaction(conn: &mut AsyncPgConnection) {
@@ -606,6 +626,7 @@ async fn release(
             mark_own(conn);
             let sql = scope::reset_sql(cfg.session_setup.as_deref());
             let ok = conn.batch_execute(&sql).await.is_ok();
+            drain_notifications(conn);
             match state(conn) {
                 Some(s) => {
                     s.settle_reset(cfg, ok);

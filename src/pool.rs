@@ -369,7 +369,11 @@ impl ManagedConnection {
     fn run_reset(&mut self) -> bool {
         let sql = scope::reset_sql(self.settings.scope.session_setup.as_deref());
         self.mark_own();
-        self.conn.batch_execute(&sql).is_ok()
+        let ok = self.conn.batch_execute(&sql).is_ok();
+        // Notifications that arrived before UNLISTEN wait in the client's
+        // queue; the next borrower must not receive them.
+        let _ = self.conn.notifications_iter().count();
+        ok
     }
 
     /// Restores the pool's invariant when a scoped borrow ends: the session is

@@ -6,8 +6,21 @@
 //! catalog in `common/misbehave.rs`, on the same physical connection (pools of
 //! one), by a borrower of another tenant and by one of the same tenant.
 //!
+//! Each entry runs on a fresh pool of one connection: a borrower of tenant 0
+//! misbehaves (pointing at tenant 1), then a borrower of tenant 2 (and, on
+//! another fresh pool, of tenant 0 again) looks at the session in one statement
+//! (path, users, transaction, temporary objects, advisory locks, cursors,
+//! prepared statements, channels, `lastval()`, every setting against a fresh
+//! borrow's), at unread notifications, at its own rows, at a `staging` temp
+//! table, writes a row and (session mode) tries a `SAVEPOINT`. A connection of
+//! its own then checks that the row is committed and that no backend of the
+//! database is still busy, in a transaction or holding advisory locks after
+//! the misbehaving borrow ended.
+//!
 //! Each pool and mode is one test that runs the whole catalog and reports every
-//! failure at once (entry, which borrower looked, what it found).
+//! failure at once (entry, which borrower looked, what it found). Lines starting
+//! with `HYGIENE` give the verdict per entry; the stress tests print `STRESS`
+//! lines, with the lock waits they had to break and who held the lock.
 #![allow(missing_docs)]
 
 mod common;
@@ -115,6 +128,19 @@ struct Lingering {
 /// Waits up to a second for them to go (a discarded connection's backend takes
 /// a moment to notice).
 fn lingering(v: &mut PgConnection) -> Vec<String> {
+    lingering_for(v, Duration::from_secs(1))
+        .into_iter()
+        .map(|f| format!("after the borrow ended: {f}"))
+        .collect()
+}
+
+/// Waits (up to ten seconds) until no backend lingers from an earlier entry, so
+/// that each entry is judged on its own.
+fn settle(v: &mut PgConnection) {
+    lingering_for(v, Duration::from_secs(10));
+}
+
+fn lingering_for(v: &mut PgConnection, wait: Duration) -> Vec<String> {
     const SQL: &str = r#"
 SELECT format('backend %s %s for %s s%s%s, last statement %L', a.pid, a.state,
               round(extract(epoch FROM now() - a.state_change)::numeric, 1),
@@ -128,17 +154,14 @@ SELECT format('backend %s %s for %s s%s%s, last statement %L', a.pid, a.state,
    AND (a.state <> 'idle' OR a.xact_start IS NOT NULL
         OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'))
 "#;
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + wait;
     loop {
         let found: Vec<String> = diesel::sql_query(SQL)
             .load::<Lingering>(v)
             .map(|rows| rows.into_iter().map(|r| r.v).collect())
             .unwrap_or_else(|e| vec![format!("reading pg_stat_activity failed: {e}")]);
         if found.is_empty() || Instant::now() > deadline {
-            return found
-                .into_iter()
-                .map(|f| format!("after the borrow ended: {f}"))
-                .collect();
+            return found;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -387,7 +410,19 @@ fn insert_row(conn: &mut PgConnection, schema: &str, tag: &str) -> QueryResult<i
     Ok(id)
 }
 
-const BACKEND_PID: &str = "pg_backend_pid()";
+/// A query for the borrow's backend pid that calls no function and names no
+/// setting, so that it looks as harmless as any `SELECT` (a pool may reset a
+/// session after statements it cannot prove harmless, which would hide what
+/// the misbehaviour alone leaves behind). The token makes the query text, and
+/// so the one backend running it, unique.
+fn backend_pid_query() -> String {
+    static TOKEN: AtomicUsize = AtomicUsize::new(0);
+    let token = TOKEN.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "SELECT pid::int8 AS n FROM pg_stat_activity \
+         WHERE state = 'active' AND query LIKE '%hygiene pid probe {token}.%'"
+    )
+}
 
 /// A borrower of `own` that misbehaves as `m` says, pointing at `other`. First
 /// writes a row of its own. Returns the backend it ran on, if it got that far.
@@ -400,9 +435,10 @@ fn misbehave_sync(
     let mut pid = None;
     let _ = catch_unwind(AssertUnwindSafe(|| {
         pool.with_tenant(own, |conn| {
-            pid = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(BACKEND_PID))
-                .get_result(conn)
-                .ok();
+            pid = diesel::sql_query(backend_pid_query())
+                .get_result::<Count>(conn)
+                .ok()
+                .map(|c| c.n as i32);
             let _ = insert_row(conn, own.schema().as_str(), "m");
             m.run_sync(conn, own.schema().as_str(), other.schema().as_str());
             Ok::<_, diesel::result::Error>(())
@@ -423,6 +459,21 @@ fn check_sync(pool: &TenantPool, tenant: &Tenant, since: &str, session_mode: boo
                 .get_result::<State>(conn)
                 .map_err(|e| format!("state query failed: {e}"))?;
             c.state = Some(state);
+            // Notifications an earlier borrower's LISTEN received and never read
+            // wait in the client library's queue.
+            let notes: Vec<String> = conn
+                .notifications_iter()
+                .map(|n| match n {
+                    Ok(n) => format!("{}: {:?}", n.channel, n.payload),
+                    Err(e) => e.to_string(),
+                })
+                .collect();
+            if !notes.is_empty() {
+                c.found.push(format!(
+                    "unread notifications delivered: {}",
+                    notes.join(", ")
+                ));
+            }
             let rows = common::markers(conn).map_err(|e| format!("reading rows failed: {e}"))?;
             if let Some(f) = judge_rows(&rows, schema) {
                 c.found.push(f);
@@ -521,6 +572,7 @@ fn run_catalog_sync(prefix: &str, mode: Mode, check: bool) {
     for m in &catalog {
         let mut entry_failed = false;
         for (label, next) in NEXT {
+            settle(&mut v);
             let pool = sync_pool(&db, mode, check);
             misbehave_sync(&pool, m, &t[0], &t[1]);
             let after = lingering(&mut v);
@@ -622,8 +674,8 @@ fn sync_transaction_scoped_without_checkout_check() {
 mod not_sync {
     //! The async forms of the borrowers.
     use super::{
-        BACKEND_PID, CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK,
-        SAVEPOINT_PROBE, STAGING_COUNT, STAGING_DROP, STAGING_PROBE, STATE_SQL, State, customers,
+        CANCEL_BORROW_AFTER, Checked, Count, Misbehaviour, NOT_IN_BLOCK, SAVEPOINT_PROBE,
+        STAGING_COUNT, STAGING_DROP, STAGING_PROBE, STATE_SQL, State, backend_pid_query, customers,
         judge_rows, next_id,
     };
     use diesel::prelude::{ExpressionMethods, QueryDsl, QueryResult};
@@ -661,9 +713,10 @@ mod not_sync {
     /// A borrower of `own` that misbehaves, in a task of its own (so that a
     /// panic is caught), cancelled from outside when the entry says so.
     pub(super) async fn backend_pid(conn: &mut AsyncPgConnection) -> QueryResult<i32> {
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(BACKEND_PID))
-            .get_result(conn)
+        diesel::sql_query(backend_pid_query())
+            .get_result::<Count>(conn)
             .await
+            .map(|c| c.n as i32)
     }
 
     /// A borrower of `own` that misbehaves, in a task of its own (so that a
@@ -806,6 +859,7 @@ async fn run_catalog_async(prefix: &str, check: bool) {
     for m in &catalog {
         let mut entry_failed = false;
         for (label, next) in NEXT {
+            tokio::task::block_in_place(|| settle(&mut v.lock().unwrap()));
             let pool = async_pool(&db, 1, check);
             not_sync::misbehave(&pool, *m, &t[0], &t[1]).await;
             let after = tokio::task::block_in_place(|| lingering(&mut v.lock().unwrap()));
@@ -1158,10 +1212,9 @@ fn stress_sync_pool_with_random_misbehaviour() {
                     let (mut pid, mut rows) = (None, None);
                     let result = pool.with_tenant(tenant, |conn| {
                         pid = Some(
-                            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-                                BACKEND_PID,
-                            ))
-                            .get_result(conn)?,
+                            diesel::sql_query(backend_pid_query())
+                                .get_result::<Count>(conn)?
+                                .n as i32,
                         );
                         rows = Some(common::markers(conn)?);
                         insert_row(conn, schema, "s")

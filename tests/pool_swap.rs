@@ -1,7 +1,7 @@
 //! The pool swap is literal: a plain diesel + r2d2 app (`tests/notes_app`)
 //! builds and passes its own test with only its manager swapped, and the
 //! swapped pool then also serves tenants, never mixing the two up.
-#![allow(missing_docs)]
+#![allow(missing_docs, unreachable_pub)]
 
 mod common;
 
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Rng, markers, tenants_with_markers};
-use diesel::prelude::*;
 use diesel_tenancy::testing::TestDatabase;
 use diesel_tenancy::{TenantConnection, TenantPool};
 

@@ -392,6 +392,51 @@ BEGIN
 END
 $fn$;
 
+-- One side effect on session state per `what`, for triggers and views: code
+-- that runs inside a statement which does not look like it changes anything.
+CREATE SEQUENCE IF NOT EXISTS public.misbehave_seq;
+CREATE OR REPLACE FUNCTION public.misbehave_side_effect(what text, arg text) RETURNS text
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    CASE what
+    WHEN 'path' THEN PERFORM set_config('search_path', arg, false);
+    WHEN 'role' THEN PERFORM set_config('role', 'misbehave_r', false);
+    WHEN 'setting' THEN
+        PERFORM set_config('app.tenant', arg, false);
+        PERFORM set_config('statement_timeout', '4242s', false);
+    WHEN 'advisory' THEN PERFORM pg_advisory_lock(4251);
+    WHEN 'temp' THEN CREATE TEMP TABLE IF NOT EXISTS side_tmp AS SELECT arg AS a;
+    WHEN 'listen' THEN EXECUTE 'LISTEN side_chan';
+    WHEN 'prepare' THEN
+        IF NOT EXISTS (SELECT FROM pg_prepared_statements WHERE name = 'side_p') THEN
+            EXECUTE 'PREPARE side_p AS SELECT 1';
+        END IF;
+    WHEN 'cursor' THEN
+        IF NOT EXISTS (SELECT FROM pg_cursors WHERE name = 'side_c') THEN
+            EXECUTE 'DECLARE side_c CURSOR WITH HOLD FOR SELECT 1';
+        END IF;
+    WHEN 'sequence' THEN PERFORM nextval('public.misbehave_seq');
+    END CASE;
+    RETURN what;
+END
+$fn$;
+
+CREATE TABLE IF NOT EXISTS public.misbehave_audit (what text NOT NULL, arg text NOT NULL DEFAULT '');
+CREATE OR REPLACE FUNCTION public.misbehave_audit_trigger() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM public.misbehave_side_effect(NEW.what, NEW.arg);
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS misbehave_audit_side_effect ON public.misbehave_audit;
+CREATE TRIGGER misbehave_audit_side_effect BEFORE INSERT ON public.misbehave_audit
+    FOR EACH ROW EXECUTE FUNCTION public.misbehave_audit_trigger();
+
+CREATE OR REPLACE VIEW public.misbehave_settings_view AS
+    SELECT public.misbehave_side_effect('setting', 'from-a-view') AS effect;
+CREATE OR REPLACE VIEW public.misbehave_advisory_view AS
+    SELECT public.misbehave_side_effect('advisory', '') AS effect;
+
 CREATE OR REPLACE FUNCTION public.misbehave_probe_lastval() RETURNS bigint LANGUAGE plpgsql AS $fn$
 BEGIN
     RETURN lastval();
@@ -1004,6 +1049,16 @@ pub fn catalog() -> Vec<Misbehaviour> {
             [Query("SELECT public.misbehave_prepare()")]
         ),
         m!(
+            "prepare/deallocate-all",
+            [PreparedStatement],
+            [Batch("DEALLOCATE ALL")]
+        ),
+        m!(
+            "prepare/discard-plans",
+            [PreparedStatement],
+            [Query("DISCARD PLANS")]
+        ),
+        m!(
             "prepare/in-committed-transaction",
             [PreparedStatement],
             [Batch("BEGIN; PREPARE p6 AS SELECT 1; COMMIT")]
@@ -1034,6 +1089,14 @@ pub fn catalog() -> Vec<Misbehaviour> {
             "listen/function",
             [Listen],
             [Query("SELECT public.misbehave_listen()")]
+        ),
+        m!(
+            "listen/notification-left-unread",
+            [Listen],
+            [
+                Batch("LISTEN misbehave_note; NOTIFY misbehave_note, 'a secret of {own_lit}'"),
+                Query("SELECT 1"),
+            ]
         ),
         m!(
             "listen/in-committed-transaction",
@@ -1141,6 +1204,80 @@ pub fn catalog() -> Vec<Misbehaviour> {
                     "BEGIN; INSERT INTO pg_temp.customers (id, name, email) VALUES (-2, 'leak:{own_lit}', 'leak')"
                 ),
             ]
+        ),
+        // ---- through a trigger or a view: statements that look harmless ----
+        m!(
+            "trigger/search_path",
+            [SearchPath],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what, arg) VALUES ('path', '{other_lit}, public')"
+            )]
+        ),
+        m!(
+            "trigger/role",
+            [Role],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what) VALUES ('role')"
+            )]
+        ),
+        m!(
+            "trigger/settings",
+            [Settings],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what, arg) VALUES ('setting', '{own_lit}')"
+            )]
+        ),
+        m!(
+            "trigger/advisory",
+            [AdvisoryLock],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what) VALUES ('advisory')"
+            )]
+        ),
+        m!(
+            "trigger/temp",
+            [TempObjects],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what, arg) VALUES ('temp', '{own_lit}')"
+            )]
+        ),
+        m!(
+            "trigger/listen",
+            [Listen],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what) VALUES ('listen')"
+            )]
+        ),
+        m!(
+            "trigger/prepare",
+            [PreparedStatement],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what) VALUES ('prepare')"
+            )]
+        ),
+        m!(
+            "trigger/cursor",
+            [HoldCursor],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what) VALUES ('cursor')"
+            )]
+        ),
+        m!(
+            "trigger/sequence",
+            [Sequence],
+            [Query(
+                "INSERT INTO public.misbehave_audit (what) VALUES ('sequence')"
+            )]
+        ),
+        m!(
+            "view/settings",
+            [Settings],
+            [Query("SELECT effect FROM public.misbehave_settings_view")]
+        ),
+        m!(
+            "view/advisory",
+            [AdvisoryLock],
+            [Batch("SELECT effect FROM public.misbehave_advisory_view")]
         ),
         // ---- panics and cancellation ----------------------------------------
         m!(
