@@ -418,9 +418,7 @@ impl AsyncTenantPool {
                     .transaction_depth(),
                 Ok(None)
             );
-            if too_old
-                || unsettled
-                || state(&mut conn).is_none_or(|s| s.discard || s.in_flight > 0)
+            if too_old || unsettled || state(&mut conn).is_none_or(|s| s.discard || s.in_flight > 0)
             {
                 drop(Object::take(conn));
                 continue;
@@ -565,6 +563,17 @@ async fn set_path(
         (Some(role), true) => {
             RunQueryDsl::get_result(SetPath::<true, true> { path, role }, conn).await
         }
+    }
+}
+
+/// Asks the server to cancel the statement the connection is running (a
+/// cancel request on a new socket, from a task on the current runtime).
+fn cancel_running_query(conn: &AsyncPgConnection) {
+    let token = conn.cancel_token();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = token.cancel_query(tokio_postgres::NoTls).await;
+        });
     }
 }
 
@@ -731,6 +740,13 @@ impl Drop for AsyncTenantConnection {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if state(&mut conn).is_some_and(|s| s.in_flight > 0) {
+            // The borrower's future was dropped mid-query: the server is
+            // still running it (with whatever it holds, an advisory lock or a
+            // transaction) and would until it next writes to the closed
+            // socket. Cancel it, so the backend ends with the connection.
+            cancel_running_query(&conn);
+        }
         let own_transaction = std::mem::take(&mut self.own_transaction);
         let panicking = std::thread::panicking();
         let cfg = &self.settings.scope;

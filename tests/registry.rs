@@ -263,7 +263,7 @@ fn a_schema_dropped_behind_the_registry_gives_a_clear_error() {
     ))
     .get_result(&mut *pool.public().unwrap())
     .unwrap();
-    assert_eq!(path, "public");
+    assert_eq!(path, "public, pg_temp");
     // Migrating it does not fall through to public either.
     assert!(matches!(
         run_tenant_migrations(&mut pool.public().unwrap(), &t[0], TENANT),
