@@ -66,7 +66,6 @@
 #![allow(missing_docs)]
 
 #[path = "../tests/common/misbehave.rs"]
-#[allow(dead_code)]
 mod misbehave;
 
 use std::path::{Path, PathBuf};

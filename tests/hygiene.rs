@@ -1009,6 +1009,9 @@ const STRESS_BORROWS: usize = 3_000;
 /// Percent of borrows that misbehave.
 const STRESS_MISBEHAVING: usize = 20;
 
+/// Who held the locks a stalled borrow waited on: the borrow, and the pids.
+type Stalls = Arc<Mutex<Vec<(String, Vec<i32>)>>>;
+
 /// Cancels statements of this database that wait more than two seconds for a
 /// lock (one a leaked transaction or advisory lock holds), so that a leak slows
 /// the stress tests down instead of hanging them. Records what it cancelled and
@@ -1016,7 +1019,7 @@ const STRESS_MISBEHAVING: usize = 20;
 struct Watchdog {
     stop: Arc<AtomicBool>,
     /// One line per cancelled wait, and the blocking backends' pids.
-    stalls: Arc<Mutex<Vec<(String, Vec<i32>)>>>,
+    stalls: Stalls,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
