@@ -891,3 +891,29 @@ fn a_non_transactional_migration_leaves_the_session_as_it_found_it() {
     .unwrap();
     assert_eq!(held.n, 0);
 }
+
+/// The tenant set run on `public` by hand (the footgun: a plain borrow's
+/// `run_pending_migrations(TENANT)`) is found and refused by the next deploy,
+/// with the versions named, instead of being served to every tenant silently.
+#[test]
+fn a_tenant_set_run_on_public_is_refused_by_the_next_deploy() {
+    use diesel_migrations::MigrationHarness;
+    let db = diesel_tenancy::testing::TestDatabase::new().unwrap();
+    let pool = db.pool_builder().max_size(2).build().unwrap();
+    let migrator = Migrator::new(SHARED, common::TENANT);
+    pool.public()
+        .unwrap()
+        .run_pending_migrations(common::TENANT)
+        .unwrap();
+    let refused = migrator
+        .migrate_all(&pool, &MigrateOptions::default())
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, diesel_tenancy::Error::Refused { .. })
+            && text.contains("20250101000002")
+            && text.contains("tenant set was run on public"),
+        "{text}"
+    );
+    assert!(migrator.migrate_shared(&pool).is_err());
+}

@@ -51,6 +51,11 @@ impl MigrationSet {
         })
     }
 
+    /// The set's versions, in order.
+    pub(crate) fn versions(&self) -> &[String] {
+        &self.versions
+    }
+
     /// A short fingerprint of the set's versions: equal digests, same set.
     pub(crate) fn digest(&self) -> &str {
         &self.digest

@@ -325,10 +325,58 @@ where
         &self.tenant
     }
 
+    /// Refuses to go on if `public`'s migration ledger records versions of the
+    /// tenant set (and not of the shared set): the tenant set was run on
+    /// `public` (say, `run_pending_migrations(TENANT)` on a plain borrow), so
+    /// tenant tables sit in `public`, where every tenant sees them.
+    fn refuse_tenant_set_in_public(&self, conn: &mut PgConnection) -> Result<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Version {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            version: String,
+        }
+        let shared = MigrationSet::load(&self.shared, "public")?;
+        let tenant = MigrationSet::load(&self.tenant, "public")?;
+        let applied: Vec<Version> = diesel::sql_query(
+            "SELECT version FROM public.__diesel_schema_migrations \
+             WHERE to_regclass('public.__diesel_schema_migrations') IS NOT NULL",
+        )
+        .load(conn)
+        .or_else(|e| match e {
+            // No ledger in public yet: nothing was run there.
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::Unknown,
+                ref info,
+            ) if info.message().contains("does not exist") => Ok(Vec::new()),
+            e => Err(e),
+        })
+        .map_err(Error::db("read public's migration ledger"))?;
+        let misplaced: Vec<&str> = applied
+            .iter()
+            .map(|v| v.version.as_str())
+            .filter(|v| {
+                tenant.versions().iter().any(|t| t == v)
+                    && !shared.versions().iter().any(|s| s == v)
+            })
+            .collect();
+        if misplaced.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused {
+            reason: format!(
+                "public's migration ledger records tenant migrations ({}): the tenant set was run on public, \
+                 so its tables there are visible to every tenant; drop those tables and ledger rows from public, then migrate again",
+                misplaced.join(", ")
+            ),
+        })
+    }
+
     /// Installs the registry, then applies the shared set to `public`.
-    /// Returns the versions applied.
+    /// Returns the versions applied. Refuses to run if `public`'s ledger shows
+    /// the tenant set was applied there.
     pub fn migrate_shared(&self, pool: &TenantPool) -> Result<Vec<String>> {
         let mut conn = pool.maintenance()?;
+        self.refuse_tenant_set_in_public(&mut conn)?;
         registry::install(&mut conn)?;
         let set = MigrationSet::load(&self.shared, "public")?;
         let outcome = apply(&mut conn, Target::Public, &set, &ApplySettings::default());
@@ -378,6 +426,7 @@ where
         };
         let mut conn = pool.maintenance()?;
         report.connections += 1;
+        self.refuse_tenant_set_in_public(&mut conn)?;
         if options.shared {
             let set = MigrationSet::load(&self.shared, "public")?;
             let outcome = if options.dry_run {
