@@ -121,7 +121,7 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
 /// The settings tenant migrations change for their transaction, as the caller
 /// had them.
 #[derive(QueryableByName)]
-struct CallerSettings {
+pub(crate) struct CallerSettings {
     #[diesel(sql_type = diesel::sql_types::Text)]
     search_path: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -131,7 +131,7 @@ struct CallerSettings {
 }
 
 impl CallerSettings {
-    fn read(conn: &mut PgConnection) -> Result<Self> {
+    pub(crate) fn read(conn: &mut PgConnection) -> Result<Self> {
         diesel::sql_query(
             "SELECT current_setting('search_path') AS search_path, \
                     current_setting('lock_timeout') AS lock_timeout, \
@@ -144,7 +144,7 @@ impl CallerSettings {
     /// Puts them back for the rest of the transaction (at its end they revert
     /// to the session's values, which are these unless the caller had set
     /// them locally).
-    fn restore(&self, conn: &mut PgConnection) -> Result<()> {
+    pub(crate) fn restore(&self, conn: &mut PgConnection) -> Result<()> {
         diesel::sql_query(
             "SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true), \
                     set_config('statement_timeout', $3, true)",
