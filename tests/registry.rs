@@ -347,6 +347,8 @@ fn create_tenant_inside_the_callers_transaction_leaves_its_path() {
                 conn.batch_execute("SET LOCAL statement_timeout = '7s'")?;
                 let tenant =
                     create_tenant(conn, &NewTenant::new(schema("billed"), "Billed"), TENANT)?;
+                // Migrating it again (nothing pending) leaves the path alone too.
+                run_tenant_migrations(conn, &tenant, TENANT)?;
                 // Unqualified: resolved on the caller's path, public.
                 diesel::sql_query(
                     "INSERT INTO tenant_plans (tenant_id, plan_id) \
