@@ -51,8 +51,9 @@ pub struct ScopeStats {
 ///
 /// This is the pool swap: hand it to [`r2d2::Pool::builder()`] where an application
 /// used diesel's `ConnectionManager<PgConnection>`. A connection from such a pool
-/// cannot run queries until it is scoped with [`TenantConnection::scope`] or
-/// [`TenantConnection::scope_public`]; [`TenantPool`] does both steps at once.
+/// used directly runs on `public` (see [`ManagedConnection`]); scope it to a
+/// tenant with [`TenantConnection::scope`], or wrap the pool with
+/// [`TenantPool::from_r2d2`].
 ///
 /// ```no_run
 /// use diesel_tenancy::{TenantConnection, TenantConnectionManager};
