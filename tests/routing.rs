@@ -269,6 +269,54 @@ mod actix_app {
         assert_eq!(test::call_service(&app, req).await.status().as_u16(), 404);
     }
 
+    /// Health checks on any host (an IP included), JSON 404s, the listener
+    /// owned by the middleware, and the crate's error as a response.
+    #[actix_web::test]
+    async fn actix_bypass_json_not_found_and_error_responses() {
+        let (_db, pool) = world();
+        let tenancy = ax::Tenancy::new(resolver(&pool).build().unwrap())
+            .bypass_path("/healthz")
+            .not_found_json()
+            .listen()
+            .unwrap();
+        let app = test::init_service(
+            App::new()
+                .wrap(tenancy)
+                .route("/healthz", web::get().to(|| async { "ok" }))
+                .route(
+                    "/missing",
+                    web::get().to(|db: ax::TenantDb| async move {
+                        db.try_run(|_| {
+                            Err::<String, _>(diesel_tenancy::Error::TenantNotFound {
+                                schema: "nobody".into(),
+                            })
+                        })
+                        .await
+                    }),
+                ),
+        )
+        .await;
+        let call = |host: &'static str, uri: &'static str| {
+            test::TestRequest::get()
+                .uri(uri)
+                .insert_header(("host", host))
+                .to_request()
+        };
+        let res = test::call_service(&app, call("10.0.0.7", "/healthz")).await;
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(test::read_body(res).await, "ok");
+        let res = test::call_service(&app, call("nobody.example.com", "/healthz")).await;
+        assert_eq!(res.status().as_u16(), 200);
+        let res = test::call_service(&app, call("nobody.example.com", "/")).await;
+        assert_eq!(res.status().as_u16(), 404);
+        assert_eq!(
+            test::read_body(res).await,
+            r#"{"error":"not_found","host":"nobody.example.com"}"#
+        );
+        let res = test::call_service(&app, call("example.com", "/missing")).await;
+        assert_eq!(res.status().as_u16(), 404);
+    }
+
     #[actix_web::test]
     async fn actix_routes_by_host() {
         let (_db, pool) = world();
@@ -452,4 +500,35 @@ async fn axum_async_connection_extractor_and_task_tenant() {
         assert_eq!(status, 200);
         assert_eq!(body, format!("[\"{schema}\"] task Some(\"{schema}\")"));
     }
+}
+
+/// The axum layer's JSON 404 and the crate's error as an axum response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_json_not_found_and_error_responses() {
+    use axum::routing::get;
+    let (_db, pool) = world();
+    let public = axum::Router::new().route(
+        "/",
+        get(|db: am::TenantDb| async move {
+            db.try_run(|_| {
+                Err::<String, _>(diesel_tenancy::Error::TenantSuspended {
+                    schema: "acme".into(),
+                })
+            })
+            .await
+        }),
+    );
+    let layer = am::TenancyLayer::new(resolver(&pool).build().unwrap()).not_found_json();
+    let app = am::tenant_routing(public, axum::Router::new(), layer);
+    assert_eq!(
+        axum_call(&app, &[("host", "nobody.example.com")]).await,
+        (
+            404,
+            r#"{"error":"not_found","host":"nobody.example.com"}"#.to_string()
+        )
+    );
+    assert_eq!(
+        axum_call(&app, &[("host", "example.com")]).await,
+        (503, "service unavailable".to_string())
+    );
 }

@@ -44,12 +44,45 @@ use crate::{Error, Resolution, Resolver, Tenant, TenantPool};
 #[derive(Clone, Debug)]
 pub struct Tenancy {
     resolver: Resolver,
+    /// Paths answered as public requests for every host, unresolved.
+    bypass: std::sync::Arc<Vec<String>>,
+    /// The registry listener, kept running while the middleware lives.
+    listener: Option<std::sync::Arc<crate::ListenerGuard>>,
+    /// Answer hosts with no tenant in JSON.
+    json_not_found: bool,
 }
 
 impl Tenancy {
     /// Middleware resolving through `resolver`.
     pub fn new(resolver: Resolver) -> Self {
-        Tenancy { resolver }
+        Tenancy {
+            resolver,
+            bypass: std::sync::Arc::new(Vec::new()),
+            listener: None,
+            json_not_found: false,
+        }
+    }
+
+    /// Requests for exactly this path skip tenant resolution and reach the
+    /// service as public requests, whatever their host: for health checks
+    /// sent to the server's IP address. Repeatable; defaults to none.
+    pub fn bypass_path(mut self, path: impl Into<String>) -> Self {
+        std::sync::Arc::make_mut(&mut self.bypass).push(path.into());
+        self
+    }
+
+    /// Starts the resolver's registry listener ([`Resolver::listen`]) and keeps
+    /// it running for as long as this middleware (or a clone) lives.
+    pub fn listen(mut self) -> Result<Self, Error> {
+        self.listener = Some(std::sync::Arc::new(self.resolver.listen()?));
+        Ok(self)
+    }
+
+    /// Answers hosts that serve no tenant with a JSON body,
+    /// `{"error":"not_found","host":"..."}`, for API services.
+    pub fn not_found_json(mut self) -> Self {
+        self.json_not_found = true;
+        self
     }
 }
 
@@ -69,6 +102,8 @@ where
         ready(Ok(TenancyMiddleware {
             service: Rc::new(service),
             resolver: self.resolver.clone(),
+            bypass: std::sync::Arc::clone(&self.bypass),
+            json_not_found: self.json_not_found,
         }))
     }
 }
@@ -78,6 +113,8 @@ where
 pub struct TenancyMiddleware<S> {
     service: Rc<S>,
     resolver: Resolver,
+    bypass: std::sync::Arc<Vec<String>>,
+    json_not_found: bool,
 }
 
 /// What the middleware found, in the request extensions of every request it lets
@@ -126,6 +163,8 @@ where
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let service = Rc::clone(&self.service);
         let resolver = self.resolver.clone();
+        let bypassed = self.bypass.iter().any(|p| p == req.path());
+        let json_not_found = self.json_not_found;
         Box::pin(async move {
             // Never `connection_info()`: it trusts forwarded headers on its own.
             let info = OwnedRequestInfo {
@@ -138,7 +177,12 @@ where
                 forwarded: header_str(&req, header::FORWARDED),
                 path: req.path().to_owned(),
             };
-            let resolution = match resolver.resolve_cached(&info.info()) {
+            let cached = if bypassed {
+                Some(Ok(Resolution::Public))
+            } else {
+                resolver.resolve_cached(&info.info())
+            };
+            let resolution = match cached {
                 Some(r) => r,
                 None => {
                     let blocking = resolver.clone();
@@ -175,9 +219,15 @@ where
                     tracing::info_span!("tenant_request", tenant = "public"),
                 ),
                 Ok(Resolution::NotFound { host }) => {
-                    let response = HttpResponse::NotFound()
-                        .content_type("text/html; charset=utf-8")
-                        .body(not_found_html(&host));
+                    let response = if json_not_found {
+                        HttpResponse::NotFound()
+                            .content_type("application/json")
+                            .body(super::not_found_json(&host))
+                    } else {
+                        HttpResponse::NotFound()
+                            .content_type("text/html; charset=utf-8")
+                            .body(not_found_html(&host))
+                    };
                     return Ok(req.into_response(response).map_into_right_body());
                 }
                 Ok(Resolution::BadRequest { reason }) => {

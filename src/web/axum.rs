@@ -113,23 +113,13 @@ impl TenancyLayer {
     /// `{"error":"not_found","host":"..."}`, for API services.
     pub fn not_found_json(self) -> Self {
         self.not_found_page(|host| {
-            let mut body = String::from("{\"error\":\"not_found\",\"host\":\"");
-            for c in host.chars() {
-                match c {
-                    '"' => body.push_str("\\\""),
-                    '\\' => body.push_str("\\\\"),
-                    c if c.is_control() => body.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => body.push(c),
-                }
-            }
-            body.push_str("\"}");
             (
                 StatusCode::NOT_FOUND,
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                body,
+                super::not_found_json(host),
             )
                 .into_response()
         })

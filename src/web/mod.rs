@@ -36,6 +36,23 @@ pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
     }
 }
 
+/// The JSON body for a host that serves no tenant:
+/// `{"error":"not_found","host":"..."}`, the host escaped for JSON.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn not_found_json(host: &str) -> String {
+    let mut body = String::from("{\"error\":\"not_found\",\"host\":\"");
+    for c in host.chars() {
+        match c {
+            '"' => body.push_str("\\\""),
+            '\\' => body.push_str("\\\\"),
+            c if c.is_control() => body.push_str(&format!("\\u{:04x}", c as u32)),
+            c => body.push(c),
+        }
+    }
+    body.push_str("\"}");
+    body
+}
+
 /// The request fields the resolver reads, owned, so resolution can move to a
 /// blocking thread on a cache miss.
 #[derive(Debug, Clone, Default)]
