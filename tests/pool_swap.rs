@@ -100,3 +100,35 @@ fn the_swapped_pool_serves_tenants_and_plain_borrows_without_mixing_them() {
     );
     assert_eq!(schemas, 0);
 }
+
+/// A plain borrow that changes a setting and is then scoped to a tenant is
+/// still reset when it goes back: what it sent before the scoping counts.
+#[test]
+fn a_plain_borrow_scoped_later_is_still_reset() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    let db = TestDatabase::new().unwrap();
+    let app_pool = r2d2::Pool::builder()
+        .max_size(1)
+        .build(diesel_tenancy::TenantConnectionManager::new(db.url()).unwrap())
+        .unwrap();
+    let pool = TenantPool::from_r2d2(app_pool.clone()).unwrap();
+    pool.with_public(|conn| diesel_tenancy::run_shared_migrations(conn, common::SHARED))
+        .unwrap();
+    let tenant = tenants_with_markers(&pool, "late", 1).remove(0);
+    let mut plain = app_pool.get().unwrap();
+    plain
+        .batch_execute("SET statement_timeout = '4242s'")
+        .unwrap();
+    let scoped = TenantConnection::scope(plain, &tenant).unwrap();
+    drop(scoped);
+    let timeout: String = pool
+        .with_tenant(&tenant, |conn| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('statement_timeout')",
+            ))
+            .get_result(conn)
+        })
+        .unwrap();
+    assert_eq!(timeout, "0");
+}

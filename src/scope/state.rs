@@ -249,8 +249,8 @@ impl ConnState {
         set: Option<&str>,
         answer: diesel::QueryResult<ServerState>,
     ) -> crate::Result<()> {
-        // Our own statement is no reason to distrust the path.
-        self.left_state = false;
+        // Our own statement is no reason to distrust the path. What a borrower
+        // sent before (a plain borrow scoped again) still counts at release.
         self.path_dirty = false;
         let server = match answer {
             Ok(server) => server,
@@ -374,7 +374,6 @@ impl ConnState {
             self.temp_unchecked = true;
         }
         self.verified = holds && users_ok;
-        self.left_state = false;
         self.path_dirty = false;
     }
 
