@@ -92,10 +92,6 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
 fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
     let schema = &new.schema;
     committed(conn.transaction(|conn| {
-        // The migrations set the path (and timeouts) for the transaction; inside
-        // a caller's transaction that would outlast this call, so the caller's
-        // values are put back before returning.
-        let saved = CallerSettings::read(conn)?;
         let tenant = registry::insert_tenant(conn, schema, &new.name)?;
         conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
             .map_err(schema_error(schema, "create"))?;
@@ -107,7 +103,6 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
             },
             set,
         )?;
-        saved.restore(conn)?;
         for (i, domain) in new.domains.iter().enumerate() {
             registry::add_domain(conn, &tenant, domain, i == 0)?;
         }
@@ -116,46 +111,6 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
         }
         Ok(tenant)
     }))
-}
-
-/// The settings tenant migrations change for their transaction, as the caller
-/// had them.
-#[derive(QueryableByName)]
-pub(crate) struct CallerSettings {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    search_path: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    lock_timeout: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    statement_timeout: String,
-}
-
-impl CallerSettings {
-    pub(crate) fn read(conn: &mut PgConnection) -> Result<Self> {
-        diesel::sql_query(
-            "SELECT current_setting('search_path') AS search_path, \
-                    current_setting('lock_timeout') AS lock_timeout, \
-                    current_setting('statement_timeout') AS statement_timeout",
-        )
-        .get_result(conn)
-        .map_err(Error::db("read the caller's search path"))
-    }
-
-    /// Puts them back for the rest of the transaction (at its end they revert
-    /// to the session's values, which are these unless the caller had set
-    /// them locally).
-    pub(crate) fn restore(&self, conn: &mut PgConnection) -> Result<()> {
-        diesel::sql_query(
-            "SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true), \
-                    set_config('statement_timeout', $3, true)",
-        )
-        .bind::<diesel::sql_types::Text, _>(&self.search_path)
-        .bind::<diesel::sql_types::Text, _>(&self.lock_timeout)
-        .bind::<diesel::sql_types::Text, _>(&self.statement_timeout)
-        .execute(conn)
-        .map(|_| ())
-        .map_err(Error::db("restore the caller's search path"))
-    }
 }
 
 /// Creates `tenant`'s role (named `dt_<database oid>_<tenant id>`, unique in the

@@ -163,10 +163,19 @@ fn millis(d: Option<Duration>) -> Option<String> {
     d.map(|d| format!("{}ms", d.as_millis().max(1)))
 }
 
+/// What [`prepare`] found: the lock, and the path and timeouts the
+/// transaction had before (the caller's, when the batch runs inside a
+/// transaction of the caller's).
 #[derive(QueryableByName)]
 struct Prepared {
     #[diesel(sql_type = Bool)]
     locked: bool,
+    #[diesel(sql_type = Text)]
+    search_path: String,
+    #[diesel(sql_type = Text)]
+    lock_timeout: String,
+    #[diesel(sql_type = Text)]
+    statement_timeout: String,
 }
 
 #[derive(QueryableByName)]
@@ -176,22 +185,29 @@ struct Version {
 }
 
 /// In the current transaction: only the target on the path, the timeouts, and the
-/// target's advisory lock, in one statement. Fails if the schema is missing.
+/// target's advisory lock, in one statement, which also remembers the values
+/// they replace (`OFFSET 0` keeps the remembering first). Fails if the schema
+/// is missing.
 fn prepare(
     conn: &mut PgConnection,
     target: Target<'_>,
     settings: &ApplySettings,
-) -> Result<(), Stop> {
+) -> Result<Prepared, Stop> {
     let lock = match settings.lock {
         LockMode::Wait => "pg_advisory_xact_lock(hashtextextended($4, 0))::text IS NOT NULL",
         LockMode::Skip => "pg_try_advisory_xact_lock(hashtextextended($4, 0))",
     };
     let sql = format!(
-        "SELECT set_config('search_path', $1, true) IS NOT NULL \
-           AND set_config('lock_timeout', coalesce($2, current_setting('lock_timeout')), true) IS NOT NULL \
-           AND set_config('statement_timeout', coalesce($3, current_setting('statement_timeout')), true) IS NOT NULL \
+        "SELECT s.search_path, s.lock_timeout, s.statement_timeout, \
+                set_config('search_path', $1, true) IS NOT NULL \
+           AND set_config('lock_timeout', coalesce($2, s.lock_timeout), true) IS NOT NULL \
+           AND set_config('statement_timeout', coalesce($3, s.statement_timeout), true) IS NOT NULL \
            AND {lock} AS locked \
-         FROM pg_catalog.pg_namespace WHERE nspname = $5"
+         FROM (SELECT current_setting('search_path') AS search_path, \
+                      current_setting('lock_timeout') AS lock_timeout, \
+                      current_setting('statement_timeout') AS statement_timeout \
+               OFFSET 0) s, \
+              pg_catalog.pg_namespace WHERE nspname = $5"
     );
     let row = diesel::sql_query(sql)
         .bind::<Text, _>(target.path())
@@ -203,9 +219,31 @@ fn prepare(
         .optional()?;
     match row {
         None => Err(Stop::Missing),
-        Some(Prepared { locked: false }) => Err(Stop::Locked),
-        Some(Prepared { locked: true }) => Ok(()),
+        Some(Prepared { locked: false, .. }) => Err(Stop::Locked),
+        Some(prepared) => Ok(prepared),
     }
+}
+
+/// Ends a batch that runs inside a transaction of the caller's (Diesel's
+/// depth above one: the batch's own transaction, or the tenant creation's,
+/// is a savepoint): puts back the path and timeouts [`prepare`] replaced, so
+/// that the caller's next statements run where they ran before. A batch in a
+/// transaction of its own needs nothing: its settings end with it.
+fn restore_caller(conn: &mut PgConnection, prepared: &Prepared) -> QueryResult<()> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let depth = AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth();
+    if !matches!(depth, Ok(Some(d)) if d.get() > 1) {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "SELECT set_config('search_path', $1, true), set_config('lock_timeout', $2, true), \
+                set_config('statement_timeout', $3, true)",
+    )
+    .bind::<Text, _>(&prepared.search_path)
+    .bind::<Text, _>(&prepared.lock_timeout)
+    .bind::<Text, _>(&prepared.statement_timeout)
+    .execute(conn)?;
+    Ok(())
 }
 
 fn applied_versions(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
@@ -293,7 +331,7 @@ fn batch(
     set: &MigrationSet,
     settings: &ApplySettings,
 ) -> Result<Batch, Stop> {
-    prepare(conn, target, settings)?;
+    let prepared = prepare(conn, target, settings)?;
     let applied = applied_versions(conn)?;
     let pending = set.pending(&applied);
     let mut done = Vec::new();
@@ -308,6 +346,7 @@ fn batch(
     }
     let complete = next_non_transactional.is_none().then_some(set);
     record(conn, target, &done, complete)?;
+    restore_caller(conn, &prepared)?;
     Ok(Batch {
         applied: done,
         next_non_transactional,

@@ -76,13 +76,8 @@ pub fn run_tenant_migrations<S: MigrationSource<Pg>>(
         schema: tenant.schema(),
         id: tenant.id(),
     };
-    // Inside a caller's transaction the path the migrations set would outlast
-    // this call: the caller's is put back (outside one, this changes nothing).
-    let saved = crate::lifecycle::CallerSettings::read(conn)?;
     let outcome = apply(conn, target, &set, &ApplySettings::default());
-    let result = outcome_to_result(tenant.schema().as_str(), outcome);
-    saved.restore(conn)?;
-    result
+    outcome_to_result(tenant.schema().as_str(), outcome)
 }
 
 /// The versions of `set` not yet applied to `target` (reads its ledger).
