@@ -14,7 +14,6 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager,
 };
 
-use crate::pool::MAX_STEPS;
 use crate::scope::{
     self, ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ScopeWatch, ServerState,
     SetPath, Step, TempObjects,
@@ -296,15 +295,6 @@ fn mark_own(conn: &mut AsyncPgConnection) {
     }
 }
 
-fn lost(scope: &ScopeKey) -> Error {
-    Error::Refused {
-        reason: format!(
-            "the connection's instrumentation was replaced, so the session cannot be scoped to {} safely",
-            scope.head()
-        ),
-    }
-}
-
 impl AsyncTenantPool {
     /// A builder for a pool on `database_url`.
     pub fn builder(database_url: impl Into<String>) -> AsyncTenantPoolBuilder {
@@ -445,50 +435,42 @@ impl AsyncTenantPool {
 /// Drives the scope state machine (the same one as the sync pool) until the
 /// connection holds `scope`: in the common case one statement, or none.
 async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
-    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    use diesel_async::RunQueryDsl;
     match scope::watch_of(conn.instrumentation()) {
         Some(w) => {
             w.clear_own_statement();
             w.state.begin_checkout(cfg);
         }
-        None => return Err(lost(scope)),
+        None => return Err(scope.instrumentation_lost()),
     }
-    for _ in 0..MAX_STEPS {
+    for _ in 0..scope::MAX_STEPS {
         let step = state(conn)
-            .ok_or_else(|| lost(scope))?
+            .ok_or_else(|| scope.instrumentation_lost())?
             .plan(cfg, scope, cfg.transaction_scoped);
         match step {
             Step::Ready => return Ok(()),
             Step::Reset => {
                 end_own_transaction(conn).await;
-                mark_own(conn);
-                let sql = scope::reset_sql(cfg.session_setup.as_deref());
-                let ok = conn.batch_execute(&sql).await.is_ok();
-                drain_notifications(conn);
+                let ok = reset(cfg, conn).await;
                 state(conn)
-                    .ok_or_else(|| lost(scope))?
+                    .ok_or_else(|| scope.instrumentation_lost())?
                     .settle_reset(cfg, ok);
                 if !ok {
-                    return Err(Error::Refused {
-                        reason: format!(
-                            "the session could not be reset before scoping it to {}",
-                            scope.head()
-                        ),
-                    });
+                    return Err(scope.reset_failed());
                 }
             }
             Step::ProbeTemp => {
                 mark_own(conn);
                 let answer = RunQueryDsl::get_result::<bool>(TempObjects, conn).await;
                 state(conn)
-                    .ok_or_else(|| lost(scope))?
+                    .ok_or_else(|| scope.instrumentation_lost())?
                     .settle_probe(scope, answer)?;
             }
             Step::ReadBack => {
                 mark_own(conn);
                 let answer = RunQueryDsl::get_result::<ServerState>(CurrentState, conn).await;
                 state(conn)
-                    .ok_or_else(|| lost(scope))?
+                    .ok_or_else(|| scope.instrumentation_lost())?
                     .settle(cfg, scope, None, answer)?;
             }
             Step::Set { path, role, local } => {
@@ -505,10 +487,9 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
                 }
                 mark_own(conn);
                 let answer = set_path(conn, path.clone(), role, local).await;
-                let settled =
-                    state(conn)
-                        .ok_or_else(|| lost(scope))?
-                        .settle(cfg, scope, Some(&path), answer);
+                let settled = state(conn)
+                    .ok_or_else(|| scope.instrumentation_lost())?
+                    .settle(cfg, scope, Some(&path), answer);
                 if local && settled.is_err() {
                     end_own_transaction(conn).await;
                 }
@@ -520,12 +501,7 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
     if let Some(s) = state(conn) {
         s.discard = true;
     }
-    Err(Error::Refused {
-        reason: format!(
-            "the session did not settle on {} within {MAX_STEPS} steps",
-            scope.head()
-        ),
-    })
+    Err(scope.unsettled())
 }
 
 /// Sends [`SetPath`] in the variant the scope needs.
@@ -577,6 +553,16 @@ fn cancel_running_query(conn: &AsyncPgConnection) {
     }
 }
 
+/// Runs the reset batch (one round trip), then drops the notifications
+/// already received; whether the batch succeeded.
+async fn reset(cfg: &ScopeConfig, conn: &mut AsyncPgConnection) -> bool {
+    use diesel_async::SimpleAsyncConnection;
+    mark_own(conn);
+    let ok = conn.batch_execute(cfg.reset_sql()).await.is_ok();
+    drain_notifications(conn);
+    ok
+}
+
 /// Drops the notifications already received (before the reset's `UNLISTEN`),
 /// without waiting for more: the next borrower must not receive them.
 fn drain_notifications(conn: &mut AsyncPgConnection) {
@@ -612,7 +598,6 @@ async fn release(
     own_transaction: bool,
     decided: Option<Release>,
 ) -> bool {
-    use diesel_async::SimpleAsyncConnection;
     if own_transaction {
         let depth =
             AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth();
@@ -632,10 +617,7 @@ async fn release(
         Release::Keep => true,
         Release::Discard => false,
         Release::Reset => {
-            mark_own(conn);
-            let sql = scope::reset_sql(cfg.session_setup.as_deref());
-            let ok = conn.batch_execute(&sql).await.is_ok();
-            drain_notifications(conn);
+            let ok = reset(cfg, conn).await;
             match state(conn) {
                 Some(s) => {
                     s.settle_reset(cfg, ok);

@@ -20,9 +20,6 @@ use crate::scope::{
 };
 use crate::{Error, Result, SchemaName};
 
-/// The most statements one checkout sends before giving up on a connection.
-pub(crate) const MAX_STEPS: usize = 6;
-
 /// Settings shared by the manager and every connection it makes.
 #[derive(Debug)]
 struct Settings {
@@ -243,12 +240,7 @@ impl ManagedConnection {
 
     fn lost_error(&mut self, scope: &ScopeKey) -> Error {
         self.lost = true;
-        Error::Refused {
-            reason: format!(
-                "the connection's instrumentation was replaced, so the session cannot be scoped to {} safely",
-                scope.head()
-            ),
-        }
+        scope.instrumentation_lost()
     }
 
     /// Drives the scope state machine until the connection holds `scope`: in
@@ -264,7 +256,7 @@ impl ManagedConnection {
             }
             None => return Err(self.lost_error(scope)),
         }
-        for _ in 0..MAX_STEPS {
+        for _ in 0..scope::MAX_STEPS {
             let Some(step) = self.state().map(|s| s.plan(cfg, scope, local)) else {
                 return Err(self.lost_error(scope));
             };
@@ -283,12 +275,7 @@ impl ManagedConnection {
                     };
                     state.settle_reset(cfg, ok);
                     if !ok {
-                        return Err(Error::Refused {
-                            reason: format!(
-                                "the session could not be reset before scoping it to {}",
-                                scope.head()
-                            ),
-                        });
+                        return Err(scope.reset_failed());
                     }
                 }
                 Step::ProbeTemp => {
@@ -334,19 +321,11 @@ impl ManagedConnection {
                 }
             }
         }
-        // Each step settles something the next cannot undo; more steps than
-        // a reset, a probe, a read-back and a set mean the session keeps
-        // changing under the checkout.
         self.end_own_transaction();
         if let Some(state) = self.state() {
             state.discard = true;
         }
-        Err(Error::Refused {
-            reason: format!(
-                "the session did not settle on {} within {MAX_STEPS} steps",
-                scope.head()
-            ),
-        })
+        Err(scope.unsettled())
     }
 
     /// Rolls back a transaction the checkout opened (transaction-scoped mode)
@@ -368,9 +347,9 @@ impl ManagedConnection {
 
     /// Runs the reset batch (one round trip).
     fn run_reset(&mut self) -> bool {
-        let sql = scope::reset_sql(self.settings.scope.session_setup.as_deref());
+        let settings = Arc::clone(&self.settings);
         self.mark_own();
-        let ok = self.conn.batch_execute(&sql).is_ok();
+        let ok = self.conn.batch_execute(settings.scope.reset_sql()).is_ok();
         // Notifications that arrived before UNLISTEN wait in the client's
         // queue; the next borrower must not receive them.
         let _ = self.conn.notifications_iter().count();

@@ -42,6 +42,30 @@ impl ScopeKey {
         }
     }
 
+    /// The checkout cannot go on: the connection's instrumentation (which
+    /// carries its scope state) was replaced.
+    pub(crate) fn instrumentation_lost(&self) -> crate::Error {
+        self.refused("the connection's instrumentation was replaced, so the session cannot be scoped to it safely")
+    }
+
+    /// The reset a checkout needed failed.
+    pub(crate) fn reset_failed(&self) -> crate::Error {
+        self.refused("the session could not be reset before scoping it")
+    }
+
+    /// The session kept changing under the checkout for [`MAX_STEPS`] steps.
+    pub(crate) fn unsettled(&self) -> crate::Error {
+        self.refused(&format!(
+            "the session did not settle within {MAX_STEPS} steps"
+        ))
+    }
+
+    fn refused(&self, what: &str) -> crate::Error {
+        crate::Error::Refused {
+            reason: format!("{what} (scope {})", self.head()),
+        }
+    }
+
     /// The search path value for this scope: `"tenant", public[, extra...],
     /// pg_temp` or `public[, extra...], pg_temp`. Every name passes through
     /// the one quoting function. `pg_temp` is named last so that temporary
@@ -62,6 +86,12 @@ impl ScopeKey {
         path
     }
 }
+
+/// The most statements one checkout sends before giving up on a connection:
+/// each step settles something the next cannot undo, so more steps than a
+/// reset, a probe, a read-back and a set mean the session keeps changing
+/// under the checkout.
+pub(crate) const MAX_STEPS: usize = 6;
 
 /// The pools' default for `recycle_after_schemas`.
 pub(crate) const DEFAULT_RECYCLE_AFTER_SCHEMAS: u64 = 1000;

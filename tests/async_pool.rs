@@ -403,3 +403,39 @@ async fn connections_are_recycled_after_many_schemas() {
     }
     common::assert_recycled_after_three_schemas(&pids);
 }
+
+/// The async pool runs `session_setup` on new connections and after a reset,
+/// and counts resets as the sync pool does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_setup_survives_resets() {
+    let (db, sync_pool) = tokio::task::block_in_place(|| setup(1));
+    let t = tokio::task::block_in_place(|| tenants_with_markers(&sync_pool, "asetup", 1));
+    let pool = AsyncTenantPool::builder(db.url())
+        .max_size(1)
+        .session_setup("SET application_name = 'from-setup'")
+        .build()
+        .unwrap();
+    async fn name(pool: &AsyncTenantPool, t: &Tenant) -> String {
+        pool.with_tenant(t, async |conn| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('application_name')",
+            ))
+            .get_result(conn)
+            .await
+        })
+        .await
+        .unwrap()
+    }
+    assert_eq!(name(&pool, &t[0]).await, "from-setup");
+    let before = pool.stats().resets;
+    pool.with_tenant(&t[0], async |conn| {
+        conn.batch_execute("SET application_name = 'borrower'")
+            .await
+    })
+    .await
+    .unwrap();
+    // The reset runs on a task after the borrow; the next checkout waits for
+    // the connection to come back.
+    assert_eq!(name(&pool, &t[0]).await, "from-setup");
+    assert_eq!(pool.stats().resets, before + 1);
+}

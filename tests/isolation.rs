@@ -681,3 +681,48 @@ fn a_tenant_schema_cannot_be_an_extra_schema() {
         "{refused:?}"
     );
 }
+
+/// `session_setup` runs on new connections and again after a reset, so a
+/// deliberate setting survives a borrower's `SET`; resets are counted, and a
+/// clean borrow costs none. Inside a borrow, a temporary table named like a
+/// real one does not shadow it (`pg_temp` is last on the path).
+#[test]
+fn session_setup_survives_resets_and_temp_tables_never_shadow() {
+    let (db, pool) = setup(1);
+    let t = tenants_with_markers(&pool, "setup", 1).remove(0);
+    let pool = db
+        .pool_builder()
+        .max_size(1)
+        .session_setup("SET application_name = 'from-setup'")
+        .build()
+        .unwrap();
+    let name = |pool: &TenantPool| -> String {
+        pool.with_tenant(&t, |conn| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('application_name')",
+            ))
+            .get_result(conn)
+        })
+        .unwrap()
+    };
+    assert_eq!(name(&pool), "from-setup");
+    let before = pool.stats().resets;
+    assert_eq!(name(&pool), "from-setup");
+    assert_eq!(pool.stats().resets, before, "a clean borrow needs no reset");
+    pool.with_tenant(&t, |conn| {
+        conn.batch_execute("SET application_name = 'borrower'")
+    })
+    .unwrap();
+    assert_eq!(pool.stats().resets, before + 1);
+    assert_eq!(name(&pool), "from-setup");
+    let seen = pool
+        .with_tenant(&t, |conn| {
+            conn.batch_execute(
+                "CREATE TEMP TABLE customers (id bigint, name text, email text); \
+                 INSERT INTO pg_temp.customers VALUES (1, 'fake', 'fake')",
+            )?;
+            markers(conn)
+        })
+        .unwrap();
+    assert_eq!(seen, ["setup0"]);
+}

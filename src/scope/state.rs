@@ -32,6 +32,8 @@ pub(crate) struct ScopeConfig {
     pub(crate) reset_after_every_borrow: bool,
     /// SQL run on every new connection and after every reset.
     pub(crate) session_setup: Option<String>,
+    /// The reset batch, with `session_setup` at its end, built once.
+    reset: String,
     scoped: AtomicU64,
     path_sets: AtomicU64,
     resets: AtomicU64,
@@ -58,11 +60,17 @@ impl ScopeConfig {
             recycle_after_schemas,
             tenant_roles,
             reset_after_every_borrow,
+            reset: super::reset_sql(session_setup.as_deref()),
             session_setup,
             scoped: AtomicU64::new(0),
             path_sets: AtomicU64::new(0),
             resets: AtomicU64::new(0),
         }
+    }
+
+    /// The statement that resets a session ([`reset_sql`](super::reset_sql)).
+    pub(crate) fn reset_sql(&self) -> &str {
+        &self.reset
     }
 
     /// Counters of the scoping done with these settings.
