@@ -337,20 +337,19 @@ where
         }
         let shared = MigrationSet::load(&self.shared, "public")?;
         let tenant = MigrationSet::load(&self.tenant, "public")?;
-        let applied: Vec<Version> = diesel::sql_query(
-            "SELECT version FROM public.__diesel_schema_migrations \
-             WHERE to_regclass('public.__diesel_schema_migrations') IS NOT NULL",
-        )
-        .load(conn)
-        .or_else(|e| match e {
-            // No ledger in public yet: nothing was run there.
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::Unknown,
-                ref info,
-            ) if info.message().contains("does not exist") => Ok(Vec::new()),
-            e => Err(e),
-        })
-        .map_err(Error::db("read public's migration ledger"))?;
+        let has_ledger: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "to_regclass('public.__diesel_schema_migrations') IS NOT NULL",
+        ))
+        .get_result(conn)
+        .map_err(Error::db("look for public's migration ledger"))?;
+        if !has_ledger {
+            // Nothing was ever run on public.
+            return Ok(());
+        }
+        let applied: Vec<Version> =
+            diesel::sql_query("SELECT version FROM public.__diesel_schema_migrations")
+                .load(conn)
+                .map_err(Error::db("read public's migration ledger"))?;
         let misplaced: Vec<&str> = applied
             .iter()
             .map(|v| v.version.as_str())
