@@ -408,7 +408,8 @@ where
     ///
     /// Tenants the journal records as having the current set fully applied are
     /// decided in the same single query that lists the tenants, so a run with
-    /// nothing pending costs one query (plus the shared set).
+    /// nothing pending costs one query (plus the shared set and the check of
+    /// `public`'s ledger).
     pub fn migrate_all(
         &self,
         pool: &TenantPool,
