@@ -142,6 +142,27 @@ pub enum Error {
         source: diesel::result::Error,
     },
 
+    /// A Citus operation was asked of a database that does not run Citus.
+    #[error("the database does not run Citus (the citus extension is not installed in it)")]
+    NotCitus,
+
+    /// No node of the Citus cluster has this address.
+    #[error("{node} is not a node of the Citus cluster")]
+    NodeNotFound {
+        /// The address given, `host:port`.
+        node: String,
+    },
+
+    /// The tenant's schema is not a distributed schema with tables, so Citus
+    /// has not placed it on a node.
+    #[error(
+        "tenant {schema:?} is not placed on a Citus node (its schema is not distributed, or has no tables)"
+    )]
+    NotDistributed {
+        /// The tenant's schema.
+        schema: String,
+    },
+
     /// A row in the registry holds a value this crate cannot read (it was edited by hand).
     #[error("registry row is corrupt: {reason}")]
     CorruptRegistry {

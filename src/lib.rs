@@ -53,6 +53,7 @@
 #[cfg(feature = "deadpool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
 mod async_pool;
+pub mod citus;
 mod domain;
 mod error;
 mod lifecycle;

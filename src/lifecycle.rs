@@ -10,7 +10,8 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::Text;
 
-use crate::migrate::{MigrationSet, Target, apply_in_transaction};
+use crate::citus::{self, ClusterMode};
+use crate::migrate::{MigrationSet, Target, apply_in_transaction, lock_schema};
 use crate::registry::{self, Tenant, TenantStatus};
 use crate::{Domain, Error, Result, SchemaName, TenantPool};
 
@@ -91,10 +92,14 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
 
 fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
     let schema = &new.schema;
+    let citus = citus::detect(conn)? == ClusterMode::Citus;
     committed(conn.transaction(|conn| {
         let tenant = registry::insert_tenant(conn, schema, &new.name)?;
         conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
             .map_err(schema_error(schema, "create"))?;
+        if citus {
+            citus::distribute_new_schema(conn, schema)?;
+        }
         apply_in_transaction(
             conn,
             Target::Tenant {
@@ -102,6 +107,7 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
                 id: tenant.id(),
             },
             set,
+            citus,
         )?;
         for (i, domain) in new.domains.iter().enumerate() {
             registry::add_domain(conn, &tenant, domain, i == 0)?;
@@ -253,14 +259,6 @@ pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
 pub enum ConfirmDrop {
     /// Yes: delete the schema, all of its data, and the registry rows.
     DeleteSchemaAndAllItsData,
-}
-
-fn lock_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind::<Text, _>(format!("diesel_tenancy:{}", schema.as_str()))
-        .execute(conn)
-        .map_err(Error::db(format!("lock schema {:?}", schema.as_str())))?;
-    Ok(())
 }
 
 /// Drops a tenant in one transaction: its schema (`CASCADE`: every table and row
@@ -424,12 +422,16 @@ pub fn repair_missing_schemas<S: MigrationSource<Pg>>(
     tenant_migrations: S,
 ) -> Result<Vec<Tenant>> {
     let set = MigrationSet::load(&tenant_migrations, "tenant set")?;
+    let citus = citus::detect(conn)? == ClusterMode::Citus;
     let mut repaired = Vec::new();
     for tenant in rows_without_schema(conn)? {
         conn.transaction(|conn| {
             lock_schema(conn, tenant.schema())?;
             conn.batch_execute(&format!("CREATE SCHEMA {}", tenant.schema().quoted()))
                 .map_err(schema_error(tenant.schema(), "create"))?;
+            if citus {
+                citus::distribute_new_schema(conn, tenant.schema())?;
+            }
             apply_in_transaction(
                 conn,
                 Target::Tenant {
@@ -437,6 +439,7 @@ pub fn repair_missing_schemas<S: MigrationSource<Pg>>(
                     id: tenant.id(),
                 },
                 &set,
+                citus,
             )
         })?;
         repaired.push(tenant);

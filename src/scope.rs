@@ -6,7 +6,7 @@
 //! The pools only run statements; every decision lives here, in one place, so
 //! the sync and the async pool cannot drift apart.
 
-mod lexer;
+pub(crate) mod lexer;
 mod sql;
 mod state;
 mod watch;

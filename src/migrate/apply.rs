@@ -116,7 +116,7 @@ impl Target<'_> {
     }
 
     fn lock_key(&self) -> String {
-        format!("diesel_tenancy:{}", self.name())
+        lock_key(self.name())
     }
 
     fn journal_id(&self) -> Option<i64> {
@@ -127,12 +127,32 @@ impl Target<'_> {
     }
 }
 
+/// The text whose hash is the advisory-lock key of schema `name`: migrations,
+/// drop, rename and Citus moves of one schema all take this lock, so they
+/// exclude each other.
+pub(crate) fn lock_key(name: &str) -> String {
+    format!("diesel_tenancy:{name}")
+}
+
+/// Takes `schema`'s lock for the rest of the current transaction, waiting for
+/// a holder to finish.
+pub(crate) fn lock_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(lock_key(schema.as_str()))
+        .execute(conn)
+        .map_err(Error::db(format!("lock schema {:?}", schema.as_str())))?;
+    Ok(())
+}
+
 /// Lock and timeout settings for [`apply`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ApplySettings {
     pub(crate) lock: LockMode,
     pub(crate) lock_timeout: Option<Duration>,
     pub(crate) statement_timeout: Option<Duration>,
+    /// Send each migration statement by statement (Citus mode; see
+    /// [`statements`](super::statements)).
+    pub(crate) split: bool,
 }
 
 enum Stop {
@@ -257,46 +277,64 @@ fn applied_versions(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
     )
 }
 
-fn run_migration(conn: &mut PgConnection, m: &dyn Migration<Pg>) -> Result<(), Stop> {
-    m.run(conn).map_err(|e| Stop::Failed {
+fn run_migration(conn: &mut PgConnection, m: &dyn Migration<Pg>, split: bool) -> Result<(), Stop> {
+    let result = if split {
+        super::statements::run_split(conn, m)
+    } else {
+        m.run(conn).map_err(|e| e.to_string())
+    };
+    result.map_err(|error| Stop::Failed {
         version: Some(m.name().version().to_string()),
-        error: e.to_string(),
+        error,
     })
 }
 
 /// Records versions in the schema's ledger and, for a tenant whose set is now
-/// complete, the journal entry, in one statement.
+/// complete, the journal entry: in one statement, or in two when `split` (on
+/// Citus the ledger is a distributed table and the journal a local one, which
+/// one statement cannot modify together).
 fn record(
     conn: &mut PgConnection,
     target: Target<'_>,
     versions: &[String],
     complete: Option<&MigrationSet>,
+    split: bool,
 ) -> QueryResult<()> {
-    match (target.journal_id(), complete) {
-        (Some(id), Some(set)) => {
-            diesel::sql_query(
-                "WITH ledger AS (INSERT INTO __diesel_schema_migrations (version) SELECT unnest($1::text[])) \
-                 INSERT INTO public.tenancy_migration_journal \
-                     (tenant_id, latest_version, set_digest, migrated_at, last_error, last_error_version, last_error_at) \
-                 VALUES ($2, $3, $4, now(), NULL, NULL, NULL) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET latest_version = EXCLUDED.latest_version, \
-                     set_digest = EXCLUDED.set_digest, migrated_at = now(), \
-                     last_error = NULL, last_error_version = NULL, last_error_at = NULL",
-            )
+    const LEDGER: &str =
+        "INSERT INTO __diesel_schema_migrations (version) SELECT unnest($1::text[])";
+    const JOURNAL: &str = "INSERT INTO public.tenancy_migration_journal \
+             (tenant_id, latest_version, set_digest, migrated_at, last_error, last_error_version, last_error_at) \
+         VALUES ($2, $3, $4, now(), NULL, NULL, NULL) \
+         ON CONFLICT (tenant_id) DO UPDATE SET latest_version = EXCLUDED.latest_version, \
+             set_digest = EXCLUDED.set_digest, migrated_at = now(), \
+             last_error = NULL, last_error_version = NULL, last_error_at = NULL";
+    let journal = target.journal_id().zip(complete);
+    if split || journal.is_none() {
+        if !versions.is_empty() {
+            diesel::sql_query(LEDGER)
+                .bind::<Array<Text>, _>(versions)
+                .execute(conn)?;
+        }
+        let Some((id, set)) = journal else {
+            return Ok(());
+        };
+        diesel::sql_query(
+            JOURNAL
+                .replace("$2", "$1")
+                .replace("$3", "$2")
+                .replace("$4", "$3"),
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<Nullable<Text>, _>(set.versions.last())
+        .bind::<Text, _>(&set.digest)
+        .execute(conn)?;
+    } else if let Some((id, set)) = journal {
+        diesel::sql_query(format!("WITH ledger AS ({LEDGER}) {JOURNAL}"))
             .bind::<Array<Text>, _>(versions)
             .bind::<BigInt, _>(id)
             .bind::<Nullable<Text>, _>(set.versions.last())
             .bind::<Text, _>(&set.digest)
             .execute(conn)?;
-        }
-        _ if !versions.is_empty() => {
-            diesel::sql_query(
-                "INSERT INTO __diesel_schema_migrations (version) SELECT unnest($1::text[])",
-            )
-            .bind::<Array<Text>, _>(versions)
-            .execute(conn)?;
-        }
-        _ => {}
     }
     Ok(())
 }
@@ -341,11 +379,11 @@ fn batch(
             next_non_transactional = Some(m.name().version().to_string());
             break;
         }
-        run_migration(conn, *m)?;
+        run_migration(conn, *m, settings.split)?;
         done.push(m.name().version().to_string());
     }
     let complete = next_non_transactional.is_none().then_some(set);
-    record(conn, target, &done, complete)?;
+    record(conn, target, &done, complete, settings.split)?;
     restore_caller(conn, &prepared)?;
     Ok(Batch {
         applied: done,
@@ -488,8 +526,8 @@ fn non_transactional(
         if applied_versions(conn)?.iter().any(|v| v == version) {
             return Ok(());
         }
-        run_migration(conn, &**m)?;
-        record(conn, target, &[version.to_owned()], None)?;
+        run_migration(conn, &**m, settings.split)?;
+        record(conn, target, &[version.to_owned()], None, settings.split)?;
         Ok(())
     })();
     let left = leave_session(conn, target, Some(&entered));
@@ -573,6 +611,7 @@ pub(crate) fn apply_in_transaction(
     conn: &mut PgConnection,
     target: Target<'_>,
     set: &MigrationSet,
+    split: bool,
 ) -> Result<Vec<String>> {
     let to_error = |stop| match stop {
         Stop::Locked => Error::Refused {
@@ -596,7 +635,11 @@ pub(crate) fn apply_in_transaction(
             source: error.into(),
         },
     };
-    let batch = batch(conn, target, set, &ApplySettings::default()).map_err(to_error)?;
+    let settings = ApplySettings {
+        split,
+        ..ApplySettings::default()
+    };
+    let batch = batch(conn, target, set, &settings).map_err(to_error)?;
     if let Some(version) = batch.next_non_transactional {
         return Err(Error::Refused {
             reason: format!(

@@ -2,6 +2,7 @@
 
 mod apply;
 mod report;
+mod statements;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,11 +14,12 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 pub use apply::LockMode;
-pub(crate) use apply::{MigrationSet, Target, apply_in_transaction};
+pub(crate) use apply::{MigrationSet, Target, apply_in_transaction, lock_key, lock_schema};
 pub use report::{MigrationReport, Outcome, TenantReport, Totals};
 
 use apply::{ApplySettings, apply, pending_versions, plan};
 
+use crate::citus::{self, ClusterMode};
 use crate::{Error, Result, SchemaName, Tenant, TenantPool, registry};
 
 fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
@@ -58,7 +60,8 @@ pub fn run_shared_migrations<S: MigrationSource<Pg>>(
 ) -> Result<Vec<String>> {
     registry::install(conn)?;
     let set = MigrationSet::load(&shared, "public")?;
-    let outcome = apply(conn, Target::Public, &set, &ApplySettings::default());
+    let settings = settings_for(conn)?;
+    let outcome = apply(conn, Target::Public, &set, &settings);
     outcome_to_result("public", outcome)
 }
 
@@ -76,8 +79,17 @@ pub fn run_tenant_migrations<S: MigrationSource<Pg>>(
         schema: tenant.schema(),
         id: tenant.id(),
     };
-    let outcome = apply(conn, target, &set, &ApplySettings::default());
+    let settings = settings_for(conn)?;
+    let outcome = apply(conn, target, &set, &settings);
     outcome_to_result(tenant.schema().as_str(), outcome)
+}
+
+/// Default settings for the database's mode.
+fn settings_for(conn: &mut PgConnection) -> Result<ApplySettings> {
+    Ok(ApplySettings {
+        split: citus::detect(conn)? == ClusterMode::Citus,
+        ..ApplySettings::default()
+    })
 }
 
 /// The versions of `set` not yet applied to `target` (reads its ledger).
@@ -272,11 +284,12 @@ impl MigrateOptions {
         self
     }
 
-    fn settings(&self) -> ApplySettings {
+    fn settings(&self, mode: ClusterMode) -> ApplySettings {
         ApplySettings {
             lock: self.lock,
             lock_timeout: self.lock_timeout,
             statement_timeout: self.statement_timeout,
+            split: mode == ClusterMode::Citus,
         }
     }
 
@@ -378,7 +391,8 @@ where
         self.refuse_tenant_set_in_public(&mut conn)?;
         registry::install(&mut conn)?;
         let set = MigrationSet::load(&self.shared, "public")?;
-        let outcome = apply(&mut conn, Target::Public, &set, &ApplySettings::default());
+        let settings = settings_for(&mut conn)?;
+        let outcome = apply(&mut conn, Target::Public, &set, &settings);
         outcome_to_result("public", outcome)
     }
 
@@ -389,12 +403,9 @@ where
             schema: tenant.schema(),
             id: tenant.id(),
         };
-        let outcome = apply(
-            &mut *pool.maintenance()?,
-            target,
-            &set,
-            &ApplySettings::default(),
-        );
+        let mut conn = pool.maintenance()?;
+        let settings = settings_for(&mut conn)?;
+        let outcome = apply(&mut conn, target, &set, &settings);
         outcome_to_result(tenant.schema().as_str(), outcome)
     }
 
@@ -421,19 +432,22 @@ where
             tenants: Vec::new(),
             dry_run: options.dry_run,
             decided_by_journal: 0,
+            mode: ClusterMode::Single,
             connections: 0,
             elapsed: Duration::ZERO,
         };
         let mut conn = pool.maintenance()?;
         report.connections += 1;
         self.refuse_tenant_set_in_public(&mut conn)?;
+        report.mode = citus::detect(&mut conn)?;
+        let settings = options.settings(report.mode);
         if options.shared {
             let set = MigrationSet::load(&self.shared, "public")?;
             let outcome = if options.dry_run {
                 plan(&mut conn, Target::Public, &set)
             } else {
                 match registry::install(&mut conn) {
-                    Ok(()) => apply(&mut conn, Target::Public, &set, &options.settings()),
+                    Ok(()) => apply(&mut conn, Target::Public, &set, &settings),
                     Err(e) => Outcome::Failed {
                         version: None,
                         error: error_chain(&e),
@@ -513,7 +527,7 @@ where
         }
         drop(set);
 
-        let (done, connections) = self.run_workers(pool, options, &work);
+        let (done, connections) = self.run_workers(pool, options, &settings, &work);
         report.connections += connections;
         report.tenants.extend(done);
         report.tenants.sort_by(|a, b| a.schema.cmp(&b.schema));
@@ -551,6 +565,7 @@ where
         &self,
         pool: &TenantPool,
         options: &MigrateOptions,
+        settings: &ApplySettings,
         work: &[(i64, SchemaName)],
     ) -> (Vec<TenantReport>, usize) {
         if work.is_empty() {
@@ -565,7 +580,6 @@ where
         let finished = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let connections = AtomicUsize::new(0);
-        let settings = options.settings();
         let total = work.len();
 
         let worker = || -> Vec<TenantReport> {
@@ -626,7 +640,7 @@ where
                         if options.dry_run {
                             plan(c, target, set)
                         } else {
-                            apply(c, target, set, &settings)
+                            apply(c, target, set, settings)
                         }
                     }
                 };

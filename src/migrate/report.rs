@@ -180,6 +180,8 @@ pub struct MigrationReport {
     pub connections: usize,
     /// Wall-clock time of the whole run.
     pub elapsed: Duration,
+    /// Whether the database ran as one server or as a Citus cluster.
+    pub mode: crate::citus::ClusterMode,
 }
 
 impl MigrationReport {

@@ -754,6 +754,86 @@ fn classify(sql: &str, backslash_quotes: bool) -> bool {
     statement.finish()
 }
 
+/// Splits `sql` into its statements, as `psql` does: at each `;` outside
+/// strings, quoted identifiers, comments, parentheses and the `BEGIN ... END`
+/// body of a `CREATE [OR REPLACE] FUNCTION | PROCEDURE` (psql's heuristic:
+/// inside such a statement, outside parentheses, `BEGIN` opens a block, `CASE`
+/// within a block opens one too and `END` closes one). Each statement comes
+/// back trimmed of surrounding whitespace, without its `;`; statements that are
+/// empty or only comments are left out.
+///
+/// `None` when the text cannot be tokenised, or when where it splits depends on
+/// `standard_conforming_strings` (a backslash in a plain `'...'` string that
+/// moves a boundary): the caller then sends the text whole, and the server
+/// decides.
+pub(crate) fn split_statements(sql: &str) -> Option<Vec<&str>> {
+    if sql.contains('\0') {
+        return None;
+    }
+    let statements = split_with(sql, false)?;
+    if sql.contains('\\') && split_with(sql, true)? != statements {
+        return None;
+    }
+    Some(statements)
+}
+
+/// [`split_statements`] under one reading of backslashes in `'...'` strings.
+fn split_with(sql: &str, backslash_quotes: bool) -> Option<Vec<&str>> {
+    let mut lexer = Lexer {
+        src: sql,
+        pos: 0,
+        backslash_quotes,
+    };
+    let mut statements = Vec::new();
+    let (mut start, mut empty) = (0, true);
+    // The statement's first four words (lowercased when they matter), its
+    // parenthesis depth and its BEGIN ... END depth.
+    let mut lead: [&str; 4] = [""; 4];
+    let (mut words, mut parens, mut blocks) = (0usize, 0u32, 0u32);
+    while let Some(t) = lexer.next_token() {
+        match t {
+            Tok::Bad => return None,
+            Tok::Semi if parens == 0 && blocks == 0 => {
+                if !empty {
+                    statements.push(sql[start..lexer.pos - 1].trim());
+                }
+                (start, empty) = (lexer.pos, true);
+                (lead, words, parens, blocks) = ([""; 4], 0, 0, 0);
+                continue;
+            }
+            Tok::Open => parens += 1,
+            Tok::Close => parens = parens.saturating_sub(1),
+            Tok::Word(w) => {
+                if let Some(slot) = lead.get_mut(words) {
+                    *slot = ["create", "or", "replace", "function", "procedure"]
+                        .into_iter()
+                        .find(|k| ci(w, k))
+                        .unwrap_or("");
+                }
+                words += 1;
+                let routine = lead[0] == "create"
+                    && (matches!(lead[1], "function" | "procedure")
+                        || (lead[1] == "or"
+                            && lead[2] == "replace"
+                            && matches!(lead[3], "function" | "procedure")));
+                if routine && parens == 0 {
+                    if ci(w, "begin") || (ci(w, "case") && blocks > 0) {
+                        blocks += 1;
+                    } else if ci(w, "end") {
+                        blocks = blocks.saturating_sub(1);
+                    }
+                }
+            }
+            _ => {}
+        }
+        empty = false;
+    }
+    if !empty {
+        statements.push(sql[start..].trim());
+    }
+    Some(statements)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1036,6 +1116,117 @@ mod tests {
     /// A regular expression for SQL-like text full of lexical corner cases.
     const SQLISH: &str = "(select|set|local|begin|temp|into|lower|f|e|u&|'x'|\\(|\\)|;|'|\"|\\$|\
                           \\$\\$|--|/\\*|\\*/|\\\\|\n| |\\.|::)*";
+
+    #[test]
+    fn splits_like_psql() {
+        let cases: &[(&str, Option<&[&str]>)] = &[
+            (
+                "CREATE TABLE a (x int);\nCREATE INDEX i ON a (x);\n",
+                Some(&["CREATE TABLE a (x int)", "CREATE INDEX i ON a (x)"]),
+            ),
+            (
+                "SELECT ';' ; SELECT $t$;$t$;SELECT \";\"; -- ;\n/* ; */",
+                Some(&["SELECT ';'", "SELECT $t$;$t$", "SELECT \";\""]),
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; \
+                 SELECT CASE WHEN true THEN 2 END; END; SELECT 3",
+                Some(&[
+                    "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; \
+                     SELECT CASE WHEN true THEN 2 END; END",
+                    "SELECT 3",
+                ]),
+            ),
+            (
+                "create or replace procedure p() language sql begin atomic insert into t values (1); end",
+                Some(&[
+                    "create or replace procedure p() language sql begin atomic insert into t values (1); end",
+                ]),
+            ),
+            // BEGIN outside a routine is a transaction statement.
+            ("BEGIN; SELECT 1; END;", Some(&["BEGIN", "SELECT 1", "END"])),
+            (
+                "DO $$ BEGIN PERFORM 1; END $$; SELECT (1; 2)",
+                Some(&["DO $$ BEGIN PERFORM 1; END $$", "SELECT (1; 2)"]),
+            ),
+            (";; -- only a comment\n; /* x */", Some(&[])),
+            (
+                "SELECT E'\\';'; SELECT 2",
+                Some(&["SELECT E'\\';'", "SELECT 2"]),
+            ),
+            // Where it splits depends on standard_conforming_strings.
+            ("SELECT 'a\\'; SELECT 1; SELECT '", None),
+            ("SELECT 'unterminated; SELECT 1", None),
+            ("SELECT 1 /* open", None),
+            ("SELECT 1;\0", None),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(split_statements(sql).as_deref(), *expected, "{sql:?}");
+        }
+    }
+
+    /// Statements for the splitter's properties: each holds `;` or words the
+    /// splitter must see past.
+    const PIECES: &[&str] = &[
+        "CREATE TABLE t (a int, b text DEFAULT ';')",
+        "INSERT INTO t VALUES (1, $$;$$), (2, $q$ '; $q$)",
+        "SELECT \"a;b\" FROM t WHERE b <> E'\\';'",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT CASE 1 WHEN 1 THEN 2 END; END",
+        "CREATE INDEX i ON t ((a + 1))",
+        "COMMENT ON TABLE t IS 'x;y'",
+        "DO $x$ BEGIN PERFORM 1; END $x$",
+        "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END",
+        "ALTER TABLE t ADD COLUMN c text CHECK (c <> 'end;')",
+        "SELECT 1",
+    ];
+
+    /// Text between two statements (after the `;`).
+    const GAPS: &[&str] = &[
+        " ",
+        "\n",
+        "\t\n  ",
+        " -- a; comment\n",
+        "/* ; /* nested; */ */",
+        "\r\n",
+    ];
+
+    proptest! {
+        #[test]
+        fn splitting_never_panics(a in ".*", b in any::<String>(), c in SQLISH) {
+            for s in [&a, &b, &c] {
+                if let Some(parts) = split_statements(s) {
+                    prop_assert!(parts.iter().all(|p| !p.is_empty() && s.contains(p)));
+                }
+            }
+        }
+
+        #[test]
+        fn splits_at_the_statement_boundaries(
+            picks in prop::collection::vec((0..PIECES.len(), 0..GAPS.len(), 0..GAPS.len()), 1..12),
+            last_semicolon in any::<bool>(),
+        ) {
+            let mut text = String::new();
+            for (i, &(p, before, after)) in picks.iter().enumerate() {
+                text.push_str(GAPS[before]);
+                text.push_str(PIECES[p]);
+                if i + 1 < picks.len() || last_semicolon {
+                    text.push_str(GAPS[after]);
+                    text.push(';');
+                }
+            }
+            let parts = split_statements(&text);
+            prop_assert!(parts.is_some(), "{:?}", text);
+            let parts = parts.unwrap();
+            prop_assert_eq!(parts.len(), picks.len(), "{:?} -> {:?}", text, parts);
+            for (part, &(p, _, _)) in parts.iter().zip(&picks) {
+                prop_assert!(part.contains(PIECES[p]), "{:?} lacks {:?}", part, PIECES[p]);
+            }
+            // Splitting a statement again finds it whole.
+            for part in &parts {
+                prop_assert_eq!(split_statements(part).map(|p| p.len()), Some(1), "{:?}", part);
+            }
+        }
+    }
 
     proptest! {
         #[test]

@@ -1,0 +1,621 @@
+//! Scale-out on a [Citus](https://docs.citusdata.com/) cluster with
+//! schema-based sharding.
+//!
+//! On a database with the `citus` extension the crate runs in Citus mode by
+//! itself ([`detect`]); nothing is configured. What changes there:
+//!
+//! - [`create_tenant`](crate::create_tenant) makes the tenant's schema a
+//!   *distributed schema* in the creation transaction: every table in it is a
+//!   single-shard table, and all of them live together on one worker node, so
+//!   a tenant is created whole on one node or not at all.
+//! - Migrations (tenant and shared sets) are sent one statement at a time,
+//!   still inside the one transaction per schema: Citus cannot forward some
+//!   commands (`CREATE INDEX`) that arrive in a multi-statement string.
+//! - The registry (`tenancy_*` tables in `public`) stays on the coordinator, as
+//!   plain local tables. The app connects to the coordinator only; a query
+//!   with a tenant's schema on the search path is routed to that tenant's node.
+//!
+//! Shared tables that tenant tables reference must be *reference tables*
+//! (copied to every node): call `SELECT tenancy_reference_table('plans')` in a
+//! shared migration after creating the table. On a single server the function
+//! does nothing, so the same migrations run on both.
+//!
+//! [`placements`] and [`placement`] say which node holds which tenant;
+//! [`move_tenant`] moves one tenant (all its tables) to another node and
+//! [`rebalance`] spreads tenants evenly over the nodes, one tenant at a time,
+//! each under the tenant's migration lock so no migration runs on a schema
+//! while it moves.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Integer, Text};
+
+use crate::{Error, Result, SchemaName, registry};
+
+/// Whether the database is a plain PostgreSQL server or a Citus coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterMode {
+    /// One PostgreSQL server: tenant schemas are plain schemas.
+    Single,
+    /// A Citus coordinator (the `citus` extension is installed in the
+    /// database): tenant schemas are distributed schemas.
+    Citus,
+}
+
+impl ClusterMode {
+    /// `"single"` or `"citus"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterMode::Single => "single",
+            ClusterMode::Citus => "citus",
+        }
+    }
+}
+
+impl fmt::Display for ClusterMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which mode the database runs in: [`ClusterMode::Citus`] when the `citus`
+/// extension is installed in it. One catalog query.
+pub fn detect(conn: &mut PgConnection) -> Result<ClusterMode> {
+    let citus: bool = diesel::select(diesel::dsl::sql::<Bool>(
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
+    ))
+    .get_result(conn)
+    .map_err(Error::db("detect whether the database runs Citus"))?;
+    Ok(if citus {
+        ClusterMode::Citus
+    } else {
+        ClusterMode::Single
+    })
+}
+
+/// A node's address, `host:port`, as Citus's `pg_dist_node` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr {
+    /// The host name or address.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A `host:port` string that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a node address: expected host:port, with a port from 1 to 65535")]
+pub struct NodeAddrError {
+    /// The text given.
+    pub input: String,
+}
+
+impl FromStr for NodeAddr {
+    type Err = NodeAddrError;
+
+    /// Parses `host:port` (an IPv6 host in brackets: `[::1]:5432`).
+    fn from_str(s: &str) -> std::result::Result<Self, NodeAddrError> {
+        let err = || NodeAddrError {
+            input: s.to_owned(),
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(err)?,
+            None if host.contains(':') => return Err(err()),
+            None => host,
+        };
+        let port: u16 = port.parse().map_err(|_| err())?;
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+        if port == 0 || !host_ok {
+            return Err(err());
+        }
+        Ok(NodeAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A node of the cluster, from `pg_dist_node`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Node {
+    /// Where it listens.
+    pub addr: NodeAddr,
+    /// Citus's group id: 0 is the coordinator.
+    pub group: i32,
+    /// Whether the node is active.
+    pub active: bool,
+    /// Whether new shards (tenants) may be placed on it.
+    pub should_have_shards: bool,
+    /// How many tenant schemas it holds.
+    pub tenants: i64,
+}
+
+impl Node {
+    /// Whether this is the coordinator.
+    pub fn is_coordinator(&self) -> bool {
+        self.group == 0
+    }
+}
+
+#[derive(QueryableByName)]
+struct NodeRow {
+    #[diesel(sql_type = Text)]
+    nodename: String,
+    #[diesel(sql_type = Integer)]
+    nodeport: i32,
+    #[diesel(sql_type = Integer)]
+    groupid: i32,
+    #[diesel(sql_type = Bool)]
+    isactive: bool,
+    #[diesel(sql_type = Bool)]
+    shouldhaveshards: bool,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    tenants: i64,
+}
+
+fn addr(host: String, port: i32) -> NodeAddr {
+    NodeAddr {
+        host,
+        port: u16::try_from(port).unwrap_or_default(),
+    }
+}
+
+/// Refuses unless the database runs Citus.
+fn require_citus(conn: &mut PgConnection) -> Result<()> {
+    match detect(conn)? {
+        ClusterMode::Citus => Ok(()),
+        ClusterMode::Single => Err(Error::NotCitus),
+    }
+}
+
+/// For each placed distributed schema: its name and the node holding it.
+/// Reads Citus's metadata tables only (never the workers, unlike the
+/// `citus_shards` view, which asks every node for shard sizes).
+const PLACEMENTS: &str = "\
+    SELECT n.nspname::text AS schema_name, d.nodename AS nodename, d.nodeport AS nodeport \
+    FROM pg_dist_schema s \
+    JOIN pg_catalog.pg_namespace n ON n.oid = s.schemaid \
+    JOIN LATERAL (SELECT pl.groupid FROM pg_dist_partition dp \
+                  JOIN pg_dist_shard sh ON sh.logicalrelid = dp.logicalrelid \
+                  JOIN pg_dist_placement pl ON pl.shardid = sh.shardid \
+                  WHERE dp.colocationid = s.colocationid LIMIT 1) g ON true \
+    JOIN pg_dist_node d ON d.groupid = g.groupid AND d.noderole = 'primary'";
+
+/// The cluster's primary nodes, coordinator first, each with the number of
+/// tenant schemas it holds. Fails with [`Error::NotCitus`] on a single server.
+pub fn nodes(conn: &mut PgConnection) -> Result<Vec<Node>> {
+    require_citus(conn)?;
+    let rows: Vec<NodeRow> = diesel::sql_query(format!(
+        "SELECT d.nodename, d.nodeport, d.groupid, d.isactive, d.shouldhaveshards, \
+                (SELECT count(*) FROM ({PLACEMENTS}) p \
+                 WHERE p.nodename = d.nodename AND p.nodeport = d.nodeport) AS tenants \
+         FROM pg_dist_node d WHERE d.noderole = 'primary' ORDER BY d.groupid, d.nodeid"
+    ))
+    .load(conn)
+    .map_err(Error::db("list the Citus nodes"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Node {
+            addr: addr(r.nodename, r.nodeport),
+            group: r.groupid,
+            active: r.isactive,
+            should_have_shards: r.shouldhaveshards,
+            tenants: r.tenants,
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct PlacementRow {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+    #[diesel(sql_type = Text)]
+    nodename: String,
+    #[diesel(sql_type = Integer)]
+    nodeport: i32,
+}
+
+/// Every distributed schema that has tables, with the node holding it, sorted
+/// by schema. Empty on a single server. A tenant schema with no tables yet has
+/// no placement and is not listed.
+pub fn placements(conn: &mut PgConnection) -> Result<Vec<(String, NodeAddr)>> {
+    if detect(conn)? == ClusterMode::Single {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<PlacementRow> = diesel::sql_query(format!(
+        "SELECT * FROM ({PLACEMENTS}) p ORDER BY schema_name"
+    ))
+    .load(conn)
+    .map_err(Error::db("read where tenants are placed"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.schema_name, addr(r.nodename, r.nodeport)))
+        .collect())
+}
+
+/// The node holding `schema`, or `None` on a single server or when the
+/// schema is not distributed or has no tables yet.
+pub fn placement(conn: &mut PgConnection, schema: &SchemaName) -> Result<Option<NodeAddr>> {
+    if detect(conn)? == ClusterMode::Single {
+        return Ok(None);
+    }
+    let row: Option<PlacementRow> = diesel::sql_query(format!(
+        "SELECT * FROM ({PLACEMENTS}) p WHERE schema_name = $1"
+    ))
+    .bind::<Text, _>(schema.as_str())
+    .get_result(conn)
+    .optional()
+    .map_err(Error::db(format!(
+        "read where tenant {:?} is placed",
+        schema.as_str()
+    )))?;
+    Ok(row.map(|r| addr(r.nodename, r.nodeport)))
+}
+
+/// Whether `schema` is a distributed schema.
+fn is_distributed(conn: &mut PgConnection, schema: &SchemaName) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<Bool>(
+        "EXISTS (SELECT 1 FROM pg_dist_schema s JOIN pg_catalog.pg_namespace n ON n.oid = s.schemaid \
+                 WHERE n.nspname = ",
+    )
+    .bind::<Text, _>(schema.as_str())
+    .sql(")"))
+    .get_result(conn)
+}
+
+/// In tenant creation, on Citus: makes the freshly created (empty) `schema` a
+/// distributed schema unless schema-based sharding already did, so the
+/// tenant's tables are created on one node whatever the session's
+/// `citus.enable_schema_based_sharding` says.
+pub(crate) fn distribute_new_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+    let action = || format!("distribute schema {:?}", schema.as_str());
+    if !is_distributed(conn, schema).map_err(Error::db(action()))? {
+        diesel::sql_query("SELECT citus_schema_distribute($1::regnamespace)::text")
+            .bind::<Text, _>(schema.quoted())
+            .execute(conn)
+            .map_err(Error::db(action()))?;
+    }
+    Ok(())
+}
+
+/// Distributes a tenant schema that exists already (a tenant created on a
+/// single server before the database moved to Citus): its tables become one
+/// colocated group on one node, data included (`citus_schema_distribute`).
+/// Does nothing if the schema is distributed already.
+///
+/// Needs an exclusive lock on each of the tenant's tables while it copies:
+/// the tenant is unavailable for that time.
+pub fn distribute_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+    require_citus(conn)?;
+    registry::get_tenant(conn, schema)?;
+    let action = format!("distribute tenant {:?}", schema.as_str());
+    conn.transaction(|conn| {
+        crate::migrate::lock_schema(conn, schema)?;
+        if !is_distributed(conn, schema).map_err(Error::db(action.clone()))? {
+            diesel::sql_query("SELECT citus_schema_distribute($1::regnamespace)::text")
+                .bind::<Text, _>(schema.quoted())
+                .execute(conn)
+                .map_err(Error::db(action.clone()))?;
+        }
+        Ok(())
+    })
+}
+
+/// How Citus copies a tenant's tables to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TransferMode {
+    /// Logical replication where the tables have a replica identity (a
+    /// primary key), blocking writes otherwise. Citus's default.
+    #[default]
+    Auto,
+    /// Logical replication only: writes continue during the copy; fails for
+    /// tables without a replica identity.
+    ForceLogical,
+    /// Writes to the tenant wait while its tables are copied; the fastest
+    /// for small tenants.
+    BlockWrites,
+}
+
+impl TransferMode {
+    /// The value of Citus's `citus.shard_transfer_mode` enum.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferMode::Auto => "auto",
+            TransferMode::ForceLogical => "force_logical",
+            TransferMode::BlockWrites => "block_writes",
+        }
+    }
+}
+
+impl FromStr for TransferMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(TransferMode::Auto),
+            "force_logical" => Ok(TransferMode::ForceLogical),
+            "block_writes" => Ok(TransferMode::BlockWrites),
+            other => Err(Error::Config {
+                reason: format!(
+                    "unknown transfer mode {other:?}: expected auto, force_logical or block_writes"
+                ),
+            }),
+        }
+    }
+}
+
+/// One tenant moved (or to be moved) between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Move {
+    /// The tenant's schema.
+    pub schema: String,
+    /// The node it was on.
+    pub from: NodeAddr,
+    /// The node it is on now.
+    pub to: NodeAddr,
+    /// How long the move took (zero in a plan, or when it was already there).
+    pub elapsed: Duration,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+/// Runs `f` holding `schema`'s migration lock at session level (moves cannot
+/// run inside a transaction), released afterwards however `f` ends.
+fn with_session_lock<T>(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    f: impl FnOnce(&mut PgConnection) -> Result<T>,
+) -> Result<T> {
+    let key = crate::migrate::lock_key(schema.as_str());
+    let locked =
+        diesel::sql_query("SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS locked")
+            .bind::<Text, _>(&key)
+            .get_result::<Locked>(conn)
+            .map_err(Error::db(format!("lock tenant {:?}", schema.as_str())))?;
+    if !locked.locked {
+        return Err(Error::Refused {
+            reason: format!(
+                "tenant {:?} is locked by a migration run or another move; try again when it ends",
+                schema.as_str()
+            ),
+        });
+    }
+    let result = f(conn);
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind::<Text, _>(&key)
+        .execute(conn);
+    let value = result?;
+    unlocked.map_err(Error::db(format!("unlock tenant {:?}", schema.as_str())))?;
+    Ok(value)
+}
+
+/// Moves tenant `schema` (all its tables, data included) to node `to`, which
+/// must be a node of the cluster. Reference tables are copied to nodes that
+/// lack them first (a node added since they were made has none, and Citus
+/// refuses the move until it has). Holds the tenant's migration lock
+/// throughout; returns at once if the tenant is on `to` already.
+///
+/// With [`TransferMode::Auto`] or [`TransferMode::ForceLogical`] the tenant
+/// stays readable and writable during the copy and is blocked only for the
+/// final switch-over.
+pub fn move_tenant(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    to: &NodeAddr,
+    mode: TransferMode,
+) -> Result<Move> {
+    require_citus(conn)?;
+    registry::get_tenant(conn, schema)?;
+    if !nodes(conn)?.iter().any(|n| &n.addr == to) {
+        return Err(Error::NodeNotFound {
+            node: to.to_string(),
+        });
+    }
+    let from = placement(conn, schema)?.ok_or_else(|| Error::NotDistributed {
+        schema: schema.as_str().to_owned(),
+    })?;
+    if &from == to {
+        return Ok(Move {
+            schema: schema.as_str().to_owned(),
+            from,
+            to: to.clone(),
+            elapsed: Duration::ZERO,
+        });
+    }
+    let started = Instant::now();
+    let action = format!("move tenant {:?} from {from} to {to}", schema.as_str());
+    with_session_lock(conn, schema, |conn| {
+        diesel::sql_query("SELECT replicate_reference_tables($1::citus.shard_transfer_mode)::text")
+            .bind::<Text, _>(mode.as_str())
+            .execute(conn)
+            .map_err(Error::db(format!(
+                "copy reference tables to every node before moving tenant {:?}",
+                schema.as_str()
+            )))?;
+        diesel::sql_query(
+            "SELECT citus_schema_move($1::regnamespace, $2, $3, $4::citus.shard_transfer_mode)::text",
+        )
+        .bind::<Text, _>(schema.quoted())
+        .bind::<Text, _>(&to.host)
+        .bind::<Integer, _>(i32::from(to.port))
+        .bind::<Text, _>(mode.as_str())
+        .execute(conn)
+        .map_err(Error::db(action.clone()))?;
+        Ok(())
+    })?;
+    // Old placements are removed later by Citus; do it now (best effort).
+    let _ = conn.batch_execute("CALL citus_cleanup_orphaned_resources()");
+    Ok(Move {
+        schema: schema.as_str().to_owned(),
+        from,
+        to: to.clone(),
+        elapsed: started.elapsed(),
+    })
+}
+
+#[derive(QueryableByName)]
+struct PlanRow {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+    #[diesel(sql_type = Text)]
+    sourcename: String,
+    #[diesel(sql_type = Integer)]
+    sourceport: i32,
+    #[diesel(sql_type = Text)]
+    targetname: String,
+    #[diesel(sql_type = Integer)]
+    targetport: i32,
+}
+
+/// The moves Citus's rebalancer would make to even out the tenants over the
+/// nodes that should have shards, one per tenant, in order
+/// (`get_rebalance_table_shards_plan`, restricted to distributed schemas).
+pub fn rebalance_plan(conn: &mut PgConnection) -> Result<Vec<Move>> {
+    require_citus(conn)?;
+    let rows: Vec<PlanRow> = diesel::sql_query(
+        "SELECT schema_name, sourcename, sourceport, targetname, targetport FROM ( \
+           SELECT DISTINCT ON (n.nspname) n.nspname::text AS schema_name, p.sourcename, \
+                  p.sourceport, p.targetname, p.targetport, p.ord::int AS step \
+           FROM get_rebalance_table_shards_plan() WITH ORDINALITY AS p(table_name, shardid, shard_size, \
+                sourcename, sourceport, targetname, targetport, ord) \
+           JOIN pg_catalog.pg_class c ON c.oid = p.table_name \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           JOIN pg_dist_schema s ON s.schemaid = n.oid \
+           ORDER BY n.nspname, p.ord) m ORDER BY step",
+    )
+    .load(conn)
+    .map_err(Error::db("plan a rebalance"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Move {
+            schema: r.schema_name,
+            from: addr(r.sourcename, r.sourceport),
+            to: addr(r.targetname, r.targetport),
+            elapsed: Duration::ZERO,
+        })
+        .collect())
+}
+
+/// A step of [`rebalance`], for progress output.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RebalanceProgress<'a> {
+    /// The plan is made: this many tenants will move.
+    Planned {
+        /// Every planned move, in order.
+        moves: &'a [Move],
+    },
+    /// A tenant is about to move.
+    Moving {
+        /// The move.
+        planned: &'a Move,
+        /// Its position, from 1.
+        index: usize,
+        /// How many moves the plan has.
+        total: usize,
+    },
+    /// A tenant moved.
+    Moved {
+        /// The move, with its time.
+        done: &'a Move,
+        /// Its position, from 1.
+        index: usize,
+        /// How many moves the plan has.
+        total: usize,
+    },
+}
+
+/// Evens out the tenants over the nodes: runs [`rebalance_plan`]'s moves one
+/// after the other with [`move_tenant`] (so each takes the tenant's migration
+/// lock), reporting each through `progress`. Stops at the first failure, which
+/// names the tenant; the moves done so far stay done.
+pub fn rebalance(
+    conn: &mut PgConnection,
+    mode: TransferMode,
+    mut progress: impl FnMut(RebalanceProgress<'_>),
+) -> Result<Vec<Move>> {
+    let plan = rebalance_plan(conn)?;
+    progress(RebalanceProgress::Planned { moves: &plan });
+    let total = plan.len();
+    let mut done = Vec::with_capacity(total);
+    for (i, planned) in plan.iter().enumerate() {
+        progress(RebalanceProgress::Moving {
+            planned,
+            index: i + 1,
+            total,
+        });
+        let schema = SchemaName::new(&planned.schema)?;
+        let moved = move_tenant(conn, &schema, &planned.to, mode)?;
+        progress(RebalanceProgress::Moved {
+            done: &moved,
+            index: i + 1,
+            total,
+        });
+        done.push(moved);
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_parse() {
+        let ok = |s: &str, host: &str, port: u16| {
+            assert_eq!(
+                s.parse::<NodeAddr>(),
+                Ok(NodeAddr {
+                    host: host.into(),
+                    port
+                }),
+                "{s}"
+            );
+        };
+        ok("127.0.0.1:5432", "127.0.0.1", 5432);
+        ok("worker-1.internal:6432", "worker-1.internal", 6432);
+        ok("[::1]:5432", "::1", 5432);
+        for bad in [
+            "",
+            "host",
+            ":5432",
+            "host:",
+            "host:0",
+            "host:65536",
+            "::1:5432",
+            "host:54x",
+            "ho st:1",
+            "h;drop:1",
+            "[::1:5432",
+        ] {
+            assert!(bad.parse::<NodeAddr>().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            "127.0.0.1:5432".parse::<NodeAddr>().unwrap().to_string(),
+            "127.0.0.1:5432"
+        );
+    }
+}
