@@ -318,6 +318,35 @@ pub fn distribute_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result
     })
 }
 
+#[derive(QueryableByName)]
+struct SchemaRow {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+}
+
+/// Registered tenants whose schema exists but is not distributed (made before
+/// the database ran Citus, or by hand), sorted. Empty on a single server.
+pub fn undistributed_tenants(conn: &mut PgConnection) -> Result<Vec<SchemaName>> {
+    if detect(conn)? == ClusterMode::Single {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<SchemaRow> = diesel::sql_query(
+        "SELECT t.schema_name FROM public.tenancy_tenants t \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_dist_schema s WHERE s.schemaid = n.oid) \
+         ORDER BY t.schema_name",
+    )
+    .load(conn)
+    .map_err(Error::db("list tenants whose schema is not distributed"))?;
+    rows.into_iter()
+        .map(|r| {
+            SchemaName::try_from(r.schema_name).map_err(|e| Error::CorruptRegistry {
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// How Citus copies a tenant's tables to another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

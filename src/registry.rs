@@ -17,7 +17,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use crate::{Domain, Error, Result, SchemaName};
 
 /// The registry's schema version that this release of the crate installs.
-pub const REGISTRY_VERSION: i32 = 4;
+pub const REGISTRY_VERSION: i32 = STEPS.len() as i32;
 
 /// The channel on which the registry's triggers announce every change to tenants
 /// or domains, whichever process or tool made it.
@@ -84,6 +84,24 @@ CREATE TRIGGER tenancy_domains_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCA
     r#"
 ALTER TABLE public.tenancy_tenants ADD COLUMN role_name text
     CHECK (role_name ~ '^[a-z_][a-z0-9_]{0,62}$');
+"#,
+    // For shared migrations: makes a shared table a Citus reference table
+    // (copied to every node, so tenant tables can join and reference it); on a
+    // single server, and for a table that is one already, it does nothing.
+    r#"
+CREATE FUNCTION public.tenancy_reference_table(tbl regclass) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+               WHERE logicalrelid = tbl AND partmethod = 'n' AND repmodel = 't') THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.create_reference_table(tbl);
+END
+$$;
 "#,
 ];
 

@@ -714,9 +714,16 @@ const CITUS_SETTINGS: &[(&str, &str)] = &[
 
 /// Whether the Citus extension is installed for the PostgreSQL binaries that
 /// testing would use: `citus.so` in the directory that their `pg_config
-/// --pkglibdir` names, or in `<bindir>/../lib`.
+/// --pkglibdir` names, or in `<bindir>/../lib` (`<bindir>` being where the
+/// `postgres` binary is, symbolic links followed).
 pub fn citus_installed() -> bool {
-    let Ok(bin) = find_bin_dir() else {
+    // The server finds its libraries from where its binary really is (a
+    // `postgres` on PATH may be a symbolic link into the installation).
+    let Some(bin) = find_bin_dir()
+        .ok()
+        .and_then(|dir| std::fs::canonicalize(dir.join("postgres")).ok())
+        .and_then(|postgres| Some(postgres.parent()?.to_path_buf()))
+    else {
         return false;
     };
     let pkglibdir = Command::new(bin.join("pg_config"))

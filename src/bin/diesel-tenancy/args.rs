@@ -52,6 +52,16 @@ pub(crate) enum Command {
         #[arg(long)]
         fix: bool,
     },
+    /// On a Citus cluster: move tenants between nodes until each node that
+    /// should have shards holds about as many (one tenant at a time, with progress).
+    Rebalance {
+        /// Show the moves; make none.
+        #[arg(long)]
+        plan: bool,
+        /// How Citus copies the tables: auto, force_logical or block_writes.
+        #[arg(long, default_value = "auto")]
+        mode: String,
+    },
     /// Run an SQL statement or file in every tenant (or the chosen ones), each in
     /// its own transaction with only the tenant's schema on the search path
     /// (write shared tables qualified: public.plans).
@@ -140,10 +150,30 @@ pub(crate) enum Tenant {
     },
     /// List tenants.
     List,
-    /// Show one tenant, its domains and its migration state.
+    /// Show one tenant, its domains, its migration state and (on Citus) its node.
     Show {
         /// The schema name.
         schema: String,
+    },
+    /// On a Citus cluster: move a tenant (all its tables and data) to another node.
+    Move {
+        /// The schema name.
+        schema: String,
+        /// The node to move it to, host:port as Citus lists it (see status).
+        #[arg(long, value_name = "HOST:PORT")]
+        to: String,
+        /// How Citus copies the tables: auto, force_logical or block_writes.
+        #[arg(long, default_value = "auto")]
+        mode: String,
+    },
+    /// On a Citus cluster: distribute tenant schemas made before the database
+    /// ran Citus (each is copied, data included, to one node).
+    Distribute {
+        /// The schema names (default with --all: every tenant not yet distributed).
+        schemas: Vec<String>,
+        /// Every tenant whose schema is not distributed yet.
+        #[arg(long, conflicts_with = "schemas")]
+        all: bool,
     },
 }
 

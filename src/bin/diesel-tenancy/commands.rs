@@ -9,6 +9,7 @@ use clap::CommandFactory;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel_migrations::FileBasedMigrations;
+use diesel_tenancy::citus::{self, ClusterMode, NodeAddr, TransferMode};
 use diesel_tenancy::{
     ConfirmDrop, Domain, MigrateOptions, MigrationReport, Migrator, NewTenant, Outcome, Progress,
     SchemaName, Tenant, TenantPool, activate_tenant, check_consistency, create_tenant, drop_tenant,
@@ -129,6 +130,7 @@ pub(crate) fn run(cli: Cli, terminal: bool) -> Result<Ended> {
         Command::Status => status(&ctx),
         Command::Doctor { fix } => doctor(&ctx, fix),
         Command::Exec(e) => exec(&ctx, e),
+        Command::Rebalance { plan, mode } => rebalance(&ctx, plan, &mode),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     }
 }
@@ -350,6 +352,75 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
             let tenant = activate_tenant(&mut *ctx.conn()?, &schema(&name)?)?;
             ctx.print(tenant_json(&tenant), || format!("activated {name}"));
         }
+        T::Move {
+            schema: name,
+            to,
+            mode,
+        } => {
+            let to: NodeAddr = to
+                .parse()
+                .map_err(|e: citus::NodeAddrError| UsageError(e.to_string()))?;
+            let mode = transfer_mode(&mode)?;
+            let schema = schema(&name)?;
+            if !ctx.json {
+                eprintln!("moving {name} to {to} ...");
+            }
+            let moved = citus::move_tenant(&mut *ctx.conn()?, &schema, &to, mode)?;
+            ctx.print(
+                json!({
+                    "schema": moved.schema,
+                    "from": moved.from.to_string(),
+                    "to": moved.to.to_string(),
+                    "seconds": moved.elapsed.as_secs_f64(),
+                }),
+                || {
+                    if moved.from == moved.to {
+                        format!("{name} is on {to} already")
+                    } else {
+                        format!(
+                            "moved {name} from {} to {} in {:.1}s",
+                            moved.from,
+                            moved.to,
+                            moved.elapsed.as_secs_f64()
+                        )
+                    }
+                },
+            );
+        }
+        T::Distribute { schemas, all } => {
+            let mut conn = ctx.conn()?;
+            let chosen = if all {
+                citus::undistributed_tenants(&mut conn)?
+            } else if schemas.is_empty() {
+                return Err(
+                    UsageError("name the tenants to distribute, or pass --all".into()).into(),
+                );
+            } else {
+                schemas
+                    .iter()
+                    .map(|s| schema(s))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let mut done = Vec::new();
+            for schema in &chosen {
+                citus::distribute_tenant(&mut conn, schema)?;
+                let node = citus::placement(&mut conn, schema)?;
+                if !ctx.json {
+                    eprintln!(
+                        "distributed {schema}{}",
+                        node.as_ref()
+                            .map(|n| format!(" (on {n})"))
+                            .unwrap_or_default()
+                    );
+                }
+                done.push(
+                    json!({ "schema": schema.as_str(), "node": node.map(|n| n.to_string()) }),
+                );
+            }
+            ctx.print(json!({ "distributed": done }), || {
+                format!("{} tenant(s) distributed", done.len())
+            });
+        }
         T::List => {
             let tenants = registry::list_tenants(&mut *ctx.conn()?)?;
             ctx.print(
@@ -375,6 +446,8 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
             let journal = registry::journal(&mut conn)?
                 .into_iter()
                 .find(|j| j.tenant_id == tenant.id());
+            let mode = citus::detect(&mut conn)?;
+            let node = citus::placement(&mut conn, tenant.schema())?;
             drop(conn);
             let plan = Migrator::new(ctx.shared()?, ctx.tenant_set()?).plan(
                 &ctx.pool,
@@ -395,6 +468,8 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
                 json!(journal.as_ref().and_then(|j| j.latest_version.clone()));
             value["last_error"] = json!(journal.as_ref().and_then(|j| j.last_error.clone()));
             value["migrations"] = outcome.as_ref().map_or(Value::Null, outcome_json);
+            value["mode"] = json!(mode.as_str());
+            value["node"] = json!(node.as_ref().map(ToString::to_string));
             ctx.print(value, || {
                 let mut out = format!(
                     "tenant {} ({}), {}\ndomains: {}",
@@ -413,6 +488,15 @@ fn tenant(ctx: &Ctx, command: args::Tenant) -> Result<Ended> {
                 );
                 if let Some(outcome) = &outcome {
                     out += &format!("\nmigrations: {outcome}");
+                }
+                if mode == ClusterMode::Citus {
+                    out += &format!(
+                        "\nnode: {}",
+                        node.as_ref().map_or(
+                            "none (not distributed, or no tables)".to_owned(),
+                            ToString::to_string
+                        )
+                    );
                 }
                 if let Some(error) = journal.as_ref().and_then(|j| j.last_error.as_ref()) {
                     out += &format!("\nlast error: {error}");
@@ -486,6 +570,7 @@ fn status(ctx: &Ctx) -> Result<Ended> {
     let mut conn = ctx.conn()?;
     let tenants = registry::list_tenants(&mut conn)?;
     let journal = registry::journal(&mut conn)?;
+    let cluster = Cluster::read(&mut conn)?;
     let mut rows = Vec::new();
     for t in &tenants {
         let entry = plan.tenant(t.schema().as_str());
@@ -515,40 +600,61 @@ fn status(ctx: &Ctx) -> Result<Ended> {
         Some(Outcome::Pending { versions }) => versions.len(),
         _ => 0,
     };
-    ctx.print(
-        json!({
-            "shared_pending": shared_pending,
-            "tenants": rows.iter().map(|(t, applied, pending, missing, error)| json!({
+    let citus = cluster.mode == ClusterMode::Citus;
+    let mut value = cluster.json();
+    value["shared_pending"] = json!(shared_pending);
+    value["tenants"] = rows
+        .iter()
+        .map(|(t, applied, pending, missing, error)| {
+            json!({
                 "schema": t.schema().as_str(),
                 "status": t.status().as_str(),
                 "applied_version": applied,
                 "pending": pending,
                 "schema_missing": missing,
                 "last_error": error,
-            })).collect::<Vec<_>>(),
-        }),
-        || {
-            let mut out = format!(
-                "public: {shared_pending} pending\n{:<30} {:<10} {:<16} {:<8} LAST ERROR",
-                "SCHEMA", "STATUS", "VERSION", "PENDING"
+                "node": cluster.node_of(t.schema()),
+            })
+        })
+        .collect();
+    ctx.print(value, || {
+        let mut out = format!(
+            "{}\npublic: {shared_pending} pending\n{:<30} {:<10} {}{:<16} {:<8} LAST ERROR",
+            cluster.text(),
+            "SCHEMA",
+            "STATUS",
+            if citus {
+                format!("{:<22} ", "NODE")
+            } else {
+                String::new()
+            },
+            "VERSION",
+            "PENDING"
+        );
+        for (t, applied, pending, missing, error) in &rows {
+            out += &format!(
+                "\n{:<30} {:<10} {}{:<16} {:<8} {}",
+                t.schema(),
+                t.status().as_str(),
+                if citus {
+                    format!(
+                        "{:<22} ",
+                        cluster.node_of(t.schema()).unwrap_or_else(|| "-".into())
+                    )
+                } else {
+                    String::new()
+                },
+                applied.as_deref().unwrap_or("-"),
+                if *missing {
+                    "no schema".to_owned()
+                } else {
+                    pending.map_or("-".into(), |p| p.to_string())
+                },
+                error.as_deref().unwrap_or("")
             );
-            for (t, applied, pending, missing, error) in &rows {
-                out += &format!(
-                    "\n{:<30} {:<10} {:<16} {:<8} {}",
-                    t.schema(),
-                    t.status().as_str(),
-                    applied.as_deref().unwrap_or("-"),
-                    if *missing {
-                        "no schema".to_owned()
-                    } else {
-                        pending.map_or("-".into(), |p| p.to_string())
-                    },
-                    error.as_deref().unwrap_or("")
-                );
-            }
-            out
-        },
-    );
+        }
+        out
+    });
     Ok(Ended::Ok)
 }
 
@@ -579,16 +685,27 @@ fn doctor(ctx: &Ctx, fix: bool) -> Result<Ended> {
         report = check_consistency(&mut *ctx.conn()?, ctx.tenant_set()?)?;
     }
     let names = |v: &[Tenant]| v.iter().map(|t| t.schema().to_string()).collect::<Vec<_>>();
+    let mut conn = ctx.conn()?;
+    let cluster = Cluster::read(&mut conn)?;
+    let undistributed = citus::undistributed_tenants(&mut conn)?;
+    drop(conn);
+    let consistent = report.is_consistent() && undistributed.is_empty();
     ctx.print(
         json!({
-            "consistent": report.is_consistent(),
+            "mode": cluster.mode.as_str(),
+            "nodes": cluster.json()["nodes"],
+            "not_distributed": undistributed.iter().map(SchemaName::as_str).collect::<Vec<_>>(),
+            "consistent": consistent,
             "rows_without_schema": names(&report.rows_without_schema),
             "schemas_without_row": report.schemas_without_row,
             "tenants_behind": report.tenants_behind.iter().map(|(t, v)| json!({ "schema": t.schema().as_str(), "pending": v })).collect::<Vec<_>>(),
             "fixed": fixed,
         }),
         || {
-            let mut out = String::new();
+            let mut out = format!("{}\n", cluster.text());
+            for s in &undistributed {
+                out += &format!("tenant not distributed: {s} (tenant distribute {s} places it on a node)\n");
+            }
             for line in &fixed {
                 out += &format!("fixed: {line}\n");
             }
@@ -601,17 +718,154 @@ fn doctor(ctx: &Ctx, fix: bool) -> Result<Ended> {
             for (t, v) in &report.tenants_behind {
                 out += &format!("tenant behind: {} ({} pending)\n", t.schema(), v.len());
             }
-            if report.is_consistent() {
+            if consistent {
                 out += "consistent";
             }
             out.trim_end().to_owned()
         },
     );
-    Ok(if report.is_consistent() {
+    Ok(if consistent {
         Ended::Ok
     } else {
         Ended::TenantsFailed
     })
+}
+
+/// The database's mode and, on Citus, its nodes and where each tenant is.
+struct Cluster {
+    mode: ClusterMode,
+    nodes: Vec<citus::Node>,
+    placements: std::collections::HashMap<String, NodeAddr>,
+}
+
+impl Cluster {
+    fn read(conn: &mut PgConnection) -> Result<Cluster> {
+        let mode = citus::detect(conn)?;
+        let (nodes, placements) = match mode {
+            ClusterMode::Citus => (
+                citus::nodes(conn)?,
+                citus::placements(conn)?.into_iter().collect(),
+            ),
+            _ => Default::default(),
+        };
+        Ok(Cluster {
+            mode,
+            nodes,
+            placements,
+        })
+    }
+
+    fn node_of(&self, schema: &SchemaName) -> Option<String> {
+        self.placements
+            .get(schema.as_str())
+            .map(ToString::to_string)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "mode": self.mode.as_str(),
+            "nodes": self.nodes.iter().map(|n| json!({
+                "node": n.addr.to_string(),
+                "role": if n.is_coordinator() { "coordinator" } else { "worker" },
+                "active": n.active,
+                "should_have_shards": n.should_have_shards,
+                "tenants": n.tenants,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `mode: single`, or the mode and one line per node.
+    fn text(&self) -> String {
+        let mut out = format!("mode: {}", self.mode);
+        for n in &self.nodes {
+            out += &format!(
+                "\n  {} {}{}{}, {} tenant{}",
+                if n.is_coordinator() {
+                    "coordinator"
+                } else {
+                    "worker"
+                },
+                n.addr,
+                if n.active { "" } else { " (inactive)" },
+                if n.should_have_shards {
+                    ""
+                } else {
+                    " (no shards)"
+                },
+                n.tenants,
+                if n.tenants == 1 { "" } else { "s" }
+            );
+        }
+        out
+    }
+}
+
+fn transfer_mode(mode: &str) -> Result<TransferMode> {
+    mode.parse()
+        .map_err(|e: diesel_tenancy::Error| UsageError(e.to_string()).into())
+}
+
+fn rebalance(ctx: &Ctx, plan: bool, mode: &str) -> Result<Ended> {
+    let mode = transfer_mode(mode)?;
+    let mut conn = ctx.conn()?;
+    let move_json = |m: &citus::Move| {
+        json!({
+            "schema": m.schema,
+            "from": m.from.to_string(),
+            "to": m.to.to_string(),
+            "seconds": m.elapsed.as_secs_f64(),
+        })
+    };
+    let moves = if plan {
+        citus::rebalance_plan(&mut conn)?
+    } else {
+        let (json_out, terminal) = (ctx.json, ctx.terminal);
+        citus::rebalance(&mut conn, mode, |p| {
+            if json_out {
+                return;
+            }
+            match p {
+                citus::RebalanceProgress::Planned { moves } => {
+                    eprintln!("{} tenant(s) to move", moves.len());
+                }
+                citus::RebalanceProgress::Moving {
+                    planned,
+                    index,
+                    total,
+                } if terminal => {
+                    eprintln!(
+                        "[{index}/{total}] moving {} from {} to {} ...",
+                        planned.schema, planned.from, planned.to
+                    );
+                }
+                citus::RebalanceProgress::Moved { done, index, total } => {
+                    eprintln!(
+                        "[{index}/{total}] moved {} from {} to {} in {:.1}s",
+                        done.schema,
+                        done.from,
+                        done.to,
+                        done.elapsed.as_secs_f64()
+                    );
+                }
+                _ => {}
+            }
+        })?
+    };
+    ctx.print(
+        json!({ "plan": plan, "moves": moves.iter().map(move_json).collect::<Vec<_>>() }),
+        || {
+            if moves.is_empty() {
+                return "balanced: nothing to move".to_owned();
+            }
+            let verb = if plan { "would move" } else { "moved" };
+            moves
+                .iter()
+                .map(|m| format!("{verb} {} from {} to {}", m.schema, m.from, m.to))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+    Ok(Ended::Ok)
 }
 
 #[derive(QueryableByName)]
