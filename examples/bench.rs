@@ -57,6 +57,13 @@
 //! the sync pool first, in the same run, and prints both. `--recycle N` sets the
 //! switching pool's recycle rule (distinct schemas; 0 for never).
 //!
+//! `citus` creates N tenants and then runs one new migration (a column and an
+//! index) on every one of them, on this single server and on a Citus
+//! coordinator with one worker (`testing::CitusDatabase`, so Citus must be
+//! installed), and prints `RESULT scenario=<create|migrate> mode=<single|citus>
+//! tenants=<N> total_ms=<t> ms_per_tenant=<x> single_ms_per_tenant=<s>
+//! vs_single=<ratio>`.
+//!
 //! Options: `--tenants N` (default 1000), `--jobs J` (parallel workers, default 2).
 //! Uses a fresh database on the server at `DATABASE_URL` if set (dropped
 //! afterwards), otherwise a throwaway PostgreSQL cluster. Each scenario ends with
@@ -274,6 +281,48 @@ fn main() -> Result<()> {
                 ))?;
             }
             result("migrate", n, total, started.elapsed());
+        }
+        "citus" => {
+            // The same creation and migration on this single server and on a
+            // Citus coordinator with one worker, in one run.
+            let citus_db = diesel_tenancy::testing::CitusDatabase::new()
+                .context("a Citus database (is Citus installed?)")?;
+            let citus_pool = citus_db.pool_builder().max_size(args.jobs as u32 + 1).build()?;
+            run_shared_migrations(&mut *citus_pool.public()?, SHARED)?;
+            let pools = [("single", &pool), ("citus", &citus_pool)];
+            let mut created = Vec::new();
+            for (mode, pool) in pools {
+                created.push((mode, create(pool, &set, "t", n, args.jobs)?));
+            }
+            set.add(
+                "2025-03-01-000000_add_loyalty",
+                "ALTER TABLE customers ADD COLUMN loyalty_points integer NOT NULL DEFAULT 0;\n\
+                 CREATE INDEX customers_loyalty ON customers (loyalty_points);",
+            )?;
+            let mut migrated = Vec::new();
+            for (mode, pool) in pools {
+                let migrator = Migrator::new(SHARED, set.source()?);
+                let started = Instant::now();
+                let report = migrator.migrate_all(pool, &MigrateOptions::new().jobs(args.jobs))?;
+                ensure!(
+                    report.is_success() && report.totals().applied == n,
+                    "{mode}: {:?}",
+                    report.failures().next()
+                );
+                migrated.push((mode, started.elapsed()));
+            }
+            for (scenario, runs) in [("create", &created), ("migrate", &migrated)] {
+                let single = runs[0].1;
+                for (mode, total) in runs.iter() {
+                    println!(
+                        "RESULT scenario={scenario} mode={mode} tenants={n} total_ms={:.1} ms_per_tenant={:.3} single_ms_per_tenant={:.3} vs_single={:.2}",
+                        ms(*total),
+                        ms(*total) / n as f64,
+                        ms(single) / n as f64,
+                        total.as_secs_f64() / single.as_secs_f64()
+                    );
+                }
+            }
         }
         "noop" => {
             create(&pool, &set, "t", n, args.jobs)?;

@@ -27,6 +27,13 @@
 //! let conn = pool.get(&acme)?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`CitusDatabase::new`] does the same on a Citus cluster (a coordinator and
+//! workers, with schema-based sharding on, so every tenant schema is
+//! distributed): on the cluster whose coordinator `DIESEL_TENANCY_CITUS_URL`
+//! names, if set; otherwise, when the Citus extension is installed
+//! ([`citus_installed`]), on a throwaway [`CitusCluster`] of a coordinator and
+//! two workers, each started like the cluster above.
 
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -717,15 +724,20 @@ const CITUS_SETTINGS: &[(&str, &str)] = &[
 /// --pkglibdir` names, or in `<bindir>/../lib` (`<bindir>` being where the
 /// `postgres` binary is, symbolic links followed).
 pub fn citus_installed() -> bool {
-    // The server finds its libraries from where its binary really is (a
-    // `postgres` on PATH may be a symbolic link into the installation).
-    let Some(bin) = find_bin_dir()
-        .ok()
-        .and_then(|dir| std::fs::canonicalize(dir.join("postgres")).ok())
-        .and_then(|postgres| Some(postgres.parent()?.to_path_buf()))
-    else {
-        return false;
-    };
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        // The server finds its libraries from where its binary really is (a
+        // `postgres` on PATH may be a symbolic link into the installation).
+        find_bin_dir()
+            .ok()
+            .and_then(|dir| std::fs::canonicalize(dir.join("postgres")).ok())
+            .and_then(|postgres| Some(postgres.parent()?.to_path_buf()))
+            .is_some_and(|bin| citus_in(&bin))
+    })
+}
+
+/// Whether `citus.so` is where the server in `bin` loads libraries from.
+fn citus_in(bin: &Path) -> bool {
     let pkglibdir = Command::new(bin.join("pg_config"))
         .arg("--pkglibdir")
         .stdin(Stdio::null())
@@ -849,6 +861,8 @@ pub struct CitusDatabase {
     url: String,
     admin_url: String,
     name: SchemaName,
+    /// The coordinator's host and port as its `pg_dist_node` lists them.
+    coordinator: (String, u16),
     /// Every worker of the cluster, in the coordinator's order.
     workers: Vec<CitusWorker>,
     /// How many of `workers` are nodes of this database.
@@ -865,6 +879,16 @@ impl CitusDatabase {
     /// ([`citus_installed`]); otherwise the error is
     /// [`TestingError::CitusNotInstalled`].
     pub fn new() -> Result<CitusDatabase, TestingError> {
+        let db = Self::without_citus()?;
+        db.enable_citus()?;
+        Ok(db)
+    }
+
+    /// Creates the database on the cluster [`new`](Self::new) would use (on
+    /// the coordinator and every worker), but without the `citus` extension
+    /// in it: a single-server database, for testing a move to Citus with
+    /// [`enable_citus`](Self::enable_citus).
+    pub fn without_citus() -> Result<CitusDatabase, TestingError> {
         let admin_url = match std::env::var("DIESEL_TENANCY_CITUS_URL") {
             Ok(url) if !url.trim().is_empty() => url,
             _ if citus_installed() => shared_citus_cluster()?.coordinator_url().to_owned(),
@@ -884,38 +908,52 @@ impl CitusDatabase {
                 format!("CREATE DATABASE {}", name.quoted()),
             ],
         )?;
-        // From here on, dropping `db` removes the database from every node.
-        let db = CitusDatabase {
+        Ok(CitusDatabase {
             url: database_url_for(&admin_url, name.as_str())?,
             admin_url,
             name,
+            coordinator,
             workers,
             added: std::sync::Mutex::new(0),
-        };
-        let urls: Vec<String> = std::iter::once(db.url.clone())
-            .chain((0..db.workers()).filter_map(|i| db.worker_url(i)))
+        })
+    }
+
+    /// Makes this database a Citus one, as [`new`](Self::new) does: creates
+    /// the `citus` extension in it on the coordinator and on every worker,
+    /// registers the coordinator and the first worker as its nodes and turns
+    /// schema-based sharding on (for sessions that start afterwards). Returns
+    /// the host and port of the node that takes the shards: the first worker,
+    /// or on a cluster without workers the coordinator itself.
+    pub fn enable_citus(&self) -> Result<(String, u16), TestingError> {
+        let urls: Vec<String> = std::iter::once(self.url.clone())
+            .chain((0..self.workers()).filter_map(|i| self.worker_url(i)))
             .collect();
         in_parallel(urls.len(), |i| {
             execute(&urls[i], &["CREATE EXTENSION citus"])
         })?;
+        let (host, port) = &self.coordinator;
+        let host = sql_literal(host);
         execute(
-            &db.url,
+            &self.url,
             &[
-                format!(
-                    "SELECT citus_set_coordinator_host({}, {})",
-                    sql_literal(&coordinator.0),
-                    coordinator.1
-                ),
+                format!("SELECT citus_set_coordinator_host({host}, {port})"),
                 format!(
                     "ALTER DATABASE {} SET citus.enable_schema_based_sharding TO on",
-                    db.name.quoted()
+                    self.name.quoted()
                 ),
             ],
         )?;
-        if db.workers() > 0 {
-            db.add_worker()?;
+        if !self.workers.is_empty() {
+            return self.add_worker();
         }
-        Ok(db)
+        // A single node: the coordinator holds the shards.
+        execute(
+            &self.url,
+            &[format!(
+                "SELECT citus_set_node_property({host}, {port}, 'shouldhaveshards', true)"
+            )],
+        )?;
+        Ok(self.coordinator.clone())
     }
 
     /// The database's URL on the coordinator (the one an application uses).
@@ -976,22 +1014,48 @@ impl CitusDatabase {
 
 impl Drop for CitusDatabase {
     fn drop(&mut self) {
-        let drop = format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name.quoted()
-        );
-        // Propagated to the workers, and removed from the coordinator's list
-        // of distributed objects; then dropped on each worker directly, in case
-        // a worker's part failed (Citus only warns then).
-        let _ = execute(
-            &self.admin_url,
-            &[
-                "SET citus.enable_create_database_propagation TO on".into(),
-                drop.clone(),
-            ],
-        );
-        for worker in &self.workers {
-            let _ = execute(&worker.admin_url, std::slice::from_ref(&drop));
+        let name = self.name.quoted();
+        let nodes: Vec<&str> = std::iter::once(self.admin_url.as_str())
+            .chain(self.workers.iter().map(|w| w.admin_url.as_str()))
+            .collect();
+        // Every statement is tried, whatever became of the one before.
+        let run = |url: &str, statements: &[String]| {
+            if let Ok(mut conn) = PgConnection::establish(url) {
+                for sql in statements {
+                    let _ = conn.batch_execute(sql);
+                }
+            }
+        };
+        // Citus' daemons on every node connect to the database on the others,
+        // and a connection that comes in while `DROP DATABASE` runs, even one
+        // that will be refused, makes it fail (even `WITH (FORCE)`). So first
+        // every copy refuses connections and loses those it has.
+        for url in &nodes {
+            run(
+                url,
+                &[
+                    "SET citus.enable_ddl_propagation TO off".into(),
+                    format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"),
+                    format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = {} AND pid <> pg_backend_pid()",
+                        sql_literal(self.name.as_str())
+                    ),
+                ],
+            );
+        }
+        // Dropped on the coordinator, propagated to the workers (which also
+        // removes it from Citus' distributed objects); then on each worker on
+        // its own, in case its part failed (Citus only warns then).
+        for (i, url) in nodes.iter().enumerate() {
+            let propagate = if i == 0 { "on" } else { "off" };
+            run(
+                url,
+                &[
+                    format!("SET citus.enable_create_database_propagation TO {propagate}"),
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ],
+            );
         }
     }
 }
@@ -1027,7 +1091,8 @@ fn citus_nodes(admin_url: &str) -> Result<((String, u16), Vec<CitusWorker>), Tes
     )
     .load(&mut connect(admin_url)?)
     .map_err(db_err(format!(
-        "read the Citus node list (pg_dist_node) of {admin_url}"
+        "read the Citus node list (pg_dist_node) of {}",
+        node(admin_url)
     )))?;
     let port = |p: i32| u16::try_from(p).unwrap_or_default();
     let coordinator = nodes
@@ -1074,7 +1139,18 @@ fn in_parallel<T: Send>(
 }
 
 fn connect(url: &str) -> Result<PgConnection, TestingError> {
-    PgConnection::establish(url).map_err(db_err(format!("connect to {url}")))
+    PgConnection::establish(url).map_err(db_err(format!("connect to {}", node(url))))
+}
+
+/// `url`'s host, port and database, for messages (without its credentials).
+fn node(url: &str) -> String {
+    url::Url::parse(url).map_or_else(
+        |_| "the server".into(),
+        |u| {
+            let (host, port) = (u.host_str().unwrap_or(""), u.port().unwrap_or(5432));
+            format!("{host}:{port}{}", u.path())
+        },
+    )
 }
 
 /// Runs `statements` one by one on a connection of their own to `url`.
@@ -1083,7 +1159,7 @@ fn execute(url: &str, statements: &[impl AsRef<str>]) -> Result<(), TestingError
     for sql in statements {
         let sql = sql.as_ref();
         conn.batch_execute(sql)
-            .map_err(db_err(format!("run `{sql}` on {url}")))?;
+            .map_err(db_err(format!("run `{sql}` on {}", node(url))))?;
     }
     Ok(())
 }
@@ -1317,6 +1393,22 @@ mod tests {
         };
         assert!(log.contains(&format!("tried port(s) {taken}")), "{log}");
         assert!(log.contains("Address already in use"), "{log}");
+    }
+
+    #[test]
+    fn a_missing_citus_says_how_to_get_it() {
+        let message = TestingError::CitusNotInstalled.to_string();
+        assert!(message.contains(".ci/run"), "{message}");
+        assert!(message.contains("DIESEL_TENANCY_CITUS_URL"), "{message}");
+    }
+
+    #[test]
+    fn node_names_leave_credentials_out() {
+        assert_eq!(node("postgres://u:secret@h:5/db"), "h:5/db");
+        assert_eq!(
+            node("postgres://127.0.0.1/postgres"),
+            "127.0.0.1:5432/postgres"
+        );
     }
 
     #[test]

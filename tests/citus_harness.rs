@@ -176,6 +176,9 @@ fn add_worker_makes_a_second_node() {
         return;
     }
     let second = db.worker_url(1).unwrap();
+    // Made while worker 0 is the only node: placed there.
+    let worker0 = port_of(&db.worker_url(0).unwrap());
+    assert_eq!(shard_port(&db, "moving"), worker0);
     let (host, port) = db.add_worker().unwrap();
     assert_eq!(port, port_of(&second));
     assert!(!host.is_empty());
@@ -187,10 +190,6 @@ fn add_worker_makes_a_second_node() {
     // Its metadata was synced to the new node's copy of the database.
     assert!(count(&second, "SELECT count(*) AS n FROM pg_dist_node") >= 3);
     // The new node takes shards: a schema moved there lands there.
-    assert_eq!(
-        shard_port(&db, "moving"),
-        port_of(&db.worker_url(0).unwrap())
-    );
     connect(db.url())
         .batch_execute(&format!(
             "SELECT citus_schema_move('moving', '{host}', {port}, 'block_writes')"
@@ -334,4 +333,27 @@ fn a_cluster_starts_and_stops() {
     for url in std::iter::once(&coordinator).chain(&workers) {
         assert!(PgConnection::establish(url).is_err(), "{url} still answers");
     }
+}
+
+#[test]
+fn a_database_without_citus_gets_it_later() {
+    let plain = match CitusDatabase::without_citus() {
+        Err(e @ TestingError::CitusNotInstalled) if !citus_required() => {
+            return eprintln!("skipped: {e}");
+        }
+        db => db.unwrap(),
+    };
+    let citus = "SELECT count(*) AS n FROM pg_extension WHERE extname = 'citus'";
+    let everywhere: Vec<String> = std::iter::once(plain.url().to_owned())
+        .chain((0..plain.workers()).map(|i| plain.worker_url(i).unwrap()))
+        .collect();
+    for url in &everywhere {
+        assert_eq!(count(url, citus), 0, "no extension yet on {url}");
+    }
+    let (_, port) = plain.enable_citus().unwrap();
+    assert_eq!(port, port_of(&plain.worker_url(0).unwrap()));
+    for url in &everywhere {
+        assert_eq!(count(url, citus), 1, "the extension on {url}");
+    }
+    assert_eq!(shard_port(&plain, "later"), port);
 }

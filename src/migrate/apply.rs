@@ -306,7 +306,7 @@ fn record(
              (tenant_id, latest_version, set_digest, migrated_at, last_error, last_error_version, last_error_at) \
          VALUES ($2, $3, $4, now(), NULL, NULL, NULL) \
          ON CONFLICT (tenant_id) DO UPDATE SET latest_version = EXCLUDED.latest_version, \
-             set_digest = EXCLUDED.set_digest, migrated_at = now(), \
+             set_digest = EXCLUDED.set_digest, migrated_at = EXCLUDED.migrated_at, \
              last_error = NULL, last_error_version = NULL, last_error_at = NULL";
     let journal = target.journal_id().zip(complete);
     if split || journal.is_none() {
@@ -346,7 +346,7 @@ fn record_failure(conn: &mut PgConnection, id: i64, version: Option<&str>, error
         "INSERT INTO public.tenancy_migration_journal (tenant_id, last_error, last_error_version, last_error_at) \
          VALUES ($1, $2, $3, now()) \
          ON CONFLICT (tenant_id) DO UPDATE SET last_error = EXCLUDED.last_error, \
-             last_error_version = EXCLUDED.last_error_version, last_error_at = now()",
+             last_error_version = EXCLUDED.last_error_version, last_error_at = EXCLUDED.last_error_at",
     )
     .bind::<BigInt, _>(id)
     .bind::<Text, _>(error)

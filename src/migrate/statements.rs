@@ -117,7 +117,7 @@ fn excerpt(statement: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diesel::migration::{MigrationName, MigrationSource};
+    use diesel::migration::MigrationSource;
     use diesel_migrations::FileBasedMigrations;
 
     #[test]

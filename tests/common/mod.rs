@@ -106,6 +106,11 @@ pub struct MigrationDir {
 impl MigrationDir {
     /// A copy of `migrations_tenant`.
     pub fn tenant_copy() -> Self {
+        Self::copy_of("migrations_tenant")
+    }
+
+    /// A copy of the project's migration directory `name`.
+    pub fn copy_of(name: &str) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -114,7 +119,7 @@ impl MigrationDir {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations_tenant");
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
         for entry in std::fs::read_dir(src).unwrap() {
             let entry = entry.unwrap();
             let to = dir.join(entry.file_name());
