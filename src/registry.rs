@@ -85,6 +85,24 @@ CREATE TRIGGER tenancy_domains_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCA
 ALTER TABLE public.tenancy_tenants ADD COLUMN role_name text
     CHECK (role_name ~ '^[a-z_][a-z0-9_]{0,62}$');
 "#,
+    // Row-level triggers for row changes: on Citus, a registry table that
+    // joins a foreign-key chain with a reference table becomes a "Citus local
+    // table" whose rows live in a shard table on the coordinator, and Citus
+    // copies row-level triggers to that shard but not statement-level ones, so
+    // a statement-level trigger would stay silent. TRUNCATE keeps its
+    // statement-level trigger (it has no row form).
+    r#"
+DROP TRIGGER tenancy_tenants_notify ON public.tenancy_tenants;
+DROP TRIGGER tenancy_domains_notify ON public.tenancy_domains;
+CREATE TRIGGER tenancy_tenants_notify AFTER INSERT OR UPDATE OR DELETE
+    ON public.tenancy_tenants FOR EACH ROW EXECUTE FUNCTION public.tenancy_notify_change();
+CREATE TRIGGER tenancy_domains_notify AFTER INSERT OR UPDATE OR DELETE
+    ON public.tenancy_domains FOR EACH ROW EXECUTE FUNCTION public.tenancy_notify_change();
+CREATE TRIGGER tenancy_tenants_notify_truncate AFTER TRUNCATE
+    ON public.tenancy_tenants FOR EACH STATEMENT EXECUTE FUNCTION public.tenancy_notify_change();
+CREATE TRIGGER tenancy_domains_notify_truncate AFTER TRUNCATE
+    ON public.tenancy_domains FOR EACH STATEMENT EXECUTE FUNCTION public.tenancy_notify_change();
+"#,
     // For shared migrations: makes a shared table a Citus reference table
     // (copied to every node, so tenant tables can join and reference it); on a
     // single server, and for a table that is one already, it does nothing.

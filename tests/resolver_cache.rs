@@ -87,3 +87,66 @@ fn another_process_moving_a_domain_is_heard_through_notify() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The same on a Citus coordinator, where the registry stays: lookups, the
+/// cache and NOTIFY invalidation work as on one server (here with the
+/// registry turned into Citus local tables by a shared table that references
+/// it and a reference table).
+#[test]
+fn on_citus_the_registry_and_notify_work_on_the_coordinator() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let db = match diesel_tenancy::testing::CitusDatabase::new() {
+        Ok(db) => db,
+        Err(diesel_tenancy::testing::TestingError::CitusNotInstalled)
+            if !diesel_tenancy::testing::citus_required() =>
+        {
+            eprintln!("skipped: Citus is not installed");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let pool = db.migrated_pool(common::SHARED).unwrap();
+    pool.public()
+        .unwrap()
+        .batch_execute("SELECT tenancy_reference_table('plans')")
+        .unwrap();
+    for (schema, host) in [
+        ("acme", "shared.example.com"),
+        ("globex", "globex.example.com"),
+    ] {
+        let new = NewTenant::new(SchemaName::new(schema).unwrap(), schema)
+            .domain(Domain::parse(host).unwrap());
+        create_tenant(&mut pool.public().unwrap(), &new, TENANT).unwrap();
+    }
+    let resolver = Resolver::builder(pool.clone())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let _listener = resolver.listen().unwrap();
+    let shared = info("shared.example.com");
+    assert_eq!(
+        tenant_of(resolver.resolve(&shared).unwrap()).as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        tenant_of(resolver.resolve(&info("nobody.example.com")).unwrap()),
+        None
+    );
+    let mut other = PgConnection::establish(db.url()).unwrap();
+    other
+        .batch_execute(
+            "UPDATE tenancy_domains SET is_primary = false, \
+             tenant_id = (SELECT id FROM tenancy_tenants WHERE schema_name = 'globex') \
+             WHERE domain = 'shared.example.com'",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = tenant_of(resolver.resolve(&shared).unwrap());
+        if now.as_deref() == Some("globex") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still routed to {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
