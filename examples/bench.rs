@@ -287,7 +287,10 @@ fn main() -> Result<()> {
             // Citus coordinator with one worker, in one run.
             let citus_db = diesel_tenancy::testing::CitusDatabase::new()
                 .context("a Citus database (is Citus installed?)")?;
-            let citus_pool = citus_db.pool_builder().max_size(args.jobs as u32 + 1).build()?;
+            let citus_pool = citus_db
+                .pool_builder()
+                .max_size(args.jobs as u32 + 1)
+                .build()?;
             run_shared_migrations(&mut *citus_pool.public()?, SHARED)?;
             let pools = [("single", &pool), ("citus", &citus_pool)];
             let mut created = Vec::new();

@@ -100,7 +100,11 @@ fn on_citus_the_registry_and_notify_work_on_the_coordinator() {
         Err(diesel_tenancy::testing::TestingError::CitusNotInstalled)
             if !diesel_tenancy::testing::citus_required() =>
         {
-            eprintln!("skipped: Citus is not installed");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED the Citus resolver test: Citus is not installed for this PostgreSQL"
+            );
             return;
         }
         Err(e) => panic!("{e}"),
