@@ -319,6 +319,63 @@ fn migrations_reach_the_worker_and_a_failure_rolls_back_there_too() {
         other => panic!("{other:?}"),
     }
     assert_eq!(report.tenants[0].schema.as_str(), "t_a");
+    // The README's other refusals, each on its own: the migration rolls back
+    // and the report quotes Citus.
+    pool.public()
+        .unwrap()
+        .batch_execute("CREATE TABLE public.local_only (id int PRIMARY KEY)")
+        .unwrap();
+    for (sql, said) in [
+        (
+            "ALTER SEQUENCE customers_id_seq RESTART WITH 100;",
+            "Altering a distributed sequence is currently not supported",
+        ),
+        (
+            "ALTER TABLE customers ALTER COLUMN id TYPE integer;",
+            "involves a default coming from a sequence",
+        ),
+        (
+            "CREATE TABLE notes (id int PRIMARY KEY, l int REFERENCES public.local_only (id));",
+            "must be a distributed table or a reference table",
+        ),
+        (
+            "CREATE TABLE notes (id int PRIMARY KEY, c bigint REFERENCES t_b.customers (id));",
+            "not colocated",
+        ),
+    ] {
+        let dir = tenant_dir();
+        dir.add("2025-06-03-000001", "refused", sql);
+        let report = Migrator::new(shared.source(), dir.source())
+            .migrate_all(
+                &pool,
+                &MigrateOptions::new().tenants([SchemaName::new("t_c").unwrap()]),
+            )
+            .unwrap();
+        match &report.tenants[0].outcome {
+            Outcome::Failed { version, error, .. } => {
+                assert_eq!(version.as_deref(), Some("20250603000001"), "{sql}");
+                assert!(error.contains(said), "{sql}: {error}");
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    // A reference table cannot point at a tenant.
+    let err = pool
+        .public()
+        .unwrap()
+        .batch_execute(
+            "ALTER TABLE public.plans ADD COLUMN owner bigint REFERENCES t_a.customers (id)",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("foreign keys from reference tables"), "{err}");
+    // Joining two tenants is refused too (a query, not a migration).
+    let joined = diesel::sql_query(
+        "SELECT count(*) AS n FROM t_a.customers a JOIN t_c.customers c ON a.name = c.name",
+    )
+    .get_result::<N>(&mut pool.public().unwrap());
+    let err = joined.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("repartitioning"), "{err}");
 }
 
 #[test]
@@ -642,4 +699,69 @@ fn an_existing_database_distributes_its_tenants() {
     // New tenants are distributed at creation from now on.
     create(&pool, "t_new", &tenants);
     assert_eq!(shard_ports(&pool, "t_new"), [port0.to_string()]);
+}
+
+/// The async pool through the coordinator: concurrent tasks, some leaving a
+/// session-level path to another tenant behind, each read sees its own
+/// tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_borrowers_through_the_coordinator_never_read_another_tenant() {
+    use diesel_async::SimpleAsyncConnection as _;
+    let Some(db) = citus_db() else { return };
+    let (shared, tenants) = (shared_dir(), tenant_dir());
+    let pool = setup(&db, &shared);
+    let made: Vec<Tenant> = (0..6)
+        .map(|i| {
+            let t = create(&pool, &format!("t_async{i}"), &tenants);
+            pool.with_tenant(&t, |conn| {
+                conn.batch_execute(&format!(
+                    "INSERT INTO customers (name, email) VALUES ('{0}', '{0}@x.test')",
+                    t.schema()
+                ))
+            })
+            .unwrap();
+            t
+        })
+        .collect();
+    let apool = diesel_tenancy::AsyncTenantPool::builder(db.url())
+        .max_size(4)
+        .build()
+        .unwrap();
+    let made = std::sync::Arc::new(made);
+    let wrong = std::sync::Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..8u64)
+        .map(|seed| {
+            let (apool, made, wrong) = (apool.clone(), made.clone(), wrong.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng::new(seed * 104_729 + 1);
+                for _ in 0..50 {
+                    let t = &made[rng.below(made.len())];
+                    let other = made[rng.below(made.len())].schema().quoted();
+                    let misbehave = rng.below(3) == 0;
+                    apool
+                        .with_tenant(t, async |conn| {
+                            let query = common::customers::table
+                                .select(common::customers::name)
+                                .order(common::customers::id);
+                            let seen: Vec<String> =
+                                diesel_async::RunQueryDsl::load(query, conn).await?;
+                            if seen != [t.schema().as_str()] {
+                                wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if misbehave {
+                                conn.batch_execute(&format!("SET search_path TO {other}"))
+                                    .await?;
+                            }
+                            Ok::<_, diesel::result::Error>(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(wrong.load(Ordering::Relaxed), 0);
 }
