@@ -14,11 +14,12 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager,
 };
 
+use crate::scope::ScopeStats;
 use crate::scope::{
     self, ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ScopeWatch, ServerState,
     SetPath, Step, TempObjects,
 };
-use crate::{Error, Result, SchemaName, ScopeStats, Tenant};
+use crate::{Error, Result, SchemaName, Tenant};
 
 mod private {
     /// Names the future an async closure returns, so that bounds can require it
@@ -198,7 +199,7 @@ impl AsyncTenantPoolBuilder {
                 reason: "public is always on the path".into(),
             });
         }
-        crate::pool::check_database_url(&self.database_url)?;
+        crate::conn::check_database_url(&self.database_url)?;
         let statement_cache = self.statement_cache.unwrap_or(!self.transaction_scoped);
         let session_setup = self.session_setup.clone();
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
@@ -328,7 +329,7 @@ impl AsyncTenantPool {
         let cfg = &self.settings.scope;
         cfg.check_tenant(tenant)?;
         let scope = ScopeKey::Tenant(tenant.schema().clone(), cfg.role_of(tenant)?);
-        let conn = self.checkout(&scope).await?;
+        let conn = self.checkout(&scope, cfg.transaction_scoped).await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
             tenant: Some(tenant.clone()),
@@ -339,7 +340,9 @@ impl AsyncTenantPool {
 
     /// A connection scoped to the shared `public` schema.
     pub async fn public(&self) -> Result<AsyncTenantConnection> {
-        let conn = self.checkout(&ScopeKey::Public).await?;
+        let conn = self
+            .checkout(&ScopeKey::Public, self.settings.scope.transaction_scoped)
+            .await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),
             tenant: None,
@@ -389,7 +392,7 @@ impl AsyncTenantPool {
         result
     }
 
-    async fn checkout(&self, scope: &ScopeKey) -> Result<Object<AsyncPgConnection>> {
+    async fn checkout(&self, scope: &ScopeKey, local: bool) -> Result<Object<AsyncPgConnection>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -413,7 +416,7 @@ impl AsyncTenantPool {
                 drop(Object::take(conn));
                 continue;
             }
-            match enter(&self.settings.scope, &mut conn, scope).await {
+            match enter(&self.settings.scope, &mut conn, scope, local).await {
                 Ok(()) => return Ok(conn),
                 Err(e) => {
                     let discard = state(&mut conn).is_none_or(|s| s.discard);
@@ -434,7 +437,12 @@ impl AsyncTenantPool {
 
 /// Drives the scope state machine (the same one as the sync pool) until the
 /// connection holds `scope`: in the common case one statement, or none.
-async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey) -> Result<()> {
+async fn enter(
+    cfg: &ScopeConfig,
+    conn: &mut AsyncPgConnection,
+    scope: &ScopeKey,
+    local: bool,
+) -> Result<()> {
     use diesel_async::RunQueryDsl;
     match scope::watch_of(conn.instrumentation()) {
         Some(w) => {
@@ -446,7 +454,7 @@ async fn enter(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, scope: &ScopeKey
     for _ in 0..scope::MAX_STEPS {
         let step = state(conn)
             .ok_or_else(|| scope.instrumentation_lost())?
-            .plan(cfg, scope, cfg.transaction_scoped);
+            .plan(cfg, scope, local);
         match step {
             Step::Ready => return Ok(()),
             Step::Reset => {
@@ -757,5 +765,105 @@ impl Drop for AsyncTenantConnection {
                 drop(Object::take(conn));
             }
         });
+    }
+}
+
+/// A connection of an [`AsyncTenantPool`] as a blocking Diesel connection
+/// (diesel-async's `AsyncConnectionWrapper`): what [`AsyncTenantPool::blocking`]
+/// hands its closure, so that the crate's blocking functions (registry,
+/// lifecycle, migrations, Citus) run without libpq.
+pub type BlockingConnection =
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncTenantConnection>;
+
+impl AsyncTenantPool {
+    /// A session-level connection scoped to `public` for the crate's own work
+    /// (migrations, tenant creation), also in transaction-scoped mode.
+    async fn maintenance(&self) -> Result<AsyncTenantConnection> {
+        let conn = self.checkout(&ScopeKey::Public, false).await?;
+        Ok(AsyncTenantConnection {
+            conn: Some(conn),
+            tenant: None,
+            settings: Arc::clone(&self.settings),
+            own_transaction: false,
+        })
+    }
+
+    /// Runs `f` on tokio's blocking thread pool with a session-level
+    /// connection of this pool scoped to `public`, seen as a blocking Diesel
+    /// connection: the way to call the crate's blocking functions from async
+    /// code without libpq and without blocking a runtime thread. The
+    /// connection goes back to the pool afterwards under the usual rules
+    /// (reset if `f` left anything behind).
+    ///
+    /// ```no_run
+    /// # async fn run(pool: diesel_tenancy::AsyncTenantPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_tenancy::{NewTenant, SchemaName, create_tenant, run_shared_migrations};
+    /// use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+    /// const SHARED: EmbeddedMigrations = embed_migrations!("migrations_shared");
+    /// const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+    ///
+    /// pool.blocking(|conn| run_shared_migrations(conn, SHARED)).await??;
+    /// let new = NewTenant::new(SchemaName::new("acme")?, "Acme");
+    /// let acme = pool.blocking(move |conn| create_tenant(conn, &new, TENANT)).await??;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Needs tokio's multi-thread runtime (the closure's statements are driven
+    /// by the runtime while the blocking thread waits for them).
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut BlockingConnection) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.maintenance().await?;
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let mut conn = BlockingConnection::from(conn);
+            let out = f(&mut conn);
+            (conn.into_inner(), out)
+        })
+        .await
+        .map_err(|e| Error::Refused {
+            reason: format!("the blocking task failed: {e}"),
+        })?;
+        drop(conn);
+        Ok(out)
+    }
+
+    /// The pool as a source of worker connections for a parallel run on
+    /// blocking threads; `handle` is the runtime that drives the connections.
+    pub(crate) fn sessions(&self, handle: tokio::runtime::Handle) -> AsyncSessions {
+        AsyncSessions {
+            pool: self.clone(),
+            handle,
+        }
+    }
+}
+
+/// [`AsyncTenantPool`] as the source of a parallel run's connections, used
+/// from blocking threads.
+pub(crate) struct AsyncSessions {
+    pool: AsyncTenantPool,
+    handle: tokio::runtime::Handle,
+}
+
+impl crate::conn::Sessions for AsyncSessions {
+    type Conn = BlockingConnection;
+
+    fn session(&self) -> Result<BlockingConnection> {
+        // Worker threads enter the runtime, so that the wrapper drives its
+        // statements there and a dropped connection's reset can be spawned.
+        let _runtime = self.handle.enter();
+        let conn = self.handle.block_on(self.pool.maintenance())?;
+        Ok(BlockingConnection::from(conn))
+    }
+
+    fn discard(conn: &mut BlockingConnection) {
+        if let Some(s) = state(conn) {
+            s.discard = true;
+        }
+    }
+
+    fn max_size(&self) -> usize {
+        self.pool.pool.status().max_size
     }
 }

@@ -30,8 +30,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
-use diesel::pg::PgConnection;
+use crate::conn::PgConn;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer, Text};
 
@@ -66,7 +65,7 @@ impl fmt::Display for ClusterMode {
 
 /// Which mode the database runs in: [`ClusterMode::Citus`] when the `citus`
 /// extension is installed in it. One catalog query.
-pub fn detect(conn: &mut PgConnection) -> Result<ClusterMode> {
+pub fn detect(conn: &mut impl PgConn) -> Result<ClusterMode> {
     let citus: bool = diesel::select(diesel::dsl::sql::<Bool>(
         "EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
     ))
@@ -178,7 +177,7 @@ fn addr(host: String, port: i32) -> NodeAddr {
 }
 
 /// Refuses unless the database runs Citus.
-fn require_citus(conn: &mut PgConnection) -> Result<()> {
+fn require_citus(conn: &mut impl PgConn) -> Result<()> {
     match detect(conn)? {
         ClusterMode::Citus => Ok(()),
         ClusterMode::Single => Err(Error::NotCitus),
@@ -200,7 +199,7 @@ const PLACEMENTS: &str = "\
 
 /// The cluster's primary nodes, coordinator first, each with the number of
 /// tenant schemas it holds. Fails with [`Error::NotCitus`] on a single server.
-pub fn nodes(conn: &mut PgConnection) -> Result<Vec<Node>> {
+pub fn nodes(conn: &mut impl PgConn) -> Result<Vec<Node>> {
     require_citus(conn)?;
     let rows: Vec<NodeRow> = diesel::sql_query(format!(
         "SELECT d.nodename, d.nodeport, d.groupid, d.isactive, d.shouldhaveshards, \
@@ -235,7 +234,7 @@ struct PlacementRow {
 /// Every distributed schema that has tables, with the node holding it, sorted
 /// by schema. Empty on a single server. A tenant schema with no tables yet has
 /// no placement and is not listed.
-pub fn placements(conn: &mut PgConnection) -> Result<Vec<(String, NodeAddr)>> {
+pub fn placements(conn: &mut impl PgConn) -> Result<Vec<(String, NodeAddr)>> {
     if detect(conn)? == ClusterMode::Single {
         return Ok(Vec::new());
     }
@@ -252,7 +251,7 @@ pub fn placements(conn: &mut PgConnection) -> Result<Vec<(String, NodeAddr)>> {
 
 /// The node holding `schema`, or `None` on a single server or when the
 /// schema is not distributed or has no tables yet.
-pub fn placement(conn: &mut PgConnection, schema: &SchemaName) -> Result<Option<NodeAddr>> {
+pub fn placement(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Option<NodeAddr>> {
     if detect(conn)? == ClusterMode::Single {
         return Ok(None);
     }
@@ -270,7 +269,7 @@ pub fn placement(conn: &mut PgConnection, schema: &SchemaName) -> Result<Option<
 }
 
 /// Whether `schema` is a distributed schema.
-fn is_distributed(conn: &mut PgConnection, schema: &SchemaName) -> QueryResult<bool> {
+fn is_distributed(conn: &mut impl PgConn, schema: &SchemaName) -> QueryResult<bool> {
     diesel::select(diesel::dsl::sql::<Bool>(
         "EXISTS (SELECT 1 FROM pg_dist_schema s JOIN pg_catalog.pg_namespace n ON n.oid = s.schemaid \
                  WHERE n.nspname = ",
@@ -284,7 +283,7 @@ fn is_distributed(conn: &mut PgConnection, schema: &SchemaName) -> QueryResult<b
 /// distributed schema unless schema-based sharding already did, so the
 /// tenant's tables are created on one node whatever the session's
 /// `citus.enable_schema_based_sharding` says.
-pub(crate) fn distribute_new_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+pub(crate) fn distribute_new_schema(conn: &mut impl PgConn, schema: &SchemaName) -> Result<()> {
     let action = || format!("distribute schema {:?}", schema.as_str());
     if !is_distributed(conn, schema).map_err(Error::db(action()))? {
         diesel::sql_query("SELECT citus_schema_distribute($1::regnamespace)::text")
@@ -302,7 +301,7 @@ pub(crate) fn distribute_new_schema(conn: &mut PgConnection, schema: &SchemaName
 ///
 /// Needs an exclusive lock on each of the tenant's tables while it copies:
 /// the tenant is unavailable for that time.
-pub fn distribute_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+pub fn distribute_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<()> {
     require_citus(conn)?;
     registry::get_tenant(conn, schema)?;
     let action = format!("distribute tenant {:?}", schema.as_str());
@@ -326,7 +325,7 @@ struct SchemaRow {
 
 /// Registered tenants whose schema exists but is not distributed (made before
 /// the database ran Citus, or by hand), sorted. Empty on a single server.
-pub fn undistributed_tenants(conn: &mut PgConnection) -> Result<Vec<SchemaName>> {
+pub fn undistributed_tenants(conn: &mut impl PgConn) -> Result<Vec<SchemaName>> {
     if detect(conn)? == ClusterMode::Single {
         return Ok(Vec::new());
     }
@@ -413,10 +412,10 @@ struct Locked {
 
 /// Runs `f` holding `schema`'s migration lock at session level (moves cannot
 /// run inside a transaction), released afterwards however `f` ends.
-fn with_session_lock<T>(
-    conn: &mut PgConnection,
+fn with_session_lock<C: PgConn, T>(
+    conn: &mut C,
     schema: &SchemaName,
-    f: impl FnOnce(&mut PgConnection) -> Result<T>,
+    f: impl FnOnce(&mut C) -> Result<T>,
 ) -> Result<T> {
     let key = crate::migrate::lock_key(schema.as_str());
     let locked =
@@ -451,7 +450,7 @@ fn with_session_lock<T>(
 /// stays readable and writable during the copy and is blocked only for the
 /// final switch-over.
 pub fn move_tenant(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     schema: &SchemaName,
     to: &NodeAddr,
     mode: TransferMode,
@@ -522,7 +521,7 @@ struct PlanRow {
 /// The moves Citus's rebalancer would make to even out the tenants over the
 /// nodes that should have shards, one per tenant, in order
 /// (`get_rebalance_table_shards_plan`, restricted to distributed schemas).
-pub fn rebalance_plan(conn: &mut PgConnection) -> Result<Vec<Move>> {
+pub fn rebalance_plan(conn: &mut impl PgConn) -> Result<Vec<Move>> {
     require_citus(conn)?;
     let rows: Vec<PlanRow> = diesel::sql_query(
         "SELECT schema_name, sourcename, sourceport, targetname, targetport FROM ( \
@@ -582,7 +581,7 @@ pub enum RebalanceProgress<'a> {
 /// lock), reporting each through `progress`. Stops at the first failure, which
 /// names the tenant; the moves done so far stay done.
 pub fn rebalance(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     mode: TransferMode,
     mut progress: impl FnMut(RebalanceProgress<'_>),
 ) -> Result<Vec<Move>> {

@@ -31,6 +31,7 @@ pub enum Error {
     },
 
     /// A connection could not be opened or checked out of the pool.
+    #[cfg(feature = "sync")]
     #[error("could not get a database connection")]
     Pool(#[source] r2d2::Error),
 

@@ -52,14 +52,17 @@
 
 #[cfg(feature = "deadpool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
-mod async_pool;
+pub(crate) mod async_pool;
 pub mod citus;
+mod conn;
 mod domain;
 mod error;
 mod lifecycle;
 mod migrate;
+#[cfg(feature = "sync")]
 mod pool;
 pub mod registry;
+#[cfg(feature = "sync")]
 mod resolve;
 mod schema_name;
 mod scope;
@@ -71,25 +74,31 @@ pub mod web;
 #[cfg(feature = "deadpool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
 pub use async_pool::{
-    AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, current_tenant,
-    spawn_with_tenant, with_current_tenant,
+    AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, BlockingConnection,
+    current_tenant, spawn_with_tenant, with_current_tenant,
 };
+pub use conn::PgConn;
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
+#[cfg(feature = "sync")]
+pub use lifecycle::create_tenants;
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+pub use lifecycle::create_tenants_async;
 pub use lifecycle::{
     ConfirmDrop, ConsistencyReport, NewTenant, activate_tenant, check_consistency, create_tenant,
-    create_tenants, drop_tenant, ensure_tenant_role, rename_tenant, repair_missing_schemas,
-    suspend_tenant,
+    drop_tenant, ensure_tenant_role, rename_tenant, repair_missing_schemas, suspend_tenant,
 };
 pub use migrate::{
     LockMode, MigrateOptions, MigrationReport, Migrator, Outcome, Progress, TenantReport, Totals,
     run_shared_migrations, run_tenant_migrations,
 };
+#[cfg(feature = "sync")]
 pub use pool::{
-    ManagedConnection, ScopeStats, TenantConnection, TenantConnectionManager, TenantPool,
-    TenantPoolBuilder,
+    ManagedConnection, TenantConnection, TenantConnectionManager, TenantPool, TenantPoolBuilder,
 };
 pub use registry::{DomainRecord, Tenant, TenantStatus};
+#[cfg(feature = "sync")]
 pub use resolve::{
     Host, IpHosts, ListenerGuard, RequestInfo, Resolution, Resolver, ResolverBuilder,
     normalize_host,
@@ -97,3 +106,4 @@ pub use resolve::{
 pub use schema_name::{
     MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError, quote_ident,
 };
+pub use scope::ScopeStats;

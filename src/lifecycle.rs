@@ -3,17 +3,18 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use diesel::connection::SimpleConnection;
+use crate::conn::PgConn;
 use diesel::migration::MigrationSource;
-use diesel::pg::{Pg, PgConnection};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::Text;
 
 use crate::citus::{self, ClusterMode};
+use crate::conn::Sessions;
 use crate::migrate::{MigrationSet, Target, apply_in_transaction, lock_schema};
 use crate::registry::{self, Tenant, TenantStatus};
-use crate::{Domain, Error, Result, SchemaName, TenantPool};
+use crate::{Domain, Error, Result, SchemaName};
 
 /// What to create: a schema name, a display name and the domains that route to it
 /// (the first one becomes the primary domain).
@@ -82,7 +83,7 @@ fn schema_error(schema: &SchemaName, action: &str) -> impl FnOnce(DieselError) -
 /// ([`run_shared_migrations`](crate::run_shared_migrations) does it). A tenant set
 /// with a migration marked `run_in_transaction = false` is refused.
 pub fn create_tenant<S: MigrationSource<Pg>>(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     new: &NewTenant,
     tenant_migrations: S,
 ) -> Result<Tenant> {
@@ -90,7 +91,7 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
     create_with_set(conn, new, &set)
 }
 
-fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
+fn create_with_set(conn: &mut impl PgConn, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
     let schema = &new.schema;
     let citus = citus::detect(conn)? == ClusterMode::Citus;
     committed(conn.transaction(|conn| {
@@ -122,7 +123,7 @@ fn create_with_set(conn: &mut PgConnection, new: &NewTenant, set: &MigrationSet)
 /// Creates `tenant`'s role (named `dt_<database oid>_<tenant id>`, unique in the
 /// cluster) with rights on its schema, now and for tables made later by the
 /// same user, and read access to `public`; records it in the registry.
-fn create_role(conn: &mut PgConnection, tenant: &Tenant) -> Result<Tenant> {
+fn create_role(conn: &mut impl PgConn, tenant: &Tenant) -> Result<Tenant> {
     #[derive(QueryableByName)]
     struct Oid {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -155,7 +156,7 @@ fn create_role(conn: &mut PgConnection, tenant: &Tenant) -> Result<Tenant> {
 }
 
 /// Gives an existing tenant its own role if it has none (one transaction).
-pub fn ensure_tenant_role(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+pub fn ensure_tenant_role(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Tenant> {
     committed(conn.transaction(|conn| {
         lock_schema(conn, schema)?;
         let tenant = registry::get_tenant(conn, schema)?;
@@ -178,8 +179,46 @@ fn committed<T>(result: Result<T>) -> Result<T> {
 /// Creates many tenants, `jobs` at a time, each exactly as [`create_tenant`]
 /// does (its own transaction, all or nothing). Returns one result per entry of
 /// `tenants`, in the same order; one failure does not stop the others.
+#[cfg(feature = "sync")]
 pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
-    pool: &TenantPool,
+    pool: &crate::TenantPool,
+    tenants: &[NewTenant],
+    tenant_migrations: &S,
+    jobs: usize,
+) -> Vec<Result<Tenant>> {
+    create_tenants_with(pool, tenants, tenant_migrations, jobs)
+}
+
+/// [`create_tenants`](crate::create_tenants) on an async pool, on tokio's
+/// blocking threads (never a runtime worker), without libpq.
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+pub async fn create_tenants_async<S: MigrationSource<Pg> + Send + Sync + 'static>(
+    pool: &crate::AsyncTenantPool,
+    tenants: Vec<NewTenant>,
+    tenant_migrations: S,
+    jobs: usize,
+) -> Vec<Result<Tenant>> {
+    let sessions = pool.sessions(tokio::runtime::Handle::current());
+    let n = tenants.len();
+    tokio::task::spawn_blocking(move || {
+        create_tenants_with(&sessions, &tenants, &tenant_migrations, jobs)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        (0..n)
+            .map(|_| {
+                Err(Error::Refused {
+                    reason: format!("tenant creation's thread failed: {e}"),
+                })
+            })
+            .collect()
+    })
+}
+
+/// [`create_tenants`] on any source of session connections.
+pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
+    pool: &P,
     tenants: &[NewTenant],
     tenant_migrations: &S,
     jobs: usize,
@@ -210,12 +249,12 @@ pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
             };
             if used >= RECYCLE_AFTER {
                 if let Some(mut c) = conn.take() {
-                    crate::TenantConnection::discard(&mut c);
+                    P::discard(&mut c);
                 }
                 used = 0;
             }
             if conn.is_none() {
-                match pool.maintenance() {
+                match pool.session() {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         out.push((i, Err(e)));
@@ -266,7 +305,7 @@ pub enum ConfirmDrop {
 /// migration run working on the schema. A registry row whose schema is already
 /// gone is removed all the same.
 pub fn drop_tenant(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     schema: &SchemaName,
     confirm: ConfirmDrop,
 ) -> Result<()> {
@@ -294,11 +333,7 @@ pub fn drop_tenant(
 }
 
 /// Renames a tenant's schema and its registry row together, in one transaction.
-pub fn rename_tenant(
-    conn: &mut PgConnection,
-    from: &SchemaName,
-    to: &SchemaName,
-) -> Result<Tenant> {
+pub fn rename_tenant(conn: &mut impl PgConn, from: &SchemaName, to: &SchemaName) -> Result<Tenant> {
     committed(conn.transaction(|conn| {
         lock_schema(conn, from)?;
         lock_schema(conn, to)?;
@@ -322,12 +357,12 @@ pub fn rename_tenant(
 /// it is activated again, and so do checkouts for the returned value. A
 /// [`Tenant`] looked up before is a snapshot and still gets connections (see
 /// [`Tenant`]).
-pub fn suspend_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+pub fn suspend_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Tenant> {
     registry::set_tenant_status(conn, schema, TenantStatus::Suspended)
 }
 
 /// Activates a suspended tenant.
-pub fn activate_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+pub fn activate_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Tenant> {
     registry::set_tenant_status(conn, schema, TenantStatus::Active)
 }
 
@@ -359,7 +394,7 @@ struct Name {
     name: String,
 }
 
-fn rows_without_schema(conn: &mut PgConnection) -> Result<Vec<Tenant>> {
+fn rows_without_schema(conn: &mut impl PgConn) -> Result<Vec<Tenant>> {
     let existing: Vec<String> =
         diesel::sql_query("SELECT nspname::text AS name FROM pg_catalog.pg_namespace")
             .load::<Name>(conn)
@@ -377,7 +412,7 @@ fn rows_without_schema(conn: &mut PgConnection) -> Result<Vec<Tenant>> {
 /// schemas without rows, and tenants behind the tenant set (read from each
 /// tenant's own ledger). Changes nothing.
 pub fn check_consistency<S: MigrationSource<Pg>>(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     tenant_migrations: S,
 ) -> Result<ConsistencyReport> {
     let set = MigrationSet::load(&tenant_migrations, "tenant set")?;
@@ -418,7 +453,7 @@ pub fn check_consistency<S: MigrationSource<Pg>>(
 /// tenants repaired. Schemas without rows are left alone: whether they hold data
 /// someone wants is not for a tool to decide.
 pub fn repair_missing_schemas<S: MigrationSource<Pg>>(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     tenant_migrations: S,
 ) -> Result<Vec<Tenant>> {
     let set = MigrationSet::load(&tenant_migrations, "tenant set")?;

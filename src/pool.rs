@@ -14,6 +14,7 @@ use diesel::prelude::RunQueryDsl;
 use diesel::r2d2::R2D2Connection;
 
 use crate::registry::{self, Tenant};
+use crate::scope::ScopeStats;
 use crate::scope::{
     self, ConnState, CurrentState, DEFAULT_RECYCLE_AFTER_SCHEMAS, Release, ScopeConfig, ScopeKey,
     ScopeWatch, ServerState, SetPath, Step, TempObjects,
@@ -27,21 +28,6 @@ struct Settings {
     /// Keep Diesel's prepared-statement cache.
     statement_cache: bool,
     scope: ScopeConfig,
-}
-
-/// Counters of a pool's scoping work, from [`TenantPool::stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ScopeStats {
-    /// Connections scoped (checkouts through [`TenantConnection::scope`] or
-    /// [`TenantConnection::scope_public`]).
-    pub scoped: u64,
-    /// Of those, how many had to set the search path (one statement each); the
-    /// rest found the path already in place.
-    pub path_sets: u64,
-    /// Sessions reset (one statement each) because a borrower sent something
-    /// not proven harmless, or the checkout found leftover state.
-    pub resets: u64,
 }
 
 /// An r2d2 connection manager for tenant-scoped PostgreSQL connections.
@@ -79,7 +65,7 @@ impl TenantConnectionManager {
     }
 
     fn with_settings(b: &TenantPoolBuilder) -> Result<Self> {
-        check_database_url(&b.database_url)?;
+        crate::conn::check_database_url(&b.database_url)?;
         Ok(TenantConnectionManager {
             settings: Arc::new(Settings {
                 database_url: b.database_url.clone(),
@@ -97,24 +83,6 @@ impl TenantConnectionManager {
             }),
         })
     }
-}
-
-pub(crate) fn check_database_url(url: &str) -> Result<()> {
-    if url.trim().is_empty() {
-        return Err(Error::Config {
-            reason: "the database URL is empty".into(),
-        });
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        url::Url::parse(url).map_err(|e| Error::Config {
-            reason: format!("the database URL is malformed: {e}"),
-        })?;
-    } else if url.contains("://") {
-        return Err(Error::Config {
-            reason: "the database URL must start with postgres:// or postgresql://".into(),
-        });
-    }
-    Ok(())
 }
 
 /// A pooled physical connection: what `pool.get()` returns on an
@@ -935,5 +903,21 @@ impl TenantPool {
             });
         }
         Ok(tenant)
+    }
+}
+
+impl crate::conn::Sessions for TenantPool {
+    type Conn = TenantConnection;
+
+    fn session(&self) -> Result<TenantConnection> {
+        self.maintenance()
+    }
+
+    fn discard(conn: &mut TenantConnection) {
+        conn.discard();
+    }
+
+    fn max_size(&self) -> usize {
+        self.r2d2().max_size() as usize
     }
 }

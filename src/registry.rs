@@ -10,8 +10,9 @@
 
 use std::time::SystemTime;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+
+use crate::conn::PgConn;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::{Domain, Error, Result, SchemaName};
@@ -285,7 +286,7 @@ pub struct DomainRecord {
 ///
 /// Safe to call at every start: concurrent callers are serialised by an advisory
 /// lock and an up-to-date registry costs three short statements.
-pub fn install(conn: &mut PgConnection) -> Result<()> {
+pub fn install(conn: &mut impl PgConn) -> Result<()> {
     let db = || Error::db("install the tenant registry");
     conn.transaction(|conn| {
         diesel::select(pg_advisory_xact_lock(INSTALL_LOCK))
@@ -341,7 +342,7 @@ fn unique_violation(e: &DieselError) -> Option<&str> {
 
 /// Adds a tenant row (status active). This writes the registry only; to create the
 /// schema and run migrations as well, use [`create_tenant`](crate::create_tenant).
-pub fn insert_tenant(conn: &mut PgConnection, schema: &SchemaName, name: &str) -> Result<Tenant> {
+pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) -> Result<Tenant> {
     bump_generation();
     let row = diesel::insert_into(tenancy_tenants::table)
         .values((
@@ -363,7 +364,7 @@ pub fn insert_tenant(conn: &mut PgConnection, schema: &SchemaName, name: &str) -
 }
 
 /// The tenant with this schema, if registered (whatever its status).
-pub fn find_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Option<Tenant>> {
+pub fn find_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Option<Tenant>> {
     tenancy_tenants::table
         .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
         .select(TenantRow::as_select())
@@ -375,14 +376,14 @@ pub fn find_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Optio
 }
 
 /// The tenant with this schema (whatever its status), or [`Error::TenantNotFound`].
-pub fn get_tenant(conn: &mut PgConnection, schema: &SchemaName) -> Result<Tenant> {
+pub fn get_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Tenant> {
     find_tenant(conn, schema)?.ok_or_else(|| Error::TenantNotFound {
         schema: schema.as_str().to_owned(),
     })
 }
 
 /// The tenant with this registry id, if any.
-pub fn find_tenant_by_id(conn: &mut PgConnection, id: i64) -> Result<Option<Tenant>> {
+pub fn find_tenant_by_id(conn: &mut impl PgConn, id: i64) -> Result<Option<Tenant>> {
     tenancy_tenants::table
         .find(id)
         .select(TenantRow::as_select())
@@ -394,7 +395,7 @@ pub fn find_tenant_by_id(conn: &mut PgConnection, id: i64) -> Result<Option<Tena
 }
 
 /// Every registered tenant, ordered by schema name.
-pub fn list_tenants(conn: &mut PgConnection) -> Result<Vec<Tenant>> {
+pub fn list_tenants(conn: &mut impl PgConn) -> Result<Vec<Tenant>> {
     tenancy_tenants::table
         .order(tenancy_tenants::schema_name)
         .select(TenantRow::as_select())
@@ -407,7 +408,7 @@ pub fn list_tenants(conn: &mut PgConnection) -> Result<Vec<Tenant>> {
 
 /// Sets a tenant's status and returns the updated tenant.
 pub fn set_tenant_status(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     schema: &SchemaName,
     status: TenantStatus,
 ) -> Result<Tenant> {
@@ -433,7 +434,7 @@ pub fn set_tenant_status(
 /// Routes `domain` to `tenant`. With `is_primary`, it becomes the tenant's primary
 /// domain (any previous primary domain stays, as a secondary one).
 pub fn add_domain(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     tenant: &Tenant,
     domain: &Domain,
     is_primary: bool,
@@ -478,7 +479,7 @@ pub fn add_domain(
 }
 
 /// Removes a domain; [`Error::DomainNotFound`] if it was not registered.
-pub fn remove_domain(conn: &mut PgConnection, domain: &Domain) -> Result<()> {
+pub fn remove_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<()> {
     bump_generation();
     let n = diesel::delete(tenancy_domains::table.find(domain.as_str()))
         .execute(conn)
@@ -492,7 +493,7 @@ pub fn remove_domain(conn: &mut PgConnection, domain: &Domain) -> Result<()> {
 }
 
 /// The domains of a tenant, primary first.
-pub fn list_domains(conn: &mut PgConnection, tenant: &Tenant) -> Result<Vec<DomainRecord>> {
+pub fn list_domains(conn: &mut impl PgConn, tenant: &Tenant) -> Result<Vec<DomainRecord>> {
     let rows: Vec<(String, i64, bool)> = tenancy_domains::table
         .filter(tenancy_domains::tenant_id.eq(tenant.id))
         .order((tenancy_domains::is_primary.desc(), tenancy_domains::domain))
@@ -515,7 +516,7 @@ pub fn list_domains(conn: &mut PgConnection, tenant: &Tenant) -> Result<Vec<Doma
 }
 
 /// The tenant a domain routes to, if any (whatever its status). One indexed query.
-pub fn find_tenant_by_domain(conn: &mut PgConnection, domain: &Domain) -> Result<Option<Tenant>> {
+pub fn find_tenant_by_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<Option<Tenant>> {
     tenancy_domains::table
         .inner_join(tenancy_tenants::table)
         .filter(tenancy_domains::domain.eq(domain.as_str()))
@@ -533,7 +534,7 @@ pub fn find_tenant_by_domain(conn: &mut PgConnection, domain: &Domain) -> Result
 /// Deletes a tenant's row (its domains and journal entry go with it). Returns
 /// the number of rows deleted. The schema is not touched: see
 /// [`drop_tenant`](crate::drop_tenant).
-pub(crate) fn delete_tenant_row(conn: &mut PgConnection, schema: &SchemaName) -> Result<usize> {
+pub(crate) fn delete_tenant_row(conn: &mut impl PgConn, schema: &SchemaName) -> Result<usize> {
     bump_generation();
     diesel::delete(tenancy_tenants::table)
         .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
@@ -543,7 +544,7 @@ pub(crate) fn delete_tenant_row(conn: &mut PgConnection, schema: &SchemaName) ->
 
 /// Points a tenant's row at a new schema name.
 pub(crate) fn rename_tenant_row(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     from: &SchemaName,
     to: &SchemaName,
 ) -> Result<Tenant> {
@@ -599,7 +600,7 @@ struct JournalRow {
 }
 
 /// Every tenant's journal entry (tenants never migrated have none).
-pub fn journal(conn: &mut PgConnection) -> Result<Vec<JournalEntry>> {
+pub fn journal(conn: &mut impl PgConn) -> Result<Vec<JournalEntry>> {
     Ok(diesel::sql_query(
         "SELECT tenant_id, latest_version, last_error, last_error_version \
          FROM public.tenancy_migration_journal ORDER BY tenant_id",
@@ -617,7 +618,7 @@ pub fn journal(conn: &mut PgConnection) -> Result<Vec<JournalEntry>> {
 }
 
 /// The registry version installed in this database (0: not installed).
-pub fn installed_version(conn: &mut PgConnection) -> Result<i32> {
+pub fn installed_version(conn: &mut impl PgConn) -> Result<i32> {
     #[derive(QueryableByName)]
     struct Exists {
         #[diesel(sql_type = diesel::sql_types::Bool)]
@@ -640,7 +641,7 @@ pub fn installed_version(conn: &mut PgConnection) -> Result<i32> {
 }
 
 /// Records a tenant's role name.
-pub(crate) fn set_role_name(conn: &mut PgConnection, id: i64, role: &SchemaName) -> Result<Tenant> {
+pub(crate) fn set_role_name(conn: &mut impl PgConn, id: i64, role: &SchemaName) -> Result<Tenant> {
     bump_generation();
     let row = diesel::update(tenancy_tenants::table.find(id))
         .set(tenancy_tenants::role_name.eq(role.as_str()))

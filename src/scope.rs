@@ -17,6 +17,21 @@ pub(crate) use watch::{ScopeWatch, watch_of};
 
 use crate::SchemaName;
 
+/// Counters of a pool's scoping work, from `TenantPool::stats` or
+/// `AsyncTenantPool::stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    /// Connections scoped (checkouts for a tenant or for `public`).
+    pub scoped: u64,
+    /// Of those, how many had to set the search path (one statement each); the
+    /// rest found the path already in place.
+    pub path_sets: u64,
+    /// Sessions reset (one statement each) because a borrower sent something
+    /// not proven harmless, or the checkout found leftover state.
+    pub resets: u64,
+}
+
 /// The search path a scoped connection holds: a tenant's schema first, or `public`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScopeKey {

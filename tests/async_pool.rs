@@ -285,19 +285,27 @@ async fn the_tenant_follows_the_task() {
     assert_eq!(spawned, ["atask0"]);
 }
 
+/// Creation and migrations on the async pool alone: the runs go to tokio's
+/// blocking threads, so a task on the runtime keeps ticking meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_from_async_code() {
-    let (_db, sync_pool) = tokio::task::block_in_place(|| setup(2));
+    let db = diesel_tenancy::testing::TestDatabase::new().unwrap();
+    let pool = async_pool(&db, 3, true);
     let dir = common::MigrationDir::tenant_copy();
-    let source = dir.source();
-    tokio::task::block_in_place(|| common::bulk_tenants(&sync_pool, "amig", 3, &source));
+    let migrator = diesel_tenancy::Migrator::new(common::SHARED, dir.source());
+    migrator.migrate_shared_async(&pool).await.unwrap();
+    let news: Vec<_> = (0..3)
+        .map(|i| diesel_tenancy::NewTenant::new(format!("amig{i}").parse().unwrap(), "t"))
+        .collect();
+    for created in diesel_tenancy::create_tenants_async(&pool, news, dir.source(), 2).await {
+        created.unwrap();
+    }
     dir.add(
         "20250301000000",
         "add_note",
         "ALTER TABLE customers ADD COLUMN note text;",
     );
     let migrator = diesel_tenancy::Migrator::new(common::SHARED, dir.source());
-    // Another task keeps running while the migration blocks its own worker.
     let ticker = tokio::spawn(async {
         let mut ticks = 0;
         for _ in 0..5 {
@@ -307,24 +315,62 @@ async fn migrations_from_async_code() {
         ticks
     });
     let report = migrator
-        .migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new())
+        .migrate_all_async(&pool, &diesel_tenancy::MigrateOptions::new())
         .await
         .unwrap();
     assert_eq!(report.totals().applied, 3);
     assert_eq!(ticker.await.unwrap(), 5);
+    // The journal was written: the next run is decided by it.
+    let again = migrator
+        .migrate_all_async(&pool, &diesel_tenancy::MigrateOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(again.decided_by_journal, 3);
+    // Any blocking function of the crate runs on the async pool the same way.
+    let acme = pool
+        .blocking(|conn| {
+            let new = diesel_tenancy::NewTenant::new("amig_b".parse().unwrap(), "b");
+            diesel_tenancy::create_tenant(conn, &new, common::TENANT)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sees_only_after_insert(&pool, &acme).await);
 }
 
+async fn sees_only_after_insert(pool: &AsyncTenantPool, tenant: &Tenant) -> bool {
+    use diesel::ExpressionMethods;
+    pool.with_tenant(tenant, async |conn| {
+        diesel::insert_into(customers::table)
+            .values((
+                customers::name.eq(tenant.schema().as_str()),
+                customers::email.eq("x@y.test"),
+            ))
+            .execute(conn)
+            .await
+    })
+    .await
+    .unwrap();
+    sees_only(pool, tenant).await
+}
+
+/// On a current-thread runtime too: the blocking thread waits while the
+/// runtime's own thread drives the statements.
 #[test]
-fn migrations_from_a_current_thread_runtime_are_refused_not_blocking() {
-    let (_db, sync_pool) = setup(1);
+fn migrations_from_a_current_thread_runtime() {
+    let db = diesel_tenancy::testing::TestDatabase::new().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let migrator = diesel_tenancy::Migrator::new(common::SHARED, common::TENANT);
-    let result =
-        rt.block_on(migrator.migrate_all_async(&sync_pool, &diesel_tenancy::MigrateOptions::new()));
-    assert!(matches!(result, Err(Error::Refused { .. })));
+    let report = rt.block_on(async {
+        let pool = async_pool(&db, 2, true);
+        let migrator = diesel_tenancy::Migrator::new(common::SHARED, common::TENANT);
+        migrator
+            .migrate_all_async(&pool, &diesel_tenancy::MigrateOptions::new())
+            .await
+    });
+    assert!(report.unwrap().is_success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

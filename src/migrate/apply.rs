@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use crate::conn::PgConn;
 use diesel::migration::{CREATE_MIGRATIONS_TABLE, Migration, MigrationSource};
-use diesel::pg::{Pg, PgConnection};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 
@@ -136,7 +136,7 @@ pub(crate) fn lock_key(name: &str) -> String {
 
 /// Takes `schema`'s lock for the rest of the current transaction, waiting for
 /// a holder to finish.
-pub(crate) fn lock_schema(conn: &mut PgConnection, schema: &SchemaName) -> Result<()> {
+pub(crate) fn lock_schema(conn: &mut impl PgConn, schema: &SchemaName) -> Result<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind::<Text, _>(lock_key(schema.as_str()))
         .execute(conn)
@@ -209,7 +209,7 @@ struct Version {
 /// they replace (`OFFSET 0` keeps the remembering first). Fails if the schema
 /// is missing.
 fn prepare(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     settings: &ApplySettings,
 ) -> Result<Prepared, Stop> {
@@ -249,9 +249,9 @@ fn prepare(
 /// is a savepoint): puts back the path and timeouts [`prepare`] replaced, so
 /// that the caller's next statements run where they ran before. A batch in a
 /// transaction of its own needs nothing: its settings end with it.
-fn restore_caller(conn: &mut PgConnection, prepared: &Prepared) -> QueryResult<()> {
-    use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    let depth = AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth();
+fn restore_caller<C: PgConn>(conn: &mut C, prepared: &Prepared) -> QueryResult<()> {
+    use diesel::connection::TransactionManager;
+    let depth = C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth();
     if !matches!(depth, Ok(Some(d)) if d.get() > 1) {
         return Ok(());
     }
@@ -266,7 +266,7 @@ fn restore_caller(conn: &mut PgConnection, prepared: &Prepared) -> QueryResult<(
     Ok(())
 }
 
-fn applied_versions(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+fn applied_versions(conn: &mut impl PgConn) -> QueryResult<Vec<String>> {
     conn.batch_execute(CREATE_MIGRATIONS_TABLE)?;
     Ok(
         diesel::sql_query("SELECT version::text AS version FROM __diesel_schema_migrations")
@@ -277,7 +277,7 @@ fn applied_versions(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
     )
 }
 
-fn run_migration(conn: &mut PgConnection, m: &dyn Migration<Pg>, split: bool) -> Result<(), Stop> {
+fn run_migration(conn: &mut impl PgConn, m: &dyn Migration<Pg>, split: bool) -> Result<(), Stop> {
     let result = if split {
         super::statements::run_split(conn, m)
     } else {
@@ -294,7 +294,7 @@ fn run_migration(conn: &mut PgConnection, m: &dyn Migration<Pg>, split: bool) ->
 /// Citus the ledger is a distributed table and the journal a local one, which
 /// one statement cannot modify together).
 fn record(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     versions: &[String],
     complete: Option<&MigrationSet>,
@@ -340,7 +340,7 @@ fn record(
 }
 
 /// Records a failure in the journal (outside the rolled-back transaction).
-fn record_failure(conn: &mut PgConnection, id: i64, version: Option<&str>, error: &str) {
+fn record_failure(conn: &mut impl PgConn, id: i64, version: Option<&str>, error: &str) {
     // Best effort: the report carries the failure either way.
     let _ = diesel::sql_query(
         "INSERT INTO public.tenancy_migration_journal (tenant_id, last_error, last_error_version, last_error_at) \
@@ -364,7 +364,7 @@ struct Batch {
 /// One transactional batch: every pending migration up to the first one marked
 /// `run_in_transaction = false`.
 fn batch(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
     settings: &ApplySettings,
@@ -417,7 +417,7 @@ struct Head {
 /// says). `OFFSET 0` keeps the remembering before the setting. If the
 /// statement fails (a lock timeout), the server undoes its settings.
 fn enter_session(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     settings: &ApplySettings,
 ) -> QueryResult<Entered> {
@@ -446,7 +446,7 @@ fn enter_session(
 /// `current_schema()` back, in one statement. Run once the lock is held, as a
 /// statement of its own, so that it sees a schema dropped or renamed while the
 /// lock was awaited (drop and rename take the same lock).
-fn set_session_path(conn: &mut PgConnection, target: Target<'_>) -> QueryResult<Option<String>> {
+fn set_session_path(conn: &mut impl PgConn, target: Target<'_>) -> QueryResult<Option<String>> {
     Ok(diesel::sql_query(
         "SELECT CASE WHEN set_config('search_path', $1, false) IS NOT NULL \
                 THEN current_schema() END AS current_schema",
@@ -460,7 +460,7 @@ fn set_session_path(conn: &mut PgConnection, target: Target<'_>) -> QueryResult<
 /// statement got that far), and the session-level migration lock if this
 /// session holds it.
 fn leave_session(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     entered: Option<&Entered>,
 ) -> QueryResult<()> {
@@ -493,7 +493,7 @@ fn leave_session(
 /// role cannot use, stops here and nothing runs). The session's path and
 /// timeouts are put back afterwards.
 fn non_transactional(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
     settings: &ApplySettings,
@@ -539,7 +539,7 @@ fn non_transactional(
 /// Applies every pending migration of `set` to `target`: all transactional ones
 /// in one transaction (a failure rolls the schema back to where it was).
 pub(crate) fn apply(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
     settings: &ApplySettings,
@@ -608,7 +608,7 @@ pub(crate) fn apply(
 /// For a caller already in a transaction (tenant creation): applies every
 /// migration of the set, all of which must be transactional.
 pub(crate) fn apply_in_transaction(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
     split: bool,
@@ -655,7 +655,7 @@ pub(crate) fn apply_in_transaction(
 /// Dry run: the versions `set` would apply to `target` (`None`: the schema does
 /// not exist). Reads the ledger without locking or writing anything.
 pub(crate) fn pending_versions(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
 ) -> Result<Option<Vec<String>>, String> {
@@ -699,7 +699,7 @@ pub(crate) fn pending_versions(
 }
 
 /// A dry run's outcome for one schema.
-pub(crate) fn plan(conn: &mut PgConnection, target: Target<'_>, set: &MigrationSet) -> Outcome {
+pub(crate) fn plan(conn: &mut impl PgConn, target: Target<'_>, set: &MigrationSet) -> Outcome {
     match pending_versions(conn, target, set) {
         Ok(Some(versions)) => Outcome::Pending { versions },
         Ok(None) => Outcome::SchemaMissing,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::conn::PgConn;
 use diesel::migration::MigrationSource;
-use diesel::pg::{Pg, PgConnection};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
@@ -19,8 +20,11 @@ pub use report::{MigrationReport, Outcome, TenantReport, Totals};
 
 use apply::{ApplySettings, apply, pending_versions, plan};
 
+#[cfg(feature = "sync")]
+use crate::TenantPool;
 use crate::citus::{self, ClusterMode};
-use crate::{Error, Result, SchemaName, Tenant, TenantPool, registry};
+use crate::conn::Sessions;
+use crate::{Error, Result, SchemaName, Tenant, registry};
 
 fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
     match outcome {
@@ -55,7 +59,7 @@ fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
 /// `public`, in one transaction, with only `public` on the search path. Returns
 /// the versions applied.
 pub fn run_shared_migrations<S: MigrationSource<Pg>>(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     shared: S,
 ) -> Result<Vec<String>> {
     registry::install(conn)?;
@@ -70,7 +74,7 @@ pub fn run_shared_migrations<S: MigrationSource<Pg>>(
 /// nothing can land in `public` and the schema keeps its own ledger. Returns the
 /// versions applied; fails if the schema is missing.
 pub fn run_tenant_migrations<S: MigrationSource<Pg>>(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     tenant: &Tenant,
     migrations: S,
 ) -> Result<Vec<String>> {
@@ -85,7 +89,7 @@ pub fn run_tenant_migrations<S: MigrationSource<Pg>>(
 }
 
 /// Default settings for the database's mode.
-fn settings_for(conn: &mut PgConnection) -> Result<ApplySettings> {
+fn settings_for(conn: &mut impl PgConn) -> Result<ApplySettings> {
     Ok(ApplySettings {
         split: citus::detect(conn)? == ClusterMode::Citus,
         ..ApplySettings::default()
@@ -94,7 +98,7 @@ fn settings_for(conn: &mut PgConnection) -> Result<ApplySettings> {
 
 /// The versions of `set` not yet applied to `target` (reads its ledger).
 pub(crate) fn pending_versions_of(
-    conn: &mut PgConnection,
+    conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
 ) -> Result<Vec<String>> {
@@ -305,10 +309,21 @@ impl MigrateOptions {
 ///
 /// Both are any Diesel [`MigrationSource`]: `embed_migrations!` sets, or
 /// `FileBasedMigrations` read at run time.
-#[derive(Debug, Clone)]
+///
+/// Cloning is cheap: the sets are shared, not copied.
+#[derive(Debug)]
 pub struct Migrator<S, T> {
-    shared: S,
-    tenant: T,
+    shared: Arc<S>,
+    tenant: Arc<T>,
+}
+
+impl<S, T> Clone for Migrator<S, T> {
+    fn clone(&self) -> Self {
+        Migrator {
+            shared: Arc::clone(&self.shared),
+            tenant: Arc::clone(&self.tenant),
+        }
+    }
 }
 
 #[derive(QueryableByName)]
@@ -330,7 +345,10 @@ where
 {
     /// A migrator for a shared set and a tenant set.
     pub fn new(shared: S, tenant: T) -> Self {
-        Migrator { shared, tenant }
+        Migrator {
+            shared: Arc::new(shared),
+            tenant: Arc::new(tenant),
+        }
     }
 
     /// The tenant set, for tenant creation.
@@ -342,14 +360,14 @@ where
     /// tenant set (and not of the shared set): the tenant set was run on
     /// `public` (say, `run_pending_migrations(TENANT)` on a plain borrow), so
     /// tenant tables sit in `public`, where every tenant sees them.
-    fn refuse_tenant_set_in_public(&self, conn: &mut PgConnection) -> Result<()> {
+    fn refuse_tenant_set_in_public(&self, conn: &mut impl PgConn) -> Result<()> {
         #[derive(diesel::QueryableByName)]
         struct Version {
             #[diesel(sql_type = diesel::sql_types::Text)]
             version: String,
         }
-        let shared = MigrationSet::load(&self.shared, "public")?;
-        let tenant = MigrationSet::load(&self.tenant, "public")?;
+        let shared = MigrationSet::load(&*self.shared, "public")?;
+        let tenant = MigrationSet::load(&*self.tenant, "public")?;
         let has_ledger: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
             "to_regclass('public.__diesel_schema_migrations') IS NOT NULL",
         ))
@@ -386,24 +404,38 @@ where
     /// Installs the registry, then applies the shared set to `public`.
     /// Returns the versions applied. Refuses to run if `public`'s ledger shows
     /// the tenant set was applied there.
+    #[cfg(feature = "sync")]
     pub fn migrate_shared(&self, pool: &TenantPool) -> Result<Vec<String>> {
-        let mut conn = pool.maintenance()?;
+        self.migrate_shared_with(pool)
+    }
+
+    pub(crate) fn migrate_shared_with<P: Sessions>(&self, pool: &P) -> Result<Vec<String>> {
+        let mut conn = pool.session()?;
         self.refuse_tenant_set_in_public(&mut conn)?;
         registry::install(&mut conn)?;
-        let set = MigrationSet::load(&self.shared, "public")?;
+        let set = MigrationSet::load(&*self.shared, "public")?;
         let settings = settings_for(&mut conn)?;
         let outcome = apply(&mut conn, Target::Public, &set, &settings);
         outcome_to_result("public", outcome)
     }
 
     /// Applies the tenant set to one tenant. Returns the versions applied.
+    #[cfg(feature = "sync")]
     pub fn migrate_tenant(&self, pool: &TenantPool, tenant: &Tenant) -> Result<Vec<String>> {
-        let set = MigrationSet::load(&self.tenant, tenant.schema().as_str())?;
+        self.migrate_tenant_with(pool, tenant)
+    }
+
+    pub(crate) fn migrate_tenant_with<P: Sessions>(
+        &self,
+        pool: &P,
+        tenant: &Tenant,
+    ) -> Result<Vec<String>> {
+        let set = MigrationSet::load(&*self.tenant, tenant.schema().as_str())?;
         let target = Target::Tenant {
             schema: tenant.schema(),
             id: tenant.id(),
         };
-        let mut conn = pool.maintenance()?;
+        let mut conn = pool.session()?;
         let settings = settings_for(&mut conn)?;
         let outcome = apply(&mut conn, target, &set, &settings);
         outcome_to_result(tenant.schema().as_str(), outcome)
@@ -421,9 +453,18 @@ where
     /// decided in the same single query that lists the tenants, so a run with
     /// nothing pending costs one query (plus the shared set and the check of
     /// `public`'s ledger).
+    #[cfg(feature = "sync")]
     pub fn migrate_all(
         &self,
         pool: &TenantPool,
+        options: &MigrateOptions,
+    ) -> Result<MigrationReport> {
+        self.migrate_all_with(pool, options)
+    }
+
+    pub(crate) fn migrate_all_with<P: Sessions>(
+        &self,
+        pool: &P,
         options: &MigrateOptions,
     ) -> Result<MigrationReport> {
         let started = Instant::now();
@@ -436,13 +477,13 @@ where
             connections: 0,
             elapsed: Duration::ZERO,
         };
-        let mut conn = pool.maintenance()?;
+        let mut conn = pool.session()?;
         report.connections += 1;
         self.refuse_tenant_set_in_public(&mut conn)?;
         report.mode = citus::detect(&mut conn)?;
         let settings = options.settings(report.mode);
         if options.shared {
-            let set = MigrationSet::load(&self.shared, "public")?;
+            let set = MigrationSet::load(&*self.shared, "public")?;
             let outcome = if options.dry_run {
                 plan(&mut conn, Target::Public, &set)
             } else {
@@ -464,7 +505,7 @@ where
             }
         }
 
-        let set = MigrationSet::load(&self.tenant, "tenant set")?;
+        let set = MigrationSet::load(&*self.tenant, "tenant set")?;
         if options.dry_run && registry::installed_version(&mut conn)? < registry::REGISTRY_VERSION {
             // A plan on a database the registry has not reached (or not fully):
             // there are no tenants to read, and nothing may be installed.
@@ -482,7 +523,7 @@ where
              LEFT JOIN public.tenancy_migration_journal j ON j.tenant_id = t.id \
              ORDER BY t.schema_name",
         )
-        .load::<TenantRow>(&mut *conn)
+        .load::<TenantRow>(&mut conn)
         .map_err(Error::db("list tenants to migrate"))?;
         drop(conn);
 
@@ -535,35 +576,15 @@ where
         Ok(report)
     }
 
-    /// [`migrate_all`](Self::migrate_all) from async code: the run moves off the
-    /// async executor's worker (`block_in_place`), so other tasks keep running,
-    /// and returns the same report. Needs tokio's multi-thread runtime (on a
-    /// current-thread runtime it refuses rather than block every task).
-    #[cfg(feature = "async")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
-    pub async fn migrate_all_async(
-        &self,
-        pool: &TenantPool,
-        options: &MigrateOptions,
-    ) -> Result<MigrationReport> {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread {
-            return Err(Error::Refused {
-                reason: "migrate_all_async needs tokio's multi-thread runtime".into(),
-            });
-        }
-        tokio::task::block_in_place(|| self.migrate_all(pool, options))
-    }
-
     /// [`migrate_all`](Self::migrate_all) as a dry run: what is pending where.
+    #[cfg(feature = "sync")]
     pub fn plan(&self, pool: &TenantPool, options: &MigrateOptions) -> Result<MigrationReport> {
-        self.migrate_all(pool, &options.clone().dry_run(true))
+        self.migrate_all_with(pool, &options.clone().dry_run(true))
     }
 
-    fn run_workers(
+    fn run_workers<P: Sessions>(
         &self,
-        pool: &TenantPool,
+        pool: &P,
         options: &MigrateOptions,
         settings: &ApplySettings,
         work: &[(i64, SchemaName)],
@@ -573,7 +594,7 @@ where
         }
         let jobs = options
             .jobs
-            .unwrap_or_else(|| (pool.r2d2().max_size() as usize / 2).clamp(1, 4))
+            .unwrap_or_else(|| (pool.max_size() / 2).clamp(1, 4))
             .min(work.len());
         let next = AtomicUsize::new(0);
         let started = AtomicUsize::new(0);
@@ -582,10 +603,11 @@ where
         let connections = AtomicUsize::new(0);
         let total = work.len();
 
+        let tenant_set: &T = &self.tenant;
         let worker = || -> Vec<TenantReport> {
             let mut out = Vec::new();
-            let set = MigrationSet::load(&self.tenant, "tenant set");
-            let mut conn: Option<crate::TenantConnection> = None;
+            let set = MigrationSet::load(tenant_set, "tenant set");
+            let mut conn: Option<P::Conn> = None;
             let mut used = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -609,13 +631,13 @@ where
                 });
                 if used >= options.recycle_after {
                     if let Some(mut c) = conn.take() {
-                        c.discard();
+                        P::discard(&mut c);
                     }
                 }
                 let mut conn_error = None;
                 if conn.is_none() {
                     used = 0;
-                    match pool.maintenance() {
+                    match pool.session() {
                         Ok(c) => {
                             connections.fetch_add(1, Ordering::Relaxed);
                             conn = Some(c);
@@ -662,7 +684,7 @@ where
             }
             if let Some(mut c) = conn.take() {
                 if used >= options.recycle_after {
-                    c.discard();
+                    P::discard(&mut c);
                 }
             }
             out
@@ -692,6 +714,76 @@ where
             }
         }
         (reports, connections.load(Ordering::Relaxed))
+    }
+}
+
+/// The async side: the same runs on an [`AsyncTenantPool`](crate::AsyncTenantPool),
+/// on tokio's blocking threads (never a runtime worker), without libpq.
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+impl<S, T> Migrator<S, T>
+where
+    S: MigrationSource<Pg> + Send + Sync + 'static,
+    T: MigrationSource<Pg> + Send + Sync + 'static,
+{
+    async fn on_blocking_threads<R: Send + 'static>(
+        &self,
+        pool: &crate::AsyncTenantPool,
+        run: impl FnOnce(&Self, &crate::async_pool::AsyncSessions) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let sessions = pool.sessions(tokio::runtime::Handle::current());
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || run(&me, &sessions))
+            .await
+            .map_err(|e| Error::Refused {
+                reason: format!("the migration run's thread failed: {e}"),
+            })?
+    }
+
+    /// [`migrate_all`](Self::migrate_all) on an async pool, with the same
+    /// guarantees (a transaction and the schema's lock per tenant, the journal,
+    /// the report). The run's threads come from tokio's blocking pool; its
+    /// statements are driven by the runtime, so it needs the multi-thread
+    /// runtime.
+    pub async fn migrate_all_async(
+        &self,
+        pool: &crate::AsyncTenantPool,
+        options: &MigrateOptions,
+    ) -> Result<MigrationReport> {
+        let options = options.clone();
+        self.on_blocking_threads(pool, move |me, sessions| {
+            me.migrate_all_with(sessions, &options)
+        })
+        .await
+    }
+
+    /// [`migrate_shared`](Self::migrate_shared) on an async pool.
+    pub async fn migrate_shared_async(&self, pool: &crate::AsyncTenantPool) -> Result<Vec<String>> {
+        self.on_blocking_threads(pool, |me, sessions| me.migrate_shared_with(sessions))
+            .await
+    }
+
+    /// [`migrate_tenant`](Self::migrate_tenant) on an async pool.
+    pub async fn migrate_tenant_async(
+        &self,
+        pool: &crate::AsyncTenantPool,
+        tenant: &Tenant,
+    ) -> Result<Vec<String>> {
+        let tenant = tenant.clone();
+        self.on_blocking_threads(pool, move |me, sessions| {
+            me.migrate_tenant_with(sessions, &tenant)
+        })
+        .await
+    }
+
+    /// [`plan`](Self::plan) on an async pool.
+    pub async fn plan_async(
+        &self,
+        pool: &crate::AsyncTenantPool,
+        options: &MigrateOptions,
+    ) -> Result<MigrationReport> {
+        self.migrate_all_async(pool, &options.clone().dry_run(true))
+            .await
     }
 }
 

@@ -12,12 +12,13 @@
 //! A migration that does anything but send SQL text (a Rust migration that
 //! queries, say), or whose text the lexer cannot split, runs as it is.
 
+use crate::conn::PgConn;
 use diesel::connection::{
     AnsiTransactionManager, CacheSize, Connection, ConnectionSealed, Instrumentation,
     SimpleConnection, TransactionManager,
 };
 use diesel::migration::Migration;
-use diesel::pg::{Pg, PgConnection};
+use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
 use diesel::{ConnectionResult, QueryResult};
 
@@ -92,7 +93,7 @@ fn statements(m: &dyn Migration<Pg>) -> Option<Vec<String>> {
 }
 
 /// Runs `m` on `conn`, statement by statement when its SQL can be split.
-pub(super) fn run_split(conn: &mut PgConnection, m: &dyn Migration<Pg>) -> Result<(), String> {
+pub(super) fn run_split(conn: &mut impl PgConn, m: &dyn Migration<Pg>) -> Result<(), String> {
     match statements(m) {
         Some(statements) => {
             for statement in statements {

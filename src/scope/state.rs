@@ -9,8 +9,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ScopeKey;
+use super::ScopeStats;
 use super::sql::ServerState;
-use crate::{Error, SchemaName, ScopeStats};
+use crate::{Error, SchemaName};
 
 /// The settings that decide how a connection is scoped, shared by a pool and
 /// every connection it makes.
@@ -31,6 +32,7 @@ pub(crate) struct ScopeConfig {
     /// Reset the session after every borrow, harmless or not.
     pub(crate) reset_after_every_borrow: bool,
     /// SQL run on every new connection and after every reset.
+    #[cfg_attr(not(feature = "sync"), allow(dead_code))]
     pub(crate) session_setup: Option<String>,
     /// The reset batch, with `session_setup` at its end, built once.
     reset: String,
@@ -364,6 +366,7 @@ impl ConnState {
     /// The r2d2 liveness check (`ManageConnection::is_valid`, for pools built
     /// with r2d2's own builder) read the state: it counts as this checkout's
     /// read-back if it shows the remembered path.
+    #[cfg_attr(not(feature = "sync"), allow(dead_code))]
     pub(crate) fn settle_liveness(&mut self, server: &ServerState) {
         let holds = self.current.as_ref().is_some_and(|(known, text)| {
             *text == server.path && server.head.as_deref() == Some(known.head())

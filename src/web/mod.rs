@@ -3,10 +3,10 @@
 //! [`Resolution`](crate::Resolution) into a response. All tenancy logic lives in
 //! the resolver.
 
-#[cfg(feature = "actix")]
+#[cfg(all(feature = "actix", feature = "sync"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "actix")))]
 pub mod actix;
-#[cfg(feature = "axum")]
+#[cfg(all(feature = "axum", feature = "sync"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
@@ -64,6 +64,7 @@ pub(crate) struct OwnedRequestInfo {
     pub(crate) path: String,
 }
 
+#[cfg(feature = "sync")]
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 impl OwnedRequestInfo {
     pub(crate) fn info(&self) -> crate::RequestInfo<'_> {
