@@ -62,7 +62,6 @@ mod migrate;
 #[cfg(feature = "sync")]
 mod pool;
 pub mod registry;
-#[cfg(feature = "sync")]
 mod resolve;
 mod schema_name;
 mod scope;
@@ -98,9 +97,8 @@ pub use pool::{
     ManagedConnection, TenantConnection, TenantConnectionManager, TenantPool, TenantPoolBuilder,
 };
 pub use registry::{DomainRecord, Tenant, TenantStatus};
-#[cfg(feature = "sync")]
 pub use resolve::{
-    Host, IpHosts, ListenerGuard, RequestInfo, Resolution, Resolver, ResolverBuilder,
+    Host, IpHosts, ListenerGuard, LookupPool, RequestInfo, Resolution, Resolver, ResolverBuilder,
     normalize_host,
 };
 pub use schema_name::{

@@ -531,6 +531,46 @@ pub fn find_tenant_by_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<
         .transpose()
 }
 
+/// [`find_tenant`] on an async connection (one query, no libpq).
+#[cfg(feature = "async")]
+pub(crate) async fn find_tenant_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    schema: &SchemaName,
+) -> Result<Option<Tenant>> {
+    let query = tenancy_tenants::table
+        .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
+        .select(TenantRow::as_select())
+        .limit(1);
+    diesel_async::RunQueryDsl::get_result(query, conn)
+        .await
+        .optional()
+        .map_err(Error::db(format!("find tenant {:?}", schema.as_str())))?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+/// [`find_tenant_by_domain`] on an async connection (one query, no libpq).
+#[cfg(feature = "async")]
+pub(crate) async fn find_tenant_by_domain_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    domain: &Domain,
+) -> Result<Option<Tenant>> {
+    let query = tenancy_domains::table
+        .inner_join(tenancy_tenants::table)
+        .filter(tenancy_domains::domain.eq(domain.as_str()))
+        .select(TenantRow::as_select())
+        .limit(1);
+    diesel_async::RunQueryDsl::get_result(query, conn)
+        .await
+        .optional()
+        .map_err(Error::db(format!(
+            "find tenant by domain {:?}",
+            domain.as_str()
+        )))?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
 /// Deletes a tenant's row (its domains and journal entry go with it). Returns
 /// the number of rows deleted. The schema is not touched: see
 /// [`drop_tenant`](crate::drop_tenant).

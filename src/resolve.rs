@@ -8,11 +8,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
-use diesel::prelude::*;
-
+#[cfg(feature = "sync")]
+use crate::TenantPool;
 use crate::registry::{self, Tenant};
-use crate::{Domain, DomainError, Error, Result, SchemaName, TenantPool};
+use crate::{Domain, DomainError, Error, Result, SchemaName};
+
+/// The pool a [`Resolver`] looks tenants up through: the blocking
+/// [`TenantPool`] or the [`AsyncTenantPool`](crate::AsyncTenantPool). Both
+/// convert into it, so `Resolver::builder(pool)` takes either.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LookupPool {
+    /// The blocking pool: [`Resolver::resolve`] works, and
+    /// [`Resolver::resolve_async`] runs misses on a blocking thread.
+    #[cfg(feature = "sync")]
+    Sync(TenantPool),
+    /// The async pool: [`Resolver::resolve_async`] looks misses up on an
+    /// async connection (no libpq, no blocking thread).
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    Async(crate::AsyncTenantPool),
+}
+
+#[cfg(feature = "sync")]
+impl From<TenantPool> for LookupPool {
+    fn from(pool: TenantPool) -> Self {
+        LookupPool::Sync(pool)
+    }
+}
+
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+impl From<crate::AsyncTenantPool> for LookupPool {
+    fn from(pool: crate::AsyncTenantPool) -> Self {
+        LookupPool::Async(pool)
+    }
+}
 
 /// What a request's host (and, in path-prefix mode, its path) resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +179,7 @@ impl Cache {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ResolverBuilder {
-    pool: TenantPool,
+    pool: LookupPool,
     public_domains: Vec<Domain>,
     base_domains: Vec<Domain>,
     default_tenant: Option<SchemaName>,
@@ -160,9 +189,18 @@ pub struct ResolverBuilder {
     capacity: usize,
     ttl: Duration,
     negative_ttl: Duration,
+    listen_url: Option<String>,
 }
 
 impl ResolverBuilder {
+    /// The database URL [`Resolver::listen`] connects to, when it should not
+    /// be the pool's (behind a transaction pooler such as PgBouncer, `LISTEN`
+    /// needs a direct connection to the server). Defaults to the pool's URL.
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.listen_url = Some(url.into());
+        self
+    }
+
     /// A host that serves the public site (repeatable), e.g. `example.com`.
     /// Defaults to none.
     pub fn public_domain(mut self, domain: Domain) -> Self {
@@ -279,10 +317,11 @@ enum Lookup {
 }
 
 impl Resolver {
-    /// A builder for a resolver that looks domains up through `pool`.
-    pub fn builder(pool: TenantPool) -> ResolverBuilder {
+    /// A builder for a resolver that looks domains up through `pool`, a
+    /// [`TenantPool`] or an [`AsyncTenantPool`](crate::AsyncTenantPool).
+    pub fn builder(pool: impl Into<LookupPool>) -> ResolverBuilder {
         ResolverBuilder {
-            pool,
+            pool: pool.into(),
             public_domains: Vec::new(),
             base_domains: Vec::new(),
             default_tenant: None,
@@ -292,16 +331,40 @@ impl Resolver {
             capacity: 10_000,
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
+            listen_url: None,
         }
     }
 
     /// The pool the resolver looks tenants up with.
-    pub fn pool(&self) -> &TenantPool {
+    pub fn lookup_pool(&self) -> &LookupPool {
         &self.inner.config.pool
     }
 
+    /// The blocking pool the resolver looks tenants up with, if it has one.
+    #[cfg(feature = "sync")]
+    pub fn pool(&self) -> Option<&TenantPool> {
+        match &self.inner.config.pool {
+            LookupPool::Sync(pool) => Some(pool),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The async pool the resolver looks tenants up with, if it has one.
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    pub fn async_pool(&self) -> Option<&crate::AsyncTenantPool> {
+        match &self.inner.config.pool {
+            LookupPool::Async(pool) => Some(pool),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Resolves a request, querying the registry on a cache miss (blocking; from
-    /// async code, try [`Resolver::resolve_cached`] first).
+    /// async code, use [`Resolver::resolve_async`]). A resolver built on an
+    /// async pool answers misses only through `resolve_async`: here they fail
+    /// with [`Error::Refused`].
+    #[cfg(feature = "sync")]
     pub fn resolve(&self, request: &RequestInfo<'_>) -> Result<Resolution> {
         match self.classify(request) {
             Lookup::Done(resolution) => Ok(resolution),
@@ -313,7 +376,9 @@ impl Resolver {
                         self.load(key, |conn| registry::find_tenant_by_domain(conn, &domain))?
                     }
                 };
-                self.domain_answer(domain, found)
+                self.domain_answer(domain, found, |key, schema| {
+                    self.load(key, |conn| registry::find_tenant(conn, schema))
+                })
             }
             Lookup::Schema(schema, len) => {
                 let key = format!("/{schema}");
@@ -326,6 +391,63 @@ impl Resolver {
         }
     }
 
+    /// Resolves a request from async code: a cache hit answers at once; a
+    /// miss is looked up on an async connection (async pool), or on a
+    /// blocking thread (blocking pool), never blocking the runtime.
+    #[cfg(feature = "async")]
+    pub async fn resolve_async(&self, request: &RequestInfo<'_>) -> Result<Resolution> {
+        if let Some(answer) = self.resolve_cached(request) {
+            return answer;
+        }
+        match &self.inner.config.pool {
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            LookupPool::Async(pool) => {
+                let pool = pool.clone();
+                match self.classify(request) {
+                    Lookup::Done(resolution) => Ok(resolution),
+                    Lookup::Domain(domain) => {
+                        let generation = registry::generation();
+                        let mut conn = pool.public().await?;
+                        let found =
+                            registry::find_tenant_by_domain_async(&mut conn, &domain).await?;
+                        self.store(domain.as_str(), generation, &found);
+                        let fallback = match self.uncached_fallback(&found) {
+                            Some(schema) => {
+                                let tenant =
+                                    registry::find_tenant_async(&mut conn, &schema).await?;
+                                self.store(&format!("/{schema}"), generation, &tenant);
+                                Some(tenant)
+                            }
+                            None => None,
+                        };
+                        drop(conn);
+                        self.domain_answer(domain, found, |_, _| Ok(fallback.flatten()))
+                    }
+                    Lookup::Schema(schema, len) => {
+                        let generation = registry::generation();
+                        let mut conn = pool.public().await?;
+                        let found = registry::find_tenant_async(&mut conn, &schema).await?;
+                        drop(conn);
+                        self.store(&format!("/{schema}"), generation, &found);
+                        Ok(Self::tenant_answer(found, Some(len), schema.as_str()))
+                    }
+                }
+            }
+            #[cfg(feature = "sync")]
+            LookupPool::Sync(_) => {
+                let resolver = self.clone();
+                let request = crate::web::OwnedRequestInfo::from_info(request);
+                tokio::task::spawn_blocking(move || resolver.resolve(&request.info()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::Refused {
+                            reason: format!("tenant resolution panicked: {e}"),
+                        })
+                    })
+            }
+        }
+    }
+
     /// Resolves a request from the cache alone: `None` on a miss (then call
     /// [`Resolver::resolve`], off the async executor).
     pub fn resolve_cached(&self, request: &RequestInfo<'_>) -> Option<Result<Resolution>> {
@@ -333,7 +455,12 @@ impl Resolver {
             Lookup::Done(resolution) => Some(Ok(resolution)),
             Lookup::Domain(domain) => {
                 let found = self.cached(domain.as_str())?;
-                Some(self.domain_answer(domain, found))
+                if let Some(schema) = &self.inner.config.default_tenant {
+                    if found.is_none() && self.cached(&format!("/{schema}")).is_none() {
+                        return None;
+                    }
+                }
+                Some(self.domain_answer(domain, found, |_, _| Ok(None)))
             }
             Lookup::Schema(schema, len) => {
                 let found = self.cached(&format!("/{schema}"))?;
@@ -411,18 +538,33 @@ impl Resolver {
         Some(SchemaName::new(name).map(|s| (s, prefix.len() + name.len())))
     }
 
-    fn domain_answer(&self, domain: Domain, found: Option<Tenant>) -> Result<Resolution> {
+    /// The answer for a domain lookup: the tenant found, or (with a default
+    /// tenant set) the default tenant, `fallback` loading it on a cache miss.
+    fn domain_answer(
+        &self,
+        domain: Domain,
+        found: Option<Tenant>,
+        fallback: impl FnOnce(&str, &SchemaName) -> Result<Option<Tenant>>,
+    ) -> Result<Resolution> {
         if found.is_none() {
             if let Some(schema) = &self.inner.config.default_tenant {
                 let key = format!("/{schema}");
                 let fallback = match self.cached(&key) {
                     Some(found) => found,
-                    None => self.load(&key, |conn| registry::find_tenant(conn, schema))?,
+                    None => fallback(&key, schema)?,
                 };
                 return Ok(Self::tenant_answer(fallback, None, domain.as_str()));
             }
         }
         Ok(Self::tenant_answer(found, None, domain.as_str()))
+    }
+
+    /// The default tenant's schema when `found` is empty and one is set and
+    /// not cached, for the async path to load first.
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    fn uncached_fallback(&self, found: &Option<Tenant>) -> Option<SchemaName> {
+        let schema = self.inner.config.default_tenant.as_ref()?;
+        (found.is_none() && self.cached(&format!("/{schema}")).is_none()).then(|| schema.clone())
     }
 
     fn tenant_answer(found: Option<Tenant>, strip_prefix: Option<usize>, host: &str) -> Resolution {
@@ -440,15 +582,33 @@ impl Resolver {
         cache.get(key, Instant::now(), registry::generation())
     }
 
+    #[cfg(feature = "sync")]
     fn load(
         &self,
         key: &str,
-        query: impl FnOnce(&mut PgConnection) -> Result<Option<Tenant>>,
+        query: impl FnOnce(&mut crate::TenantConnection) -> Result<Option<Tenant>>,
     ) -> Result<Option<Tenant>> {
         // Read the generation first: a change committed during the query makes
         // this answer stale at once.
         let generation = registry::generation();
-        let found = query(&mut *self.inner.config.pool.public()?)?;
+        let pool = match &self.inner.config.pool {
+            LookupPool::Sync(pool) => pool,
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(Error::Refused {
+                    reason: "this resolver looks tenants up through an async pool: \
+                             call Resolver::resolve_async"
+                        .into(),
+                });
+            }
+        };
+        let found = query(&mut pool.public()?)?;
+        self.store(key, generation, &found);
+        Ok(found)
+    }
+
+    /// Caches an answer read under `generation`.
+    fn store(&self, key: &str, generation: u64, found: &Option<Tenant>) {
         let ttl = if found.is_some() {
             self.inner.config.ttl
         } else {
@@ -463,7 +623,6 @@ impl Resolver {
                 generation,
             },
         );
-        Ok(found)
     }
 
     /// Drops every cached answer.
@@ -475,13 +634,91 @@ impl Resolver {
             .clear();
     }
 
-    /// Starts a thread that listens on [`registry::CHANGE_CHANNEL`] and drops
-    /// every cached answer (in this process) when any process changes tenants or
-    /// domains. The thread stops when the returned guard is dropped. If its
-    /// connection fails, it reconnects and invalidates, since it may have missed
-    /// a change.
+    /// Starts listening on [`registry::CHANGE_CHANNEL`] and drops every
+    /// cached answer (in this process) when any process changes tenants or
+    /// domains; stops when the returned guard is dropped. If its connection
+    /// fails, it reconnects and invalidates, since it may have missed a change.
+    ///
+    /// With a blocking pool this is a thread on a libpq connection, and fails
+    /// if that cannot connect. With an async pool it is a task on the current
+    /// tokio runtime (this fails outside one) on a connection of its own,
+    /// which connects in the background; [`listen_async`](Self::listen_async)
+    /// connects first and reports a failure.
     pub fn listen(&self) -> Result<ListenerGuard> {
-        let url = self.inner.config.pool.database_url().to_owned();
+        match &self.inner.config.pool {
+            #[cfg(feature = "sync")]
+            LookupPool::Sync(pool) => self.listen_thread(
+                self.inner
+                    .config
+                    .listen_url
+                    .clone()
+                    .unwrap_or_else(|| pool.database_url().to_owned()),
+            ),
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            LookupPool::Async(pool) => {
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Config {
+                    reason: "Resolver::listen on an async pool needs a tokio runtime".into(),
+                })?;
+                Ok(self.listen_task(&runtime, self.async_listen_url(pool), None))
+            }
+        }
+    }
+
+    /// [`listen`](Self::listen) from async code: with an async pool, connects
+    /// the listener first (and fails if it cannot); with a blocking pool, the
+    /// same as `listen` on a blocking thread.
+    #[cfg(feature = "async")]
+    pub async fn listen_async(&self) -> Result<ListenerGuard> {
+        match &self.inner.config.pool {
+            #[cfg(feature = "sync")]
+            LookupPool::Sync(_) => {
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.listen())
+                    .await
+                    .map_err(|e| Error::Config {
+                        reason: format!("could not start the listener: {e}"),
+                    })?
+            }
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            LookupPool::Async(pool) => {
+                let url = self.async_listen_url(pool);
+                let first = listener_async::connect(&url).await?;
+                Ok(self.listen_task(&tokio::runtime::Handle::current(), url, Some(first)))
+            }
+        }
+    }
+
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    fn async_listen_url(&self, pool: &crate::AsyncTenantPool) -> String {
+        self.inner
+            .config
+            .listen_url
+            .clone()
+            .unwrap_or_else(|| pool.database_url().to_owned())
+    }
+
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    fn listen_task(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        url: String,
+        first: Option<listener_async::Listening>,
+    ) -> ListenerGuard {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let flag = Arc::clone(&stop);
+        let task = runtime.spawn(listener_async::run(url, first, move || {
+            !flag.load(Ordering::Relaxed) && weak.strong_count() > 0
+        }));
+        ListenerGuard {
+            stop,
+            running: Running::Task(task.abort_handle()),
+        }
+    }
+
+    #[cfg(feature = "sync")]
+    fn listen_thread(&self, url: String) -> Result<ListenerGuard> {
+        use diesel::connection::SimpleConnection;
         let mut conn = connect_listener(&url)?;
         let stop = Arc::new(AtomicBool::new(false));
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -519,41 +756,142 @@ impl Resolver {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                let _ = conn.batch_execute("UNLISTEN *");
             })
             .map_err(|e| Error::Config {
                 reason: format!("could not start the listener thread: {e}"),
             })?;
         Ok(ListenerGuard {
             stop,
-            handle: Some(handle),
+            running: Running::Thread(Some(handle)),
         })
     }
 }
 
-fn connect_listener(url: &str) -> Result<PgConnection> {
-    let mut conn = PgConnection::establish(url).map_err(Error::Connect)?;
+#[cfg(feature = "sync")]
+fn connect_listener(url: &str) -> Result<diesel::PgConnection> {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let mut conn = diesel::PgConnection::establish(url).map_err(Error::Connect)?;
     conn.batch_execute(&format!("LISTEN {}", registry::CHANGE_CHANNEL))
         .map_err(Error::db("listen for registry changes"))?;
     Ok(conn)
 }
 
-/// Keeps [`Resolver::listen`]'s thread running; dropping it stops the thread.
+/// The registry listener on an async connection of its own (tokio-postgres,
+/// so no libpq), for resolvers on an async pool.
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+mod listener_async {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tokio::sync::mpsc;
+
+    use crate::{Error, Result, registry};
+
+    /// A connected listener: notifications arrive on the channel; it closes
+    /// when the connection ends.
+    pub(super) struct Listening {
+        _client: tokio_postgres::Client,
+        heard: mpsc::UnboundedReceiver<()>,
+    }
+
+    /// Connects and sends `LISTEN`.
+    pub(super) async fn connect(url: &str) -> Result<Listening> {
+        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| Error::Config {
+                reason: format!("the registry listener could not connect: {e}"),
+            })?;
+        let (tx, heard) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if matches!(message, tokio_postgres::AsyncMessage::Notification(_))
+                    && tx.send(()).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {}", registry::CHANGE_CHANNEL))
+            .await
+            .map_err(|e| Error::Config {
+                reason: format!("the registry listener could not LISTEN: {e}"),
+            })?;
+        Ok(Listening {
+            _client: client,
+            heard,
+        })
+    }
+
+    /// Invalidates on every notification while `running()`, reconnecting
+    /// (and invalidating, since changes may have been missed) when the
+    /// connection ends.
+    pub(super) async fn run(url: String, first: Option<Listening>, running: impl Fn() -> bool) {
+        let mut current = first;
+        while running() {
+            let mut listening = match current.take() {
+                Some(l) => l,
+                None => match connect(&url).await {
+                    Ok(l) => {
+                        registry::bump_generation();
+                        l
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+            };
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), listening.heard.recv()).await
+                {
+                    Ok(Some(())) => registry::bump_generation(),
+                    Ok(None) => {
+                        registry::bump_generation();
+                        break;
+                    }
+                    Err(_) if !running() => return,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keeps [`Resolver::listen`]'s listener running; dropping it stops it.
 #[derive(Debug)]
 pub struct ListenerGuard {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    running: Running,
+}
+
+#[derive(Debug)]
+enum Running {
+    #[cfg(feature = "sync")]
+    Thread(Option<std::thread::JoinHandle<()>>),
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    Task(tokio::task::AbortHandle),
 }
 
 impl Drop for ListenerGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
+        match &mut self.running {
+            #[cfg(feature = "sync")]
+            Running::Thread(handle) => {
+                if let Some(handle) = handle.take() {
+                    let _ = handle.join();
+                }
+            }
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            Running::Task(task) => task.abort(),
         }
     }
 }
 
-/// The `host=` of a `Forwarded` header (first element).
 fn forwarded_host(header: &str) -> Option<&str> {
     header
         .split(',')

@@ -195,7 +195,11 @@ where
                         })
                 }
             };
-            let pool = resolver.pool().clone();
+            let Some(pool) = resolver.pool().cloned() else {
+                let response = HttpResponse::InternalServerError()
+                    .body("the actix adapter needs a resolver on a TenantPool");
+                return Ok(req.into_response(response).map_into_right_body());
+            };
             let (scope, span) = match resolution {
                 Ok(Resolution::Tenant {
                     tenant,

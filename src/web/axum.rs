@@ -36,12 +36,15 @@ use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
+#[cfg(feature = "sync")]
 use diesel::pg::PgConnection;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use super::{OwnedRequestInfo, not_found_html};
-use crate::{Error, Resolution, Resolver, Tenant, TenantPool};
+#[cfg(feature = "sync")]
+use crate::TenantPool;
+use crate::{Error, Resolution, Resolver, Tenant};
 
 type NotFoundPage = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 
@@ -57,7 +60,7 @@ pub struct TenancyLayer {
     /// The registry listener, kept running as long as a clone of the layer
     /// (the app's router) lives.
     listener: Option<Arc<crate::ListenerGuard>>,
-    #[cfg(feature = "deadpool")]
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
     async_pool: Option<crate::AsyncTenantPool>,
 }
 
@@ -77,14 +80,15 @@ impl TenancyLayer {
             not_found: None,
             bypass: Arc::new(Vec::new()),
             listener: None,
-            #[cfg(feature = "deadpool")]
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
             async_pool: None,
         }
     }
 
     /// The async pool the [`TenantConn`] extractor checks connections out of.
-    #[cfg(feature = "deadpool")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+    /// Defaults to the resolver's, when it was built on an async pool.
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
     pub fn async_pool(mut self, pool: crate::AsyncTenantPool) -> Self {
         self.async_pool = Some(pool);
         self
@@ -154,15 +158,17 @@ pub struct TenancyService<S> {
 }
 
 /// What the layer found, in the request extensions of every request it lets
-/// through: the pool and the tenant (`None` on public hosts).
+/// through: the pools and the tenant (`None` on public hosts).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RequestScope {
-    /// The pool tenants are served from.
-    pub pool: TenantPool,
+    /// The blocking pool ([`TenantDb`] uses it), if the resolver has one.
+    #[cfg(feature = "sync")]
+    pub pool: Option<TenantPool>,
     /// The request's tenant, or `None` for the public site.
     pub tenant: Option<Tenant>,
     /// The async pool, if the layer has one.
-    #[cfg(feature = "deadpool")]
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
     pub async_pool: Option<crate::AsyncTenantPool>,
 }
 
@@ -226,18 +232,15 @@ where
             };
             let resolution = match cached {
                 Some(r) => r,
-                None => {
-                    let resolver = layer.resolver.clone();
-                    tokio::task::spawn_blocking(move || resolver.resolve(&info.info()))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(Error::Refused {
-                                reason: format!("tenant resolution panicked: {e}"),
-                            })
-                        })
-                }
+                None => resolve_miss(&layer.resolver, info).await,
             };
-            let pool = layer.resolver.pool().clone();
+            #[cfg(feature = "sync")]
+            let pool = layer.resolver.pool().cloned();
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            let async_pool = layer
+                .async_pool
+                .clone()
+                .or_else(|| layer.resolver.async_pool().cloned());
             match resolution {
                 Ok(Resolution::Tenant {
                     tenant,
@@ -249,25 +252,27 @@ where
                     let span = tracing::info_span!("tenant_request", tenant = %tenant.schema());
                     req.extensions_mut().insert(CurrentTenant(tenant.clone()));
                     req.extensions_mut().insert(RequestScope {
+                        #[cfg(feature = "sync")]
                         pool,
                         tenant: Some(tenant.clone()),
-                        #[cfg(feature = "deadpool")]
-                        async_pool: layer.async_pool.clone(),
+                        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+                        async_pool,
                     });
                     let call = inner.call(req).instrument(span);
-                    #[cfg(feature = "deadpool")]
+                    #[cfg(any(feature = "deadpool", feature = "bb8"))]
                     let call = crate::with_current_tenant(tenant, call);
-                    #[cfg(not(feature = "deadpool"))]
+                    #[cfg(not(any(feature = "deadpool", feature = "bb8")))]
                     let _ = tenant;
                     call.await
                 }
                 Ok(Resolution::Public) => {
                     let span = tracing::info_span!("tenant_request", tenant = "public");
                     req.extensions_mut().insert(RequestScope {
+                        #[cfg(feature = "sync")]
                         pool,
                         tenant: None,
-                        #[cfg(feature = "deadpool")]
-                        async_pool: layer.async_pool.clone(),
+                        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+                        async_pool,
                     });
                     inner.call(req).instrument(span).await
                 }
@@ -284,6 +289,26 @@ where
                 }
             }
         })
+    }
+}
+
+/// A cache miss: on an async connection when the resolver has an async pool,
+/// else on a blocking thread.
+async fn resolve_miss(resolver: &Resolver, info: OwnedRequestInfo) -> Result<Resolution, Error> {
+    #[cfg(feature = "async")]
+    {
+        resolver.resolve_async(&info.info()).await
+    }
+    #[cfg(not(feature = "async"))]
+    {
+        let resolver = resolver.clone();
+        tokio::task::spawn_blocking(move || resolver.resolve(&info.info()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Refused {
+                    reason: format!("tenant resolution panicked: {e}"),
+                })
+            })
     }
 }
 
@@ -316,35 +341,49 @@ fn missing_layer() -> Response {
 
 /// A database handle scoped to the request: the tenant's schema on tenant hosts,
 /// `public` on public hosts. Diesel is synchronous, so work runs on a blocking
-/// thread through [`TenantDb::run`].
+/// thread through [`TenantDb::run`]. Needs a resolver built on a
+/// [`TenantPool`] (rejects with 500 otherwise; with an async pool, use
+/// [`TenantConn`]).
+#[cfg(feature = "sync")]
 #[derive(Debug, Clone)]
 pub struct TenantDb {
-    scope: RequestScope,
+    pool: TenantPool,
+    tenant: Option<Tenant>,
 }
 
+#[cfg(feature = "sync")]
 impl<S: Send + Sync> FromRequestParts<S> for TenantDb {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
+        let scope = parts
             .extensions
             .get::<RequestScope>()
-            .map(|scope| TenantDb {
-                scope: scope.clone(),
-            })
-            .ok_or_else(missing_layer)
+            .ok_or_else(missing_layer)?;
+        let pool = scope.pool.clone().ok_or_else(|| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "TenantDb needs a resolver on a TenantPool; this one has an async pool (use TenantConn)",
+            )
+                .into_response()
+        })?;
+        Ok(TenantDb {
+            pool,
+            tenant: scope.tenant.clone(),
+        })
     }
 }
 
+#[cfg(feature = "sync")]
 impl TenantDb {
     /// The request's tenant, or `None` on the public site.
     pub fn tenant(&self) -> Option<&Tenant> {
-        self.scope.tenant.as_ref()
+        self.tenant.as_ref()
     }
 
     /// The pool.
     pub fn pool(&self) -> &TenantPool {
-        &self.scope.pool
+        &self.pool
     }
 
     /// [`run`](Self::run) with the two errors in one: the closure's error
@@ -370,14 +409,10 @@ impl TenantDb {
         T: Send + 'static,
         E: Send + 'static,
     {
-        let scope = self.scope.clone();
-        tokio::task::spawn_blocking(move || {
-            scope
-                .pool
-                .run_scoped(scope.tenant.as_ref(), f, Result::is_ok)
-        })
-        .await
-        .unwrap_or_else(super::database_task_failed)
+        let (pool, tenant) = (self.pool.clone(), self.tenant.clone());
+        tokio::task::spawn_blocking(move || pool.run_scoped(tenant.as_ref(), f, Result::is_ok))
+            .await
+            .unwrap_or_else(super::database_task_failed)
     }
 }
 
@@ -400,12 +435,12 @@ pub fn tenant_routing(public: Router, tenant: Router, layer: TenancyLayer) -> Ro
 /// [`TenancyLayer::async_pool`]. Use it with `diesel_async::RunQueryDsl` on
 /// `&mut *conn`. Rejects with 500 if the layer has no async pool, 404 for a
 /// suspended tenant or a missing schema, 503 if no connection is available.
-#[cfg(feature = "deadpool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 #[derive(Debug)]
 pub struct TenantConn(pub crate::AsyncTenantConnection);
 
-#[cfg(feature = "deadpool")]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
 impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
     type Rejection = Response;
 
@@ -438,7 +473,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
     }
 }
 
-#[cfg(feature = "deadpool")]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
 impl std::ops::Deref for TenantConn {
     type Target = crate::AsyncTenantConnection;
     fn deref(&self) -> &Self::Target {
@@ -446,7 +481,7 @@ impl std::ops::Deref for TenantConn {
     }
 }
 
-#[cfg(feature = "deadpool")]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
 impl std::ops::DerefMut for TenantConn {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0

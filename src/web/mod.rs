@@ -3,16 +3,16 @@
 //! [`Resolution`](crate::Resolution) into a response. All tenancy logic lives in
 //! the resolver.
 
-#[cfg(all(feature = "actix", feature = "sync"))]
+#[cfg(feature = "actix")]
 #[cfg_attr(docsrs, doc(cfg(feature = "actix")))]
 pub mod actix;
-#[cfg(all(feature = "axum", feature = "sync"))]
+#[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 
 /// The error for a blocking database task that did not complete (it panicked
 /// or its runtime shut down): what the adapters' `TenantDb::run` returns then.
-#[cfg(any(feature = "axum", feature = "actix"))]
+#[cfg(all(feature = "sync", any(feature = "axum", feature = "actix")))]
 pub(crate) fn database_task_failed<R>(e: impl std::fmt::Display) -> Result<R, crate::Error> {
     Err(crate::Error::Refused {
         reason: format!("database task failed: {e}"),
@@ -64,9 +64,19 @@ pub(crate) struct OwnedRequestInfo {
     pub(crate) path: String,
 }
 
-#[cfg(feature = "sync")]
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 impl OwnedRequestInfo {
+    /// An owned copy of `info`.
+    #[cfg(all(feature = "sync", feature = "async"))]
+    pub(crate) fn from_info(info: &crate::RequestInfo<'_>) -> Self {
+        OwnedRequestInfo {
+            host: info.host.map(str::to_owned),
+            x_forwarded_host: info.x_forwarded_host.map(str::to_owned),
+            forwarded: info.forwarded.map(str::to_owned),
+            path: info.path.to_owned(),
+        }
+    }
+
     pub(crate) fn info(&self) -> crate::RequestInfo<'_> {
         crate::RequestInfo {
             host: self.host.as_deref(),
