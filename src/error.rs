@@ -35,6 +35,24 @@ pub enum Error {
     #[error("could not get a database connection")]
     Pool(#[source] r2d2::Error),
 
+    /// No connection could be checked out of an
+    /// [`AsyncTenantPool`](crate::AsyncTenantPool): none came free within the
+    /// connection timeout, or a new one could not be opened.
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    #[error("could not get a database connection from the {pool} pool: {reason}")]
+    AsyncPool {
+        /// The pool underneath: `"deadpool"` or `"bb8"`.
+        pool: &'static str,
+        /// Whether the checkout gave up after waiting its connection timeout.
+        timed_out: bool,
+        /// What happened.
+        reason: String,
+        /// The cause, when there is one: the error opening a connection
+        /// (diesel-async's `PoolError`).
+        #[source]
+        source: Option<BoxError>,
+    },
+
     /// A connection could not be opened.
     #[error("could not connect to the database")]
     Connect(#[source] diesel::ConnectionError),

@@ -50,8 +50,8 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "deadpool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 pub(crate) mod async_pool;
 pub mod citus;
 mod conn;
@@ -65,24 +65,25 @@ pub mod registry;
 mod resolve;
 mod schema_name;
 mod scope;
+#[cfg(feature = "async")]
+mod task_local;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 pub mod web;
 
-#[cfg(feature = "deadpool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 pub use async_pool::{
     AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, BlockingConnection,
-    current_tenant, spawn_with_tenant, with_current_tenant,
 };
 pub use conn::PgConn;
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
 #[cfg(feature = "sync")]
 pub use lifecycle::create_tenants;
-#[cfg(feature = "deadpool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 pub use lifecycle::create_tenants_async;
 pub use lifecycle::{
     ConfirmDrop, ConsistencyReport, NewTenant, activate_tenant, check_consistency, create_tenant,
@@ -105,3 +106,6 @@ pub use schema_name::{
     MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError, quote_ident,
 };
 pub use scope::ScopeStats;
+#[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
+pub use task_local::{current_tenant, spawn_with_tenant, with_current_tenant};

@@ -191,8 +191,8 @@ pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
 
 /// [`create_tenants`](crate::create_tenants) on an async pool, on tokio's
 /// blocking threads (never a runtime worker), without libpq.
-#[cfg(feature = "deadpool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 pub async fn create_tenants_async<S: MigrationSource<Pg> + Send + Sync + 'static>(
     pool: &crate::AsyncTenantPool,
     tenants: Vec<NewTenant>,

@@ -719,8 +719,8 @@ where
 
 /// The async side: the same runs on an [`AsyncTenantPool`](crate::AsyncTenantPool),
 /// on tokio's blocking threads (never a runtime worker), without libpq.
-#[cfg(feature = "deadpool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 impl<S, T> Migrator<S, T>
 where
     S: MigrationSource<Pg> + Send + Sync + 'static,

@@ -1,12 +1,23 @@
-//! The tenant-scoped pool over diesel-async (deadpool), with the sync pool's
-//! guarantees, and a task-local current tenant.
+//! The tenant-scoped pool over diesel-async, with the sync pool's guarantees,
+//! on either of diesel-async's pools: deadpool (feature `deadpool`) or bb8
+//! (feature `bb8`).
+//!
+//! Everything that scopes a connection lives here, once: the builder's
+//! settings, the checkout (driving the shared scope state machine: enter,
+//! reset, set the path, read it back), the release (keep, reset or discard),
+//! cancellation, and the [`AsyncTenantConnection`] guard. The two files
+//! beside it only build their pool, check a connection out of it, and discard
+//! one, as diesel-async's own `pooled_connection/{deadpool,bb8}.rs` do.
 
-use std::future::Future;
+#[cfg(feature = "bb8")]
+mod bb8;
+#[cfg(feature = "deadpool")]
+mod deadpool;
+
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
@@ -39,49 +50,53 @@ mod private {
 }
 use private::SendFn;
 
-tokio::task_local! {
-    static CURRENT_TENANT: Tenant;
-}
-
-/// The tenant the current task runs for, if it runs inside
-/// [`AsyncTenantPool::with_tenant`], [`with_current_tenant`] or a task started by
-/// [`spawn_with_tenant`].
-pub fn current_tenant() -> Option<Tenant> {
-    CURRENT_TENANT.try_with(Tenant::clone).ok()
-}
-
-/// Runs `future` with `tenant` as the task's [`current_tenant`].
-pub async fn with_current_tenant<F: Future>(tenant: Tenant, future: F) -> F::Output {
-    CURRENT_TENANT.scope(tenant, future).await
-}
-
-/// Spawns a task that carries the current task's tenant along (or none).
-pub fn spawn_with_tenant<F>(future: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    match current_tenant() {
-        Some(tenant) => tokio::spawn(CURRENT_TENANT.scope(tenant, future)),
-        None => tokio::spawn(future),
-    }
-}
-
+/// What the pool and every guard it hands out share.
 #[derive(Debug)]
 struct Settings {
-    max_lifetime: Option<Duration>,
+    database_url: String,
     scope: ScopeConfig,
 }
 
+/// The settings of the pool underneath (deadpool or bb8), the same for both.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_size: usize,
+    /// bb8 only: deadpool has no minimum.
+    #[cfg_attr(not(feature = "bb8"), allow(dead_code))]
+    min_idle: Option<usize>,
+    connection_timeout: Duration,
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// How often idle connections are looked at for `max_lifetime` and
+    /// `idle_timeout` (bb8's default rate, 30 seconds, or a quarter of the
+    /// shorter limit if that is less), or `None` when neither is set.
+    fn reaper_rate(&self) -> Option<Duration> {
+        let shortest = match (self.max_lifetime, self.idle_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)))
+    }
+}
+
 /// Builds an [`AsyncTenantPool`]. The same settings as
-/// [`TenantPoolBuilder`](crate::TenantPoolBuilder), with the same defaults.
+/// [`TenantPoolBuilder`](crate::TenantPoolBuilder), with the same defaults,
+/// on either pool: [`build`](Self::build) takes deadpool when the `deadpool`
+/// feature is on and bb8 otherwise; [`build_deadpool`](Self::build_deadpool)
+/// and [`build_bb8`](Self::build_bb8) choose.
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct AsyncTenantPoolBuilder {
     database_url: String,
     max_size: usize,
+    min_idle: Option<usize>,
     connection_timeout: Duration,
     max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
     test_on_check_out: bool,
     extra_schemas: Vec<SchemaName>,
     track_search_path: bool,
@@ -154,7 +169,32 @@ impl AsyncTenantPoolBuilder {
         self
     }
 
-    /// How long a checkout waits for a connection. Defaults to 30 seconds.
+    /// Idle connections the pool keeps open. Defaults to `None`.
+    ///
+    /// - **bb8**: with `Some(n)`, bb8 opens `n` connections in the background
+    ///   when the pool is built and opens new ones whenever fewer than `n` are
+    ///   idle; `idle_timeout` never closes those `n`. `None` keeps no minimum:
+    ///   connections are opened on first use.
+    /// - **deadpool** has no such setting: connections are always opened on
+    ///   first use, and this is ignored.
+    ///
+    /// (The sync pool's r2d2 reads `None` as "as many as `max_size`", and opens
+    /// them when it is built.) Must not exceed `max_size`.
+    pub fn min_idle(mut self, min_idle: Option<usize>) -> Self {
+        self.min_idle = min_idle;
+        self
+    }
+
+    /// How long a checkout waits for a connection, a new connection's
+    /// set-up included, before failing with [`Error::AsyncPool`]. Defaults
+    /// to 30 seconds.
+    ///
+    /// - **deadpool**: the wait for a free slot, opening a connection and the
+    ///   recycle check each have this timeout; a connection that cannot be
+    ///   opened fails the checkout at once.
+    /// - **bb8**: one timeout for the whole checkout; a connection that cannot
+    ///   be opened is tried again (with backoff) until it runs out, and the
+    ///   error then carries the last connection error.
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
         self
@@ -162,8 +202,27 @@ impl AsyncTenantPoolBuilder {
 
     /// The age at which a connection is closed instead of reused. Defaults to 30
     /// minutes (a backend keeps the catalog entries of every schema it touched).
+    ///
+    /// Both pools check it when a connection is checked out (deadpool) or
+    /// given back (bb8), and close idle connections past it in the background
+    /// (every 30 seconds, or a quarter of the limit if that is shorter).
     pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
         self.max_lifetime = lifetime;
+        self
+    }
+
+    /// How long a connection may sit idle before it is closed. Defaults to 10
+    /// minutes, as the sync pool.
+    ///
+    /// - **bb8**: bb8's reaper closes connections idle for longer (beyond
+    ///   `min_idle`), every 30 seconds or a quarter of the timeout if that is
+    ///   shorter.
+    /// - **deadpool**: the pool closes, at the same rate, connections whose
+    ///   last checkout began longer ago than this (deadpool records when a
+    ///   connection was last checked out, not when it came back), and a
+    ///   checkout never reuses one.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -187,17 +246,73 @@ impl AsyncTenantPoolBuilder {
         self
     }
 
-    /// The pool. Connections are opened on first use.
+    /// The pool, on deadpool when the `deadpool` feature is on, else on bb8
+    /// (see [`build_deadpool`](Self::build_deadpool) and
+    /// [`build_bb8`](Self::build_bb8)).
     pub fn build(self) -> Result<AsyncTenantPool> {
+        #[cfg(feature = "deadpool")]
+        return self.build_deadpool();
+        #[cfg(not(feature = "deadpool"))]
+        return self.build_bb8();
+    }
+
+    /// The pool on diesel-async's deadpool pool. Connections are opened on
+    /// first use; it can be built outside a tokio runtime.
+    #[cfg(feature = "deadpool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+    pub fn build_deadpool(self) -> Result<AsyncTenantPool> {
+        let (manager, limits, settings) = self.parts()?;
+        Ok(AsyncTenantPool {
+            pool: Pool::Deadpool(deadpool::Pool::build(manager, limits)?),
+            settings,
+        })
+    }
+
+    /// The pool on diesel-async's bb8 pool. Must be called inside a tokio
+    /// runtime (bb8 starts its reaper there, and its `min_idle` connections);
+    /// outside one it fails with [`Error::Config`].
+    #[cfg(feature = "bb8")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+    pub fn build_bb8(self) -> Result<AsyncTenantPool> {
+        let (manager, limits, settings) = self.parts()?;
+        Ok(AsyncTenantPool {
+            pool: Pool::Bb8(bb8::Pool::build(manager, limits)?),
+            settings,
+        })
+    }
+
+    /// Checks the settings, and makes what either pool is built from: the
+    /// connection manager (every new connection gets the statement watch,
+    /// `session_setup` and the statement cache setting), the limits, and the
+    /// shared settings.
+    fn parts(
+        self,
+    ) -> Result<(
+        AsyncDieselConnectionManager<AsyncPgConnection>,
+        Limits,
+        Arc<Settings>,
+    )> {
+        let invalid = |reason: &str| {
+            Err(Error::Config {
+                reason: reason.into(),
+            })
+        };
         if self.max_size == 0 {
-            return Err(Error::Config {
-                reason: "max_size must be at least 1".into(),
-            });
+            return invalid("max_size must be at least 1");
+        }
+        if self.min_idle.is_some_and(|n| n > self.max_size) {
+            return invalid("min_idle must not exceed max_size");
+        }
+        if self.connection_timeout.is_zero() {
+            return invalid("connection_timeout must be more than zero");
+        }
+        if self.max_lifetime.is_some_and(|d| d.is_zero())
+            || self.idle_timeout.is_some_and(|d| d.is_zero())
+        {
+            return invalid("max_lifetime and idle_timeout must be more than zero (or None)");
         }
         if self.extra_schemas.iter().any(|s| s.as_str() == "public") {
-            return Err(Error::Config {
-                reason: "public is always on the path".into(),
-            });
+            return invalid("public is always on the path");
         }
         crate::conn::check_database_url(&self.database_url)?;
         let statement_cache = self.statement_cache.unwrap_or(!self.transaction_scoped);
@@ -224,38 +339,129 @@ impl AsyncTenantPoolBuilder {
                 Ok(conn)
             })
         });
-        let manager = AsyncDieselConnectionManager::new_with_config(self.database_url, config);
-        let pool = Pool::builder(manager)
-            .max_size(self.max_size)
-            .wait_timeout(Some(self.connection_timeout))
-            .create_timeout(Some(self.connection_timeout))
-            .recycle_timeout(Some(self.connection_timeout))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::Config {
-                reason: format!("could not build the pool: {e}"),
-            })?;
-        Ok(AsyncTenantPool {
-            pool,
-            settings: Arc::new(Settings {
-                max_lifetime: self.max_lifetime,
-                scope: ScopeConfig::new(
-                    self.extra_schemas,
-                    self.track_search_path,
-                    self.test_on_check_out,
-                    self.transaction_scoped,
-                    self.recycle_after_schemas,
-                    self.tenant_roles,
-                    self.reset_after_every_borrow,
-                    self.session_setup,
-                ),
-            }),
-        })
+        let manager =
+            AsyncDieselConnectionManager::new_with_config(self.database_url.clone(), config);
+        let limits = Limits {
+            max_size: self.max_size,
+            min_idle: self.min_idle,
+            connection_timeout: self.connection_timeout,
+            max_lifetime: self.max_lifetime,
+            idle_timeout: self.idle_timeout,
+        };
+        let settings = Arc::new(Settings {
+            database_url: self.database_url,
+            scope: ScopeConfig::new(
+                self.extra_schemas,
+                self.track_search_path,
+                self.test_on_check_out,
+                self.transaction_scoped,
+                self.recycle_after_schemas,
+                self.tenant_roles,
+                self.reset_after_every_borrow,
+                self.session_setup,
+            ),
+        });
+        Ok((manager, limits, settings))
+    }
+}
+
+/// The pool underneath.
+#[derive(Clone)]
+enum Pool {
+    #[cfg(feature = "deadpool")]
+    Deadpool(deadpool::Pool),
+    #[cfg(feature = "bb8")]
+    Bb8(bb8::Pool),
+}
+
+impl Pool {
+    async fn get(&self) -> Result<Pooled> {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pool::Deadpool(pool) => pool.get().await.map(Pooled::Deadpool),
+            #[cfg(feature = "bb8")]
+            Pool::Bb8(pool) => pool.get().await.map(Pooled::Bb8),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pool::Deadpool(_) => "deadpool",
+            #[cfg(feature = "bb8")]
+            Pool::Bb8(_) => "bb8",
+        }
+    }
+
+    fn max_size(&self) -> usize {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pool::Deadpool(pool) => pool.max_size(),
+            #[cfg(feature = "bb8")]
+            Pool::Bb8(pool) => pool.max_size(),
+        }
+    }
+
+    /// Connections open, and of those idle.
+    fn status(&self) -> (usize, usize) {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pool::Deadpool(pool) => pool.status(),
+            #[cfg(feature = "bb8")]
+            Pool::Bb8(pool) => pool.status(),
+        }
+    }
+}
+
+/// A connection checked out of the pool underneath; back to it when dropped.
+enum Pooled {
+    #[cfg(feature = "deadpool")]
+    Deadpool(deadpool::Conn),
+    #[cfg(feature = "bb8")]
+    Bb8(bb8::Conn),
+}
+
+impl Pooled {
+    /// Closes the connection instead of giving it back.
+    fn discard(self) {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pooled::Deadpool(conn) => deadpool::discard(conn),
+            #[cfg(feature = "bb8")]
+            Pooled::Bb8(conn) => bb8::discard(conn),
+        }
+    }
+}
+
+impl Deref for Pooled {
+    type Target = AsyncPgConnection;
+    #[inline]
+    fn deref(&self) -> &AsyncPgConnection {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pooled::Deadpool(conn) => conn,
+            #[cfg(feature = "bb8")]
+            Pooled::Bb8(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for Pooled {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        match self {
+            #[cfg(feature = "deadpool")]
+            Pooled::Deadpool(conn) => conn,
+            #[cfg(feature = "bb8")]
+            Pooled::Bb8(conn) => conn,
+        }
     }
 }
 
 /// A pool of diesel-async PostgreSQL connections, each scoped to one tenant while
-/// in use: [`TenantPool`](crate::TenantPool)'s API and guarantees, for async code.
+/// in use: [`TenantPool`](crate::TenantPool)'s API and guarantees, for async
+/// code, on diesel-async's deadpool or bb8 pool (see
+/// [`AsyncTenantPoolBuilder::build`]).
 ///
 /// ```no_run
 /// # async fn run(tenant: diesel_tenancy::Tenant) -> Result<(), Box<dyn std::error::Error>> {
@@ -274,18 +480,23 @@ impl AsyncTenantPoolBuilder {
 /// ```
 #[derive(Clone)]
 pub struct AsyncTenantPool {
-    pool: Pool<AsyncPgConnection>,
+    pool: Pool,
     settings: Arc<Settings>,
 }
 
 impl std::fmt::Debug for AsyncTenantPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (size, idle) = self.pool.status();
         f.debug_struct("AsyncTenantPool")
-            .field("status", &self.pool.status())
+            .field("pool", &self.pool.kind())
+            .field("max_size", &self.pool.max_size())
+            .field("size", &size)
+            .field("idle", &idle)
             .finish()
     }
 }
 
+#[inline]
 fn state(conn: &mut AsyncPgConnection) -> Option<&mut ConnState> {
     scope::watch_of(conn.instrumentation()).map(|w| &mut w.state)
 }
@@ -302,8 +513,10 @@ impl AsyncTenantPool {
         AsyncTenantPoolBuilder {
             database_url: database_url.into(),
             max_size: 10,
+            min_idle: None,
             connection_timeout: Duration::from_secs(30),
             max_lifetime: Some(Duration::from_secs(30 * 60)),
+            idle_timeout: Some(Duration::from_secs(10 * 60)),
             test_on_check_out: true,
             extra_schemas: Vec::new(),
             track_search_path: true,
@@ -316,6 +529,16 @@ impl AsyncTenantPool {
         }
     }
 
+    /// The database URL the pool connects to.
+    pub fn database_url(&self) -> &str {
+        &self.settings.database_url
+    }
+
+    /// Which pool is underneath: `"deadpool"` or `"bb8"`.
+    pub fn pool_kind(&self) -> &'static str {
+        self.pool.kind()
+    }
+
     /// How many checkouts were scoped, how many had to set the path, and how
     /// many sessions were reset.
     pub fn stats(&self) -> ScopeStats {
@@ -323,8 +546,9 @@ impl AsyncTenantPool {
     }
 
     /// A connection scoped to `tenant`. Fails with [`Error::TenantSuspended`]
-    /// before any statement runs if the tenant is suspended, and with
-    /// [`Error::SchemaMissing`] if its schema is gone.
+    /// before any statement runs if the tenant is suspended, with
+    /// [`Error::SchemaMissing`] if its schema is gone, and with
+    /// [`Error::AsyncPool`] if no connection could be had.
     pub async fn get(&self, tenant: &Tenant) -> Result<AsyncTenantConnection> {
         let cfg = &self.settings.scope;
         cfg.check_tenant(tenant)?;
@@ -352,10 +576,11 @@ impl AsyncTenantPool {
     }
 
     /// Runs `f` on a connection scoped to `tenant`, with `tenant` as the task's
-    /// [`current_tenant`]. Whatever `f` does (returns an error, rolls back,
-    /// panics, or is cancelled by dropping this future) the next borrower of the
-    /// connection gets its own scope. In transaction-scoped mode the work is
-    /// committed when `f` returns `Ok` and rolled back otherwise.
+    /// [`current_tenant`](crate::current_tenant). Whatever `f` does (returns
+    /// an error, rolls back, panics, or is cancelled by dropping this future)
+    /// the next borrower of the connection gets its own scope. In
+    /// transaction-scoped mode the work is committed when `f` returns `Ok` and
+    /// rolled back otherwise.
     ///
     /// The future is `Send` when the closure's is, so it can run in spawned
     /// tasks and web handlers.
@@ -368,7 +593,7 @@ impl AsyncTenantPool {
     {
         let mut conn = self.get(tenant).await?;
         let work: <F as SendFn<&mut AsyncPgConnection, Result<T, E>>>::Fut = f(&mut conn);
-        let result = CURRENT_TENANT.scope(tenant.clone(), work).await;
+        let result = crate::task_local::with_current_tenant(tenant.clone(), work).await;
         if result.is_ok() {
             conn.commit().await?;
         }
@@ -392,17 +617,11 @@ impl AsyncTenantPool {
         result
     }
 
-    async fn checkout(&self, scope: &ScopeKey, local: bool) -> Result<Object<AsyncPgConnection>> {
+    async fn checkout(&self, scope: &ScopeKey, local: bool) -> Result<Pooled> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut conn = self.pool.get().await.map_err(|e| Error::Config {
-                reason: format!("could not get a database connection: {e}"),
-            })?;
-            let too_old = self
-                .settings
-                .max_lifetime
-                .is_some_and(|max| Object::metrics(&conn).age() > max);
+            let mut conn = self.pool.get().await?;
             // A checkout cancelled mid-statement returns its connection to
             // the pool without a guard: a query may be in flight, or the
             // checkout's own transaction open.
@@ -411,9 +630,8 @@ impl AsyncTenantPool {
                     .transaction_depth(),
                 Ok(None)
             );
-            if too_old || unsettled || state(&mut conn).is_none_or(|s| s.discard || s.in_flight > 0)
-            {
-                drop(Object::take(conn));
+            if unsettled || state(&mut conn).is_none_or(|s| s.discard || s.in_flight > 0) {
+                conn.discard();
                 continue;
             }
             match enter(&self.settings.scope, &mut conn, scope, local).await {
@@ -421,7 +639,7 @@ impl AsyncTenantPool {
                 Err(e) => {
                     let discard = state(&mut conn).is_none_or(|s| s.discard);
                     if discard {
-                        drop(Object::take(conn));
+                        conn.discard();
                         // A dead connection (say, after a server restart) is
                         // replaced and the checkout tried again.
                         if matches!(e, Error::Scope { .. }) && attempt < 3 {
@@ -653,10 +871,10 @@ fn release_decision(cfg: &ScopeConfig, conn: &mut AsyncPgConnection, panicking: 
 }
 
 /// A pooled diesel-async connection scoped to one tenant (or `public`) while it
-/// lives. Dereferences to [`AsyncPgConnection`]; use `&mut *conn` with
-/// `diesel_async::RunQueryDsl`.
+/// lives, from either pool. Dereferences to [`AsyncPgConnection`]; use
+/// `&mut *conn` with `diesel_async::RunQueryDsl`.
 pub struct AsyncTenantConnection {
-    conn: Option<Object<AsyncPgConnection>>,
+    conn: Option<Pooled>,
     tenant: Option<Tenant>,
     settings: Arc<Settings>,
     /// Transaction-scoped mode: the transaction this guard opened is still open.
@@ -706,12 +924,14 @@ impl AsyncTenantConnection {
 
 impl Deref for AsyncTenantConnection {
     type Target = AsyncPgConnection;
+    #[inline]
     fn deref(&self) -> &AsyncPgConnection {
         self.conn.as_ref().expect("present until drop")
     }
 }
 
 impl DerefMut for AsyncTenantConnection {
+    #[inline]
     fn deref_mut(&mut self) -> &mut AsyncPgConnection {
         self.conn.as_mut().expect("present until drop")
     }
@@ -745,24 +965,24 @@ impl Drop for AsyncTenantConnection {
             match release_decision(cfg, &mut conn, panicking) {
                 Release::Keep => return,
                 Release::Discard => {
-                    drop(Object::take(conn));
+                    conn.discard();
                     return;
                 }
                 // The decision is made; the task only runs the reset.
                 Release::Reset => decided = Some(Release::Reset),
             }
         } else if panicking || state(&mut conn).is_none_or(|s| s.in_flight > 0) {
-            drop(Object::take(conn));
+            conn.discard();
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            drop(Object::take(conn));
+            conn.discard();
             return;
         };
         let settings = Arc::clone(&self.settings);
         runtime.spawn(async move {
             if !release(&settings.scope, &mut conn, own_transaction, decided).await {
-                drop(Object::take(conn));
+                conn.discard();
             }
         });
     }
@@ -864,6 +1084,49 @@ impl crate::conn::Sessions for AsyncSessions {
     }
 
     fn max_size(&self) -> usize {
-        self.pool.pool.status().max_size
+        self.pool.pool.max_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reaper_runs_every_30_seconds_or_faster_for_short_limits() {
+        let limits = |max_lifetime, idle_timeout| Limits {
+            max_size: 1,
+            min_idle: None,
+            connection_timeout: Duration::from_secs(1),
+            max_lifetime,
+            idle_timeout,
+        };
+        let min = Duration::from_secs(60);
+        assert_eq!(limits(None, None).reaper_rate(), None);
+        assert_eq!(
+            limits(Some(30 * min), Some(10 * min)).reaper_rate(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            limits(None, Some(Duration::from_secs(2))).reaper_rate(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            limits(Some(Duration::from_millis(1)), None).reaper_rate(),
+            Some(Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn settings_are_checked_alike_for_both_pools() {
+        let b = || AsyncTenantPool::builder("postgres://localhost/app");
+        let reason = |r: Result<AsyncTenantPool>| match r {
+            Err(Error::Config { reason }) => reason,
+            other => panic!("expected a configuration error, got {other:?}"),
+        };
+        assert!(reason(b().max_size(0).build()).contains("max_size"));
+        assert!(reason(b().max_size(2).min_idle(Some(3)).build()).contains("min_idle"));
+        assert!(reason(b().connection_timeout(Duration::ZERO).build()).contains("timeout"));
+        assert!(reason(b().idle_timeout(Some(Duration::ZERO)).build()).contains("idle_timeout"));
     }
 }
