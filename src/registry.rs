@@ -37,6 +37,17 @@ pub fn bump_generation() {
     GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
+/// Runs a registry write, then marks cached answers stale: after the write,
+/// so that a lookup racing with it cannot cache the old answer under the new
+/// generation. (Inside a transaction of the caller's, the write commits later:
+/// other processes, and this one's listener, learn of it from the `NOTIFY`
+/// sent at commit.)
+fn after_write<T>(write: impl FnOnce() -> Result<T>) -> Result<T> {
+    let result = write();
+    bump_generation();
+    result
+}
+
 /// Advisory lock key that serialises registry installs ("tenancy" in ASCII).
 const INSTALL_LOCK: i64 = 0x0074_656e_616e_6379;
 
@@ -343,24 +354,25 @@ fn unique_violation(e: &DieselError) -> Option<&str> {
 /// Adds a tenant row (status active). This writes the registry only; to create the
 /// schema and run migrations as well, use [`create_tenant`](crate::create_tenant).
 pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) -> Result<Tenant> {
-    bump_generation();
-    let row = diesel::insert_into(tenancy_tenants::table)
-        .values((
-            tenancy_tenants::schema_name.eq(schema.as_str()),
-            tenancy_tenants::name.eq(name),
-        ))
-        .returning(TenantRow::as_returning())
-        .get_result(conn)
-        .map_err(|e| match unique_violation(&e) {
-            Some(_) => Error::TenantExists {
-                schema: schema.as_str().to_owned(),
-            },
-            None => Error::Database {
-                action: format!("register tenant {schema:?}", schema = schema.as_str()),
-                source: e,
-            },
-        })?;
-    Tenant::try_from(row)
+    after_write(|| {
+        let row = diesel::insert_into(tenancy_tenants::table)
+            .values((
+                tenancy_tenants::schema_name.eq(schema.as_str()),
+                tenancy_tenants::name.eq(name),
+            ))
+            .returning(TenantRow::as_returning())
+            .get_result(conn)
+            .map_err(|e| match unique_violation(&e) {
+                Some(_) => Error::TenantExists {
+                    schema: schema.as_str().to_owned(),
+                },
+                None => Error::Database {
+                    action: format!("register tenant {schema:?}", schema = schema.as_str()),
+                    source: e,
+                },
+            })?;
+        Tenant::try_from(row)
+    })
 }
 
 /// The tenant with this schema, if registered (whatever its status).
@@ -412,23 +424,24 @@ pub fn set_tenant_status(
     schema: &SchemaName,
     status: TenantStatus,
 ) -> Result<Tenant> {
-    bump_generation();
-    let row = diesel::update(tenancy_tenants::table)
-        .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
-        .set(tenancy_tenants::status.eq(status.as_str()))
-        .returning(TenantRow::as_returning())
-        .get_result(conn)
-        .optional()
-        .map_err(Error::db(format!(
-            "set status of tenant {:?}",
-            schema.as_str()
-        )))?;
-    match row {
-        Some(row) => Tenant::try_from(row),
-        None => Err(Error::TenantNotFound {
-            schema: schema.as_str().to_owned(),
-        }),
-    }
+    after_write(|| {
+        let row = diesel::update(tenancy_tenants::table)
+            .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
+            .set(tenancy_tenants::status.eq(status.as_str()))
+            .returning(TenantRow::as_returning())
+            .get_result(conn)
+            .optional()
+            .map_err(Error::db(format!(
+                "set status of tenant {:?}",
+                schema.as_str()
+            )))?;
+        match row {
+            Some(row) => Tenant::try_from(row),
+            None => Err(Error::TenantNotFound {
+                schema: schema.as_str().to_owned(),
+            }),
+        }
+    })
 }
 
 /// Routes `domain` to `tenant`. With `is_primary`, it becomes the tenant's primary
@@ -439,57 +452,60 @@ pub fn add_domain(
     domain: &Domain,
     is_primary: bool,
 ) -> Result<DomainRecord> {
-    bump_generation();
-    let action = || format!("add domain {:?}", domain.as_str());
-    conn.transaction(|conn| {
-        if is_primary {
-            diesel::update(tenancy_domains::table)
-                .filter(tenancy_domains::tenant_id.eq(tenant.id))
-                .set(tenancy_domains::is_primary.eq(false))
+    after_write(|| {
+        let action = || format!("add domain {:?}", domain.as_str());
+        conn.transaction(|conn| {
+            if is_primary {
+                diesel::update(tenancy_domains::table)
+                    .filter(tenancy_domains::tenant_id.eq(tenant.id))
+                    .set(tenancy_domains::is_primary.eq(false))
+                    .execute(conn)
+                    .map_err(Error::db(action()))?;
+            }
+            diesel::insert_into(tenancy_domains::table)
+                .values((
+                    tenancy_domains::domain.eq(domain.as_str()),
+                    tenancy_domains::tenant_id.eq(tenant.id),
+                    tenancy_domains::is_primary.eq(is_primary),
+                ))
                 .execute(conn)
-                .map_err(Error::db(action()))?;
-        }
-        diesel::insert_into(tenancy_domains::table)
-            .values((
-                tenancy_domains::domain.eq(domain.as_str()),
-                tenancy_domains::tenant_id.eq(tenant.id),
-                tenancy_domains::is_primary.eq(is_primary),
-            ))
-            .execute(conn)
-            .map_err(|e| match (&e, unique_violation(&e)) {
-                (_, Some(_)) => Error::DomainTaken {
-                    domain: domain.as_str().to_owned(),
-                },
-                (DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _), None) => {
-                    Error::TenantNotFound {
+                .map_err(|e| match (&e, unique_violation(&e)) {
+                    (_, Some(_)) => Error::DomainTaken {
+                        domain: domain.as_str().to_owned(),
+                    },
+                    (
+                        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _),
+                        None,
+                    ) => Error::TenantNotFound {
                         schema: tenant.schema.as_str().to_owned(),
-                    }
-                }
-                _ => Error::Database {
-                    action: action(),
-                    source: e,
-                },
-            })?;
-        Ok(DomainRecord {
-            domain: domain.clone(),
-            tenant_id: tenant.id,
-            is_primary,
+                    },
+                    _ => Error::Database {
+                        action: action(),
+                        source: e,
+                    },
+                })?;
+            Ok(DomainRecord {
+                domain: domain.clone(),
+                tenant_id: tenant.id,
+                is_primary,
+            })
         })
     })
 }
 
 /// Removes a domain; [`Error::DomainNotFound`] if it was not registered.
 pub fn remove_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<()> {
-    bump_generation();
-    let n = diesel::delete(tenancy_domains::table.find(domain.as_str()))
-        .execute(conn)
-        .map_err(Error::db(format!("remove domain {:?}", domain.as_str())))?;
-    if n == 0 {
-        return Err(Error::DomainNotFound {
-            domain: domain.as_str().to_owned(),
-        });
-    }
-    Ok(())
+    after_write(|| {
+        let n = diesel::delete(tenancy_domains::table.find(domain.as_str()))
+            .execute(conn)
+            .map_err(Error::db(format!("remove domain {:?}", domain.as_str())))?;
+        if n == 0 {
+            return Err(Error::DomainNotFound {
+                domain: domain.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    })
 }
 
 /// The domains of a tenant, primary first.
@@ -575,11 +591,12 @@ pub(crate) async fn find_tenant_by_domain_async(
 /// the number of rows deleted. The schema is not touched: see
 /// [`drop_tenant`](crate::drop_tenant).
 pub(crate) fn delete_tenant_row(conn: &mut impl PgConn, schema: &SchemaName) -> Result<usize> {
-    bump_generation();
-    diesel::delete(tenancy_tenants::table)
-        .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
-        .execute(conn)
-        .map_err(Error::db(format!("delete tenant {:?}", schema.as_str())))
+    after_write(|| {
+        diesel::delete(tenancy_tenants::table)
+            .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
+            .execute(conn)
+            .map_err(Error::db(format!("delete tenant {:?}", schema.as_str())))
+    })
 }
 
 /// Points a tenant's row at a new schema name.
@@ -588,28 +605,29 @@ pub(crate) fn rename_tenant_row(
     from: &SchemaName,
     to: &SchemaName,
 ) -> Result<Tenant> {
-    bump_generation();
-    let row = diesel::update(tenancy_tenants::table)
-        .filter(tenancy_tenants::schema_name.eq(from.as_str()))
-        .set(tenancy_tenants::schema_name.eq(to.as_str()))
-        .returning(TenantRow::as_returning())
-        .get_result(conn)
-        .optional()
-        .map_err(|e| match unique_violation(&e) {
-            Some(_) => Error::TenantExists {
-                schema: to.as_str().to_owned(),
-            },
-            None => Error::Database {
-                action: format!("rename tenant {:?}", from.as_str()),
-                source: e,
-            },
-        })?;
-    match row {
-        Some(row) => Tenant::try_from(row),
-        None => Err(Error::TenantNotFound {
-            schema: from.as_str().to_owned(),
-        }),
-    }
+    after_write(|| {
+        let row = diesel::update(tenancy_tenants::table)
+            .filter(tenancy_tenants::schema_name.eq(from.as_str()))
+            .set(tenancy_tenants::schema_name.eq(to.as_str()))
+            .returning(TenantRow::as_returning())
+            .get_result(conn)
+            .optional()
+            .map_err(|e| match unique_violation(&e) {
+                Some(_) => Error::TenantExists {
+                    schema: to.as_str().to_owned(),
+                },
+                None => Error::Database {
+                    action: format!("rename tenant {:?}", from.as_str()),
+                    source: e,
+                },
+            })?;
+        match row {
+            Some(row) => Tenant::try_from(row),
+            None => Err(Error::TenantNotFound {
+                schema: from.as_str().to_owned(),
+            }),
+        }
+    })
 }
 
 /// A tenant's line in the migration journal.
@@ -682,13 +700,14 @@ pub fn installed_version(conn: &mut impl PgConn) -> Result<i32> {
 
 /// Records a tenant's role name.
 pub(crate) fn set_role_name(conn: &mut impl PgConn, id: i64, role: &SchemaName) -> Result<Tenant> {
-    bump_generation();
-    let row = diesel::update(tenancy_tenants::table.find(id))
-        .set(tenancy_tenants::role_name.eq(role.as_str()))
-        .returning(TenantRow::as_returning())
-        .get_result(conn)
-        .map_err(Error::db(format!("record role {role}")))?;
-    Tenant::try_from(row)
+    after_write(|| {
+        let row = diesel::update(tenancy_tenants::table.find(id))
+            .set(tenancy_tenants::role_name.eq(role.as_str()))
+            .returning(TenantRow::as_returning())
+            .get_result(conn)
+            .map_err(Error::db(format!("record role {role}")))?;
+        Tenant::try_from(row)
+    })
 }
 
 #[cfg(test)]

@@ -154,3 +154,53 @@ fn on_citus_the_registry_and_notify_work_on_the_coordinator() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A lookup racing with a registry write cannot cache the old answer past the
+/// write: right after `suspend_tenant` / `activate_tenant` return, the
+/// resolver answers the new way, however many lookups ran meanwhile.
+#[test]
+fn a_lookup_racing_a_write_never_outlives_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (_db, pool) = setup(4);
+    let new = NewTenant::new(SchemaName::new("racy").unwrap(), "racy")
+        .domain(Domain::parse("racy.example.com").unwrap());
+    create_tenant(&mut pool.public().unwrap(), &new, TENANT).unwrap();
+    let resolver = Resolver::builder(pool.clone())
+        .cache_ttl(Duration::from_secs(3600))
+        .negative_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let host = info("racy.example.com");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Stops the racing lookups however the checks end (a failed assertion
+    // included), so that the scope can join them.
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let schema = SchemaName::new("racy").unwrap();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = resolver.resolve(&host);
+                }
+            });
+        }
+        for round in 0..40 {
+            diesel_tenancy::suspend_tenant(&mut pool.public().unwrap(), &schema).unwrap();
+            let after = tenant_of(resolver.resolve(&host).unwrap());
+            assert_eq!(after, None, "round {round}: still served after suspend");
+            diesel_tenancy::activate_tenant(&mut pool.public().unwrap(), &schema).unwrap();
+            let after = tenant_of(resolver.resolve(&host).unwrap());
+            assert_eq!(
+                after.as_deref(),
+                Some("racy"),
+                "round {round}: not served after activate"
+            );
+        }
+    });
+}
