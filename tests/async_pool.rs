@@ -554,7 +554,7 @@ async fn sees_only_after(pool: &AsyncTenantPool, t: &Tenant) -> bool {
         .with_tenant(t, async |conn| markers(conn).await)
         .await
         .unwrap();
-    seen.iter().next().map(String::as_str) == Some(t.schema().as_str())
+    <[String]>::first(&seen).map(String::as_str) == Some(t.schema().as_str())
 }
 
 // Diesel's statement cache: on by default, off in transaction-scoped mode
@@ -626,6 +626,32 @@ both_pools!(transaction_scoped_mode_commits_only_what_it_reports(kind) {
     let seen = tokio::task::block_in_place(|| sync_pool.with_tenant(&t[0], common::markers))
         .unwrap();
     assert_eq!(seen, ["atxn0", "kept", "committed"]);
+});
+
+// In transaction-scoped mode, a borrow that dropped a statement before it
+// finished (the server may still be running it) is not committed: `commit`
+// refuses at once instead of waiting for the statement and committing what
+// it did.
+both_pools!(a_statement_dropped_mid_borrow_is_never_committed(kind) {
+    let (db, sync_pool) = tokio::task::block_in_place(|| setup(1));
+    let t = tokio::task::block_in_place(|| tenants_with_markers(&sync_pool, "adrop", 1));
+    let pool = kind.build(builder(&db, 1).transaction_scoped(true));
+    let started = Instant::now();
+    let result = pool
+        .with_tenant(&t[0], async |conn| {
+            let sql = "INSERT INTO customers (name, email) VALUES ('half-run', 'h@x'); \
+                       SELECT pg_sleep(3)";
+            let dropped = tokio::time::timeout(Duration::from_millis(100), conn.batch_execute(sql));
+            assert!(dropped.await.is_err(), "the statement was to be dropped");
+            Ok::<_, Error>(())
+        })
+        .await;
+    assert!(matches!(&result, Err(Error::Refused { reason }) if reason.contains("not committed")), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(sees_only(&pool, &t[0]).await);
+    let seen = tokio::task::block_in_place(|| sync_pool.with_tenant(&t[0], common::markers))
+        .unwrap();
+    assert_eq!(seen, ["adrop0"]);
 });
 
 // `idle_timeout` closes idle connections and `max_lifetime` replaces old ones,

@@ -24,6 +24,9 @@
 #![allow(missing_docs)]
 
 mod common;
+#[macro_use]
+#[path = "common/async_pools.rs"]
+mod async_pools;
 #[path = "common/misbehave.rs"]
 mod misbehave;
 
@@ -33,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+use async_pools::Kind;
 use common::{Rng, customers, tenants_with_markers};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -140,7 +144,21 @@ fn settle(v: &mut PgConnection) {
     lingering_for(v, Duration::from_secs(10));
 }
 
+/// [`lingering`], looking every 5 ms instead of every 50: the async pools
+/// give a connection back from a task after the borrow (a reset, or the
+/// rollback of its own transaction), which takes a few milliseconds.
+fn lingering_soon(v: &mut PgConnection) -> Vec<String> {
+    lingering_every(v, Duration::from_secs(1), Duration::from_millis(5))
+        .into_iter()
+        .map(|f| format!("after the borrow ended: {f}"))
+        .collect()
+}
+
 fn lingering_for(v: &mut PgConnection, wait: Duration) -> Vec<String> {
+    lingering_every(v, wait, Duration::from_millis(50))
+}
+
+fn lingering_every(v: &mut PgConnection, wait: Duration, every: Duration) -> Vec<String> {
     const SQL: &str = r#"
 SELECT format('backend %s %s for %s s%s%s, last statement %L', a.pid, a.state,
               round(extract(epoch FROM now() - a.state_change)::numeric, 1),
@@ -163,7 +181,7 @@ SELECT format('backend %s %s for %s s%s%s, last statement %L', a.pid, a.state,
         if found.is_empty() || Instant::now() > deadline {
             return found;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 
@@ -844,31 +862,34 @@ mod not_sync {
     }
 }
 
-fn async_pool(db: &TestDatabase, size: usize, check: bool) -> AsyncTenantPool {
-    async_pool_for(db, size, Mode::Session, check, false)
+fn async_pool(db: &TestDatabase, kind: Kind, size: usize, check: bool) -> AsyncTenantPool {
+    async_pool_for(db, kind, size, Mode::Session, check, false)
 }
 
 fn async_pool_for(
     db: &TestDatabase,
+    kind: Kind,
     size: usize,
     mode: Mode,
     check: bool,
     reset_always: bool,
 ) -> AsyncTenantPool {
-    AsyncTenantPool::builder(db.url())
-        .max_size(size)
-        .test_on_check_out(check)
-        .transaction_scoped(mode == Mode::TransactionScoped)
-        .reset_after_every_borrow(reset_always)
-        .connection_timeout(Duration::from_secs(20))
-        .build()
-        .expect("async pool")
+    kind.build(
+        AsyncTenantPool::builder(db.url())
+            .max_size(size)
+            .test_on_check_out(check)
+            .transaction_scoped(mode == Mode::TransactionScoped)
+            .reset_after_every_borrow(reset_always)
+            .connection_timeout(Duration::from_secs(20)),
+    )
 }
 
-async fn run_catalog_async(prefix: &str, mode: Mode, check: bool) {
+/// The catalog on an async pool (deadpool or bb8).
+async fn run_catalog_async(prefix: &str, mode: Mode, check: bool, kind: Kind) {
     quiet_deliberate_panics();
     let started = Instant::now();
-    let (db, t) = tokio::task::block_in_place(|| database(prefix, 3));
+    let prefix = format!("{prefix}{}", &kind.name()[..1]);
+    let (db, t) = tokio::task::block_in_place(|| database(&prefix, 3));
     let v = Arc::new(Mutex::new(tokio::task::block_in_place(|| verifier(&db))));
     let on_verifier = |f: &dyn Fn(&mut PgConnection) -> String| {
         tokio::task::block_in_place(|| f(&mut v.lock().unwrap()))
@@ -878,7 +899,7 @@ async fn run_catalog_async(prefix: &str, mode: Mode, check: bool) {
     let since = on_verifier(&server_clock);
     let session_mode = mode == Mode::Session;
     let clean = not_sync::check(
-        &async_pool_for(&db, 1, mode, check, false),
+        &async_pool_for(&db, kind, 1, mode, check, false),
         &t[2],
         &since,
         session_mode,
@@ -906,16 +927,18 @@ async fn run_catalog_async(prefix: &str, mode: Mode, check: bool) {
     let catalog = catalog();
     let mut failures = Vec::new();
     let mut failed_entries = Vec::new();
+    let mut resets = 0;
     for m in &catalog {
         let mut entry_failed = false;
         for (label, next) in NEXT {
             tokio::task::block_in_place(|| settle(&mut v.lock().unwrap()));
-            let pool = async_pool_for(&db, 1, mode, check, reset_always_for(m, check));
+            let pool = async_pool_for(&db, kind, 1, mode, check, reset_always_for(m, check));
             not_sync::misbehave(&pool, *m, &t[0], &t[1]).await;
-            let after = tokio::task::block_in_place(|| lingering(&mut v.lock().unwrap()));
+            let after = tokio::task::block_in_place(|| lingering_soon(&mut v.lock().unwrap()));
             let since = on_verifier(&server_clock);
             let mut c = not_sync::check(&pool, &t[next], &since, session_mode).await;
             c.found.extend(after);
+            resets += pool.stats().resets;
             drop(pool);
             let schema = t[next].schema().as_str();
             if let Some(state) = &c.state {
@@ -947,34 +970,27 @@ async fn run_catalog_async(prefix: &str, mode: Mode, check: bool) {
         }
         tokio::task::block_in_place(|| scrub(&mut v.lock().unwrap(), &t));
     }
-    report(
-        &format!("async {mode:?} test_on_check_out={check}"),
-        &catalog,
-        &failed_entries,
-        &failures,
-        started,
-    );
+    let label = format!("async {} {mode:?} test_on_check_out={check}", kind.name());
+    report(&label, &catalog, &failed_entries, &failures, started);
+    println!("HYGIENE {label}: {resets} resets");
+    assert!(resets > 0, "{label}: no misbehaving borrow caused a reset");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_pool_with_checkout_check() {
-    run_catalog_async("has", Mode::Session, true).await;
-}
+both_pools!(async_pool_with_checkout_check(kind) {
+    run_catalog_async("has", Mode::Session, true, kind).await;
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_pool_without_checkout_check() {
-    run_catalog_async("han", Mode::Session, false).await;
-}
+both_pools!(async_pool_without_checkout_check(kind) {
+    run_catalog_async("han", Mode::Session, false, kind).await;
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_transaction_scoped_with_checkout_check() {
-    run_catalog_async("hats", Mode::TransactionScoped, true).await;
-}
+both_pools!(async_transaction_scoped_with_checkout_check(kind) {
+    run_catalog_async("hats", Mode::TransactionScoped, true, kind).await;
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_transaction_scoped_without_checkout_check() {
-    run_catalog_async("hatn", Mode::TransactionScoped, false).await;
-}
+both_pools!(async_transaction_scoped_without_checkout_check(kind) {
+    run_catalog_async("hatn", Mode::TransactionScoped, false, kind).await;
+});
 
 // ---------------------------------------------------------------------------
 // The catalog itself
@@ -1301,12 +1317,12 @@ fn stress_sync_pool_with_random_misbehaviour() {
     tally.finish("sync session pool", &db, &tenants, &stalls);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stress_async_pool_with_random_misbehaviour() {
+both_pools!(stress_async_pool_with_random_misbehaviour(kind) {
     quiet_deliberate_panics();
-    let (db, tenants) = tokio::task::block_in_place(|| database("hastr", STRESS_TENANTS));
+    let prefix = format!("hastr{}", &kind.name()[..1]);
+    let (db, tenants) = tokio::task::block_in_place(|| database(&prefix, STRESS_TENANTS));
     let tenants = Arc::new(tenants);
-    let pool = async_pool(&db, STRESS_POOL as usize, true);
+    let pool = async_pool(&db, kind, STRESS_POOL as usize, true);
     let catalog = Arc::new(catalog());
     let tally = Arc::new(Tally::default());
     let watchdog = tokio::task::block_in_place(|| Watchdog::start(&db));
@@ -1354,7 +1370,10 @@ async fn stress_async_pool_with_random_misbehaviour() {
     for t in tasks {
         t.await.expect("stress task");
     }
+    let resets = pool.stats().resets;
     drop(pool);
     let stalls = tokio::task::block_in_place(|| watchdog.finish());
-    tokio::task::block_in_place(|| tally.finish("async pool", &db, &tenants, &stalls));
-}
+    let label = format!("async pool ({})", kind.name());
+    tokio::task::block_in_place(|| tally.finish(&label, &db, &tenants, &stalls));
+    assert!(resets > 0, "{label}: no misbehaving borrow caused a reset");
+});

@@ -26,9 +26,12 @@ pub(super) struct Pool {
     last_error: LastError,
 }
 
+/// A connection error bb8 met, and when.
+type Seen = (Instant, Arc<PoolError>);
+
 /// The error sink bb8 reports connection errors to: keeps the last one.
 #[derive(Debug, Clone, Default)]
-struct LastError(Arc<Mutex<Option<(Instant, Arc<PoolError>)>>>);
+struct LastError(Arc<Mutex<Option<Seen>>>);
 
 impl ErrorSink<PoolError> for LastError {
     fn sink(&self, error: PoolError) {

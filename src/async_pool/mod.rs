@@ -898,6 +898,10 @@ impl AsyncTenantConnection {
     /// In transaction-scoped mode, commits the transaction the checkout opened
     /// (a connection dropped without `commit` rolls it back). In session mode
     /// there is nothing to commit and this does nothing.
+    ///
+    /// Refuses (and rolls back) if a statement of the borrow was dropped
+    /// before it finished: the server may still be running it, and what it
+    /// did was never seen by the borrower.
     pub async fn commit(&mut self) -> Result<()> {
         if !std::mem::take(&mut self.own_transaction) {
             return Ok(());
@@ -908,6 +912,17 @@ impl AsyncTenantConnection {
             .map_or("public", |t| t.schema().as_str())
             .to_owned();
         let conn: &mut AsyncPgConnection = self;
+        if let Some(s) = state(conn).filter(|s| s.in_flight > 0) {
+            // A COMMIT now would wait for that statement, then commit it.
+            // Closing the connection (after a cancel request) rolls it back.
+            s.discard = true;
+            return Err(Error::Refused {
+                reason: format!(
+                    "the transaction scoped to {scope} was not committed: a statement of the \
+                     borrow was dropped before it finished, so it is rolled back"
+                ),
+            });
+        }
         AnsiTransactionManager::commit_transaction(conn)
             .await
             .map_err(|source| {
