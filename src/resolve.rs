@@ -83,14 +83,98 @@ pub enum IpHosts {
 /// The parts of a request the resolver looks at.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestInfo<'a> {
-    /// The `Host` header (or the URI's authority).
+    /// The `Host` header.
     pub host: Option<&'a str>,
-    /// The `X-Forwarded-Host` header, used only if trusted.
+    /// How many `Host` header fields the request carried. More than one is
+    /// refused with [`Resolution::BadRequest`] (RFC 9112, section 3.2): a
+    /// proxy that routes on the other copy would disagree about the tenant.
+    pub host_fields: usize,
+    /// The authority of an absolute-form request target
+    /// (`GET http://acme.example.com/ HTTP/1.1`) or HTTP/2's `:authority`:
+    /// it wins over `Host` (RFC 9112, section 3.2.2).
+    pub target_authority: Option<&'a str>,
+    /// Every `X-Forwarded-Host` field, joined with `,` in order; used only
+    /// when the peer is a trusted proxy.
     pub x_forwarded_host: Option<&'a str>,
-    /// The `Forwarded` header, whose `host=` is used only if trusted.
+    /// Every `Forwarded` field, joined with `,` in order; its `host=` is used
+    /// only when the peer is a trusted proxy.
     pub forwarded: Option<&'a str>,
+    /// The address of the peer that sent the request (behind a proxy, the
+    /// nearest proxy), for [`ResolverBuilder::trusted_proxies`].
+    pub peer: Option<IpAddr>,
     /// The request path, for path-prefix routing.
     pub path: &'a str,
+}
+
+/// An address or network (`10.0.0.0/8`, `192.168.1.7`, `fd00::/8`) whose
+/// peers are trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// A proxy network that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not an IP address or network (expected e.g. 10.0.0.0/8 or ::1)")]
+pub struct ProxyNetError {
+    /// The text given.
+    pub input: String,
+}
+
+impl std::str::FromStr for ProxyNet {
+    type Err = ProxyNetError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, ProxyNetError> {
+        let err = || ProxyNetError {
+            input: s.to_owned(),
+        };
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| err())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(err)?
+            }
+            Some(_) => return Err(err()),
+            None => max,
+        };
+        Ok(ProxyNet { addr, prefix })
+    }
+}
+
+impl ProxyNet {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (ip, ip_width)) = (bits(self.addr), bits(ip));
+        if width != ip_width {
+            return false;
+        }
+        let shift = u32::from(width - self.prefix);
+        shift >= 128 || (net >> shift) == (ip >> shift)
+    }
+}
+
+/// Whose forwarded headers the resolver believes.
+#[derive(Debug, Clone, Default)]
+enum ForwardedTrust {
+    /// Nobody's: `Host` decides.
+    #[default]
+    Never,
+    /// Peers in these networks.
+    Proxies(Vec<ProxyNet>),
+    /// Every peer, whoever sent the request.
+    AnyPeer,
 }
 
 /// A normalised host: a domain name or an IP address.
@@ -184,7 +268,7 @@ pub struct ResolverBuilder {
     base_domains: Vec<Domain>,
     default_tenant: Option<SchemaName>,
     ip_hosts: IpHosts,
-    trust_forwarded: bool,
+    trust_forwarded: ForwardedTrust,
     path_prefix: Option<String>,
     capacity: usize,
     ttl: Duration,
@@ -229,11 +313,44 @@ impl ResolverBuilder {
         self
     }
 
-    /// Use `X-Forwarded-Host` (or `Forwarded: host=`) instead of `Host`. Only for
-    /// apps behind a proxy that sets it: a client can send any value. Defaults to
-    /// `false`.
+    /// Proxies whose forwarded headers are believed: when the request's peer
+    /// ([`RequestInfo::peer`]) is in one of these networks, the host comes from
+    /// the value the nearest proxy set (the last `X-Forwarded-Host` value, or
+    /// the last `host=` of `Forwarded`); a client's own forged values come
+    /// before it and are ignored, as Rails' `trusted_proxies` and Laravel's
+    /// TrustProxies do. Requests from other peers use `Host`. Defaults to no
+    /// proxy (forwarded headers ignored). Repeatable.
+    pub fn trusted_proxies(mut self, nets: impl IntoIterator<Item = ProxyNet>) -> Self {
+        let mut list = match std::mem::take(&mut self.trust_forwarded) {
+            ForwardedTrust::Proxies(list) => list,
+            _ => Vec::new(),
+        };
+        list.extend(nets);
+        self.trust_forwarded = ForwardedTrust::Proxies(list);
+        self
+    }
+
+    /// Believes forwarded headers from every peer, as if every peer were a
+    /// trusted proxy. DANGEROUS: any client that reaches the app directly
+    /// picks its tenant with `X-Forwarded-Host`. Only for apps that no client
+    /// can reach but through a proxy that sets the header, and whose peer
+    /// address is unknown; prefer [`trusted_proxies`](Self::trusted_proxies).
+    pub fn trust_any_forwarded_host_dangerously(mut self) -> Self {
+        self.trust_forwarded = ForwardedTrust::AnyPeer;
+        self
+    }
+
+    /// `true`: [`trust_any_forwarded_host_dangerously`](Self::trust_any_forwarded_host_dangerously);
+    /// `false`: trust no proxy.
+    #[deprecated(
+        note = "use trusted_proxies, or trust_any_forwarded_host_dangerously if every peer is a proxy"
+    )]
     pub fn trust_forwarded_host(mut self, trust: bool) -> Self {
-        self.trust_forwarded = trust;
+        self.trust_forwarded = if trust {
+            ForwardedTrust::AnyPeer
+        } else {
+            ForwardedTrust::Never
+        };
         self
     }
 
@@ -326,7 +443,7 @@ impl Resolver {
             base_domains: Vec::new(),
             default_tenant: None,
             ip_hosts: IpHosts::NotFound,
-            trust_forwarded: false,
+            trust_forwarded: ForwardedTrust::Never,
             path_prefix: None,
             capacity: 10_000,
             ttl: Duration::from_secs(60),
@@ -471,16 +588,27 @@ impl Resolver {
 
     fn classify(&self, request: &RequestInfo<'_>) -> Lookup {
         let config = &self.inner.config;
-        let forwarded = if config.trust_forwarded {
+        if request.host_fields > 1 {
+            return Lookup::Done(Resolution::BadRequest {
+                reason: format!("the request has {} Host header fields", request.host_fields),
+            });
+        }
+        let trusted = match &config.trust_forwarded {
+            ForwardedTrust::Never => false,
+            ForwardedTrust::AnyPeer => true,
+            ForwardedTrust::Proxies(nets) => request
+                .peer
+                .is_some_and(|peer| nets.iter().any(|net| net.contains(peer))),
+        };
+        let forwarded = if trusted {
             request
                 .x_forwarded_host
-                .and_then(|h| h.split(',').next())
-                .map(str::trim)
+                .and_then(|h| h.rsplit(',').map(str::trim).find(|v| !v.is_empty()))
                 .or_else(|| request.forwarded.and_then(forwarded_host))
         } else {
             None
         };
-        let Some(raw) = forwarded.or(request.host) else {
+        let Some(raw) = forwarded.or(request.target_authority).or(request.host) else {
             return Lookup::Done(Resolution::BadRequest {
                 reason: "the request has no Host header".into(),
             });
@@ -892,14 +1020,16 @@ impl Drop for ListenerGuard {
     }
 }
 
+/// The `host=` of the last element of a `Forwarded` header that has one: the
+/// value the nearest proxy set.
 fn forwarded_host(header: &str) -> Option<&str> {
-    header
-        .split(',')
-        .next()?
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, v)| v.trim().trim_matches('"'))
+    header.rsplit(',').find_map(|element| {
+        element
+            .split(';')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.trim().trim_matches('"'))
+    })
 }
 
 #[cfg(test)]
@@ -928,7 +1058,37 @@ mod tests {
             forwarded_host("for=1.2.3.4;host=acme.example.com;proto=https"),
             Some("acme.example.com")
         );
-        assert_eq!(forwarded_host("host=\"a.b\", host=c.d"), Some("a.b"));
+        // The nearest proxy's value is the last one.
+        assert_eq!(forwarded_host("host=\"a.b\", host=c.d"), Some("c.d"));
+        assert_eq!(forwarded_host("host=a.b, for=1.2.3.4"), Some("a.b"));
         assert_eq!(forwarded_host("for=1.2.3.4"), None);
+    }
+
+    #[test]
+    fn proxy_networks() {
+        let net = |s: &str| s.parse::<ProxyNet>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(net("192.168.1.7").contains(ip("192.168.1.7")));
+        assert!(!net("192.168.1.7").contains(ip("192.168.1.8")));
+        assert!(net("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!net("0.0.0.0/0").contains(ip("::1")));
+        assert!(net("fd00::/8").contains(ip("fd12::1")));
+        assert!(!net("fd00::/8").contains(ip("fe80::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "::1/129",
+            "x",
+            "10.0.0.0/+8",
+            "1.2.3.4/08x",
+        ] {
+            assert!(bad.parse::<ProxyNet>().is_err(), "{bad:?}");
+        }
     }
 }

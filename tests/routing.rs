@@ -56,73 +56,104 @@ fn resolver(pool: &TenantPool) -> diesel_tenancy::ResolverBuilder {
     Resolver::builder(pool.clone()).public_domain(domain("example.com"))
 }
 
-/// One request: headers, and what must come back.
+fn trusted_resolver(pool: &TenantPool) -> Resolver {
+    resolver(pool)
+        .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
+        .build()
+        .unwrap()
+}
+
+/// One request: headers (a name given twice is sent as two fields), its
+/// target, its peer address, and what must come back.
 struct Case {
     headers: &'static [(&'static str, &'static str)],
+    uri: &'static str,
+    peer: Option<&'static str>,
     status: u16,
     body: &'static str,
 }
+
+/// A case's defaults: origin-form target `/`, no known peer.
+const PLAIN: Case = Case {
+    headers: &[],
+    uri: "/",
+    peer: None,
+    status: 0,
+    body: "",
+};
 
 const CASES: &[Case] = &[
     Case {
         headers: &[("host", "acme.example.com")],
         status: 200,
         body: "tenant acme sees [\"acme\"]",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "globex.example.com")],
         status: 200,
         body: "tenant globex sees [\"globex\"]",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "example.com")],
         status: 200,
         body: "public site",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "nobody.example.com")],
         status: 404,
         body: "404 Not Found",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "ACME.Example.COM:8443")],
         status: 200,
         body: "tenant acme",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "acme.example.com.")],
         status: 200,
         body: "tenant acme",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "xn--bcher-kva.example")],
         status: 200,
         body: "tenant globex",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "XN--BCHER-KVA.EXAMPLE:80")],
         status: 200,
         body: "tenant globex",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "acme..example.com")],
         status: 400,
         body: "bad request",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "acme.example.com:99999")],
         status: 400,
         body: "bad request",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "sleepy.example.com")],
         status: 404,
         body: "404",
+        ..PLAIN
     },
     Case {
         headers: &[("host", "127.0.0.1:8000")],
         status: 404,
         body: "404",
+        ..PLAIN
     },
     // Forwarded headers are ignored unless trusted.
     Case {
@@ -132,6 +163,7 @@ const CASES: &[Case] = &[
         ],
         status: 404,
         body: "404",
+        ..PLAIN
     },
     Case {
         headers: &[
@@ -140,25 +172,99 @@ const CASES: &[Case] = &[
         ],
         status: 200,
         body: "public site",
+        ..PLAIN
+    },
+    // Two Host fields: refused, whatever they say (RFC 9112 3.2).
+    Case {
+        headers: &[("host", "acme.example.com"), ("host", "globex.example.com")],
+        status: 400,
+        body: "bad request",
+        ..PLAIN
+    },
+    Case {
+        headers: &[("host", "acme.example.com"), ("host", "acme.example.com")],
+        status: 400,
+        body: "bad request",
+        ..PLAIN
+    },
+    // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+    Case {
+        headers: &[("host", "globex.example.com")],
+        uri: "http://acme.example.com/",
+        status: 200,
+        body: "tenant acme sees [\"acme\"]",
+        ..PLAIN
+    },
+    // Forwarded headers from a peer that is no trusted proxy: ignored.
+    Case {
+        headers: &[
+            ("host", "example.com"),
+            ("x-forwarded-host", "acme.example.com"),
+        ],
+        peer: Some("10.1.2.3"),
+        status: 200,
+        body: "public site",
+        ..PLAIN
     },
 ];
 
+/// With `trusted_proxies(10.0.0.0/8)`.
 const TRUSTED_CASES: &[Case] = &[
+    // From a trusted proxy: the value it set, the last; a client's forged
+    // value before it is ignored.
     Case {
         headers: &[
             ("host", "proxy.internal"),
-            ("x-forwarded-host", "acme.example.com, proxy.internal"),
+            ("x-forwarded-host", "evil.example.com, acme.example.com"),
         ],
+        peer: Some("10.1.2.3"),
         status: 200,
         body: "tenant acme",
+        ..PLAIN
     },
     Case {
         headers: &[
             ("host", "proxy.internal"),
-            ("forwarded", "for=10.0.0.1;host=globex.example.com"),
+            ("x-forwarded-host", "globex.example.com"),
+            ("x-forwarded-host", "acme.example.com"),
         ],
+        peer: Some("10.1.2.3"),
+        status: 200,
+        body: "tenant acme",
+        ..PLAIN
+    },
+    Case {
+        headers: &[
+            ("host", "proxy.internal"),
+            (
+                "forwarded",
+                "host=evil.example.com, for=10.0.0.1;host=globex.example.com",
+            ),
+        ],
+        peer: Some("::ffff:10.9.9.9"),
         status: 200,
         body: "tenant globex",
+        ..PLAIN
+    },
+    // From any other peer, or an unknown one: Host decides.
+    Case {
+        headers: &[
+            ("host", "example.com"),
+            ("x-forwarded-host", "acme.example.com"),
+        ],
+        peer: Some("203.0.113.9"),
+        status: 200,
+        body: "public site",
+        ..PLAIN
+    },
+    Case {
+        headers: &[
+            ("host", "example.com"),
+            ("x-forwarded-host", "acme.example.com"),
+        ],
+        status: 200,
+        body: "public site",
+        ..PLAIN
     },
 ];
 
@@ -183,15 +289,26 @@ fn axum_app(resolver: Resolver) -> axum::Router {
 }
 
 async fn axum_call(app: &axum::Router, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = Request::builder().uri("/");
+    axum_request(app, headers, "/", None).await
+}
+
+async fn axum_request(
+    app: &axum::Router,
+    headers: &[(&str, &str)],
+    uri: &str,
+    peer: Option<&str>,
+) -> (u16, String) {
+    let mut req = Request::builder().uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let mut req = req.body(Body::empty()).unwrap();
+    if let Some(peer) = peer {
+        let addr = std::net::SocketAddr::new(peer.parse().unwrap(), 40000);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -212,14 +329,18 @@ async fn axum_routes_by_host() {
     let (_db, pool) = world();
     let app = axum_app(resolver(&pool).build().unwrap());
     for case in CASES {
-        check("axum", case, axum_call(&app, case.headers).await);
+        check(
+            "axum",
+            case,
+            axum_request(&app, case.headers, case.uri, case.peer).await,
+        );
     }
-    let trusted = axum_app(resolver(&pool).trust_forwarded_host(true).build().unwrap());
+    let trusted = axum_app(trusted_resolver(&pool));
     for case in TRUSTED_CASES {
         check(
             "axum trusted",
             case,
-            axum_call(&trusted, case.headers).await,
+            axum_request(&trusted, case.headers, case.uri, case.peer).await,
         );
     }
 }
@@ -248,9 +369,12 @@ mod actix_app {
         )
         .await;
         for case in cases {
-            let mut req = test::TestRequest::get().uri("/");
+            let mut req = test::TestRequest::get().uri(case.uri);
             for (k, v) in case.headers {
-                req = req.insert_header((*k, *v));
+                req = req.append_header((*k, *v));
+            }
+            if let Some(peer) = case.peer {
+                req = req.peer_addr(std::net::SocketAddr::new(peer.parse().unwrap(), 40000));
             }
             let res = test::call_service(&app, req.to_request()).await;
             let status = res.status().as_u16();
@@ -321,11 +445,7 @@ mod actix_app {
     async fn actix_routes_by_host() {
         let (_db, pool) = world();
         run_cases(resolver(&pool).build().unwrap(), CASES).await;
-        run_cases(
-            resolver(&pool).trust_forwarded_host(true).build().unwrap(),
-            TRUSTED_CASES,
-        )
-        .await;
+        run_cases(trusted_resolver(&pool), TRUSTED_CASES).await;
     }
 }
 

@@ -30,7 +30,7 @@ use std::rc::Rc;
 
 use actix_web::body::EitherBody;
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::{StatusCode, Uri, header};
+use actix_web::http::{StatusCode, Uri};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use diesel::pg::PgConnection;
 use tracing::Instrument;
@@ -127,12 +127,6 @@ pub struct RequestScope {
     pub tenant: Option<Tenant>,
 }
 
-fn header_str(req: &ServiceRequest, name: header::HeaderName) -> Option<String> {
-    req.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
-}
-
 fn strip_prefix(req: &mut ServiceRequest, len: usize) {
     let uri = req.uri();
     let path = OwnedRequestInfo::stripped_path(uri.path(), len);
@@ -167,16 +161,17 @@ where
         let json_not_found = self.json_not_found;
         Box::pin(async move {
             // Never `connection_info()`: it trusts forwarded headers on its own.
-            let info = OwnedRequestInfo {
-                host: header_str(&req, header::HOST)
-                    .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned())),
-                x_forwarded_host: header_str(
-                    &req,
-                    header::HeaderName::from_static("x-forwarded-host"),
-                ),
-                forwarded: header_str(&req, header::FORWARDED),
-                path: req.path().to_owned(),
-            };
+            let info = OwnedRequestInfo::from_request(
+                |name| {
+                    req.headers()
+                        .get_all(name)
+                        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
+                        .collect()
+                },
+                req.uri().authority().map(|a| a.as_str().to_owned()),
+                req.peer_addr().map(|a| a.ip()),
+                req.path().to_owned(),
+            );
             let cached = if bypassed {
                 Some(Ok(Resolution::Public))
             } else {

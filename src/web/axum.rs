@@ -172,21 +172,21 @@ pub struct RequestScope {
     pub async_pool: Option<crate::AsyncTenantPool>,
 }
 
-fn header_str(req: &Request, name: header::HeaderName) -> Option<String> {
-    // A header that is not text is kept, as something that will not parse.
-    req.headers()
-        .get(name)
-        .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{fffd}").to_owned())
-}
-
 fn request_info(req: &Request) -> OwnedRequestInfo {
-    OwnedRequestInfo {
-        host: header_str(req, header::HOST)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned())),
-        x_forwarded_host: header_str(req, header::HeaderName::from_static("x-forwarded-host")),
-        forwarded: header_str(req, header::FORWARDED),
-        path: req.uri().path().to_owned(),
-    }
+    OwnedRequestInfo::from_request(
+        |name| {
+            req.headers()
+                .get_all(name)
+                .iter()
+                .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{fffd}").to_owned())
+                .collect()
+        },
+        req.uri().authority().map(|a| a.as_str().to_owned()),
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+        req.uri().path().to_owned(),
+    )
 }
 
 fn strip_prefix(req: &mut Request, len: usize) {

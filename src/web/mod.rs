@@ -59,20 +59,52 @@ pub(crate) fn not_found_json(host: &str) -> String {
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 pub(crate) struct OwnedRequestInfo {
     pub(crate) host: Option<String>,
+    pub(crate) host_fields: usize,
+    pub(crate) target_authority: Option<String>,
     pub(crate) x_forwarded_host: Option<String>,
     pub(crate) forwarded: Option<String>,
+    pub(crate) peer: Option<std::net::IpAddr>,
     pub(crate) path: String,
 }
 
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 impl OwnedRequestInfo {
+    /// The resolver's view of a request, from `fields(name)` (every field of
+    /// that header, in order, as text; a field that is not text as U+FFFD, so
+    /// that it will not parse), the request target's authority (absolute form
+    /// or HTTP/2), the peer and the path. Both adapters build it here.
+    pub(crate) fn from_request(
+        fields: impl Fn(&'static str) -> Vec<String>,
+        target_authority: Option<String>,
+        peer: Option<std::net::IpAddr>,
+        path: String,
+    ) -> Self {
+        let hosts = fields("host");
+        let joined = |name| {
+            let all = fields(name);
+            (!all.is_empty()).then(|| all.join(","))
+        };
+        OwnedRequestInfo {
+            host_fields: hosts.len(),
+            host: hosts.into_iter().next(),
+            target_authority,
+            x_forwarded_host: joined("x-forwarded-host"),
+            forwarded: joined("forwarded"),
+            peer,
+            path,
+        }
+    }
+
     /// An owned copy of `info`.
     #[cfg(all(feature = "sync", feature = "async"))]
     pub(crate) fn from_info(info: &crate::RequestInfo<'_>) -> Self {
         OwnedRequestInfo {
             host: info.host.map(str::to_owned),
+            host_fields: info.host_fields,
+            target_authority: info.target_authority.map(str::to_owned),
             x_forwarded_host: info.x_forwarded_host.map(str::to_owned),
             forwarded: info.forwarded.map(str::to_owned),
+            peer: info.peer,
             path: info.path.to_owned(),
         }
     }
@@ -80,8 +112,11 @@ impl OwnedRequestInfo {
     pub(crate) fn info(&self) -> crate::RequestInfo<'_> {
         crate::RequestInfo {
             host: self.host.as_deref(),
+            host_fields: self.host_fields,
+            target_authority: self.target_authority.as_deref(),
             x_forwarded_host: self.x_forwarded_host.as_deref(),
             forwarded: self.forwarded.as_deref(),
+            peer: self.peer,
             path: &self.path,
         }
     }
