@@ -139,8 +139,8 @@ async fn an_async_only_service_routes_and_never_serves_another_tenant() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(served.load(Ordering::Relaxed), 320);
-    assert_eq!(wrong.load(Ordering::Relaxed), 0);
+    assert_eq!(AtomicUsize::load(&served, Ordering::Relaxed), 320);
+    assert_eq!(AtomicUsize::load(&wrong, Ordering::Relaxed), 0);
 
     // Another process moves a domain: the async listener hears it.
     let _listener = resolver.listen_async().await.unwrap();
