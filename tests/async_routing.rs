@@ -147,7 +147,7 @@ async fn an_async_only_service_routes_and_never_serves_another_tenant() {
     let mut other = pool.public().await.unwrap();
     diesel_async::SimpleAsyncConnection::batch_execute(
         &mut *other,
-        "UPDATE tenancy_domains SET tenant_id = (SELECT id FROM tenancy_tenants WHERE schema_name = 'arout1') \
+        "UPDATE tenancy_domains SET is_primary = false, tenant_id = (SELECT id FROM tenancy_tenants WHERE schema_name = 'arout1') \
          WHERE domain = 'arout0.example.com'",
     )
     .await
