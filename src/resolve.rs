@@ -57,7 +57,15 @@ pub enum Resolution {
     },
     /// One of the public domains: the public site.
     Public,
-    /// No tenant here (unknown or suspended): answer 404.
+    /// A suspended tenant's host: answer 503 (a page saying the site is
+    /// suspended), not the 404 of an unknown host.
+    Suspended {
+        /// The tenant, suspended.
+        tenant: Tenant,
+        /// The normalised host.
+        host: String,
+    },
+    /// No tenant here: answer 404.
     NotFound {
         /// The normalised host.
         host: String,
@@ -701,7 +709,11 @@ impl Resolver {
                 tenant,
                 strip_prefix,
             },
-            _ => Resolution::NotFound { host: host.into() },
+            Some(tenant) => Resolution::Suspended {
+                tenant,
+                host: host.into(),
+            },
+            None => Resolution::NotFound { host: host.into() },
         }
     }
 

@@ -145,8 +145,8 @@ const CASES: &[Case] = &[
     },
     Case {
         headers: &[("host", "sleepy.example.com")],
-        status: 404,
-        body: "404",
+        status: 503,
+        body: "The site at sleepy.example.com is suspended",
         ..PLAIN
     },
     Case {
@@ -645,6 +645,13 @@ async fn axum_json_not_found_and_error_responses() {
         (
             404,
             r#"{"error":"not_found","host":"nobody.example.com"}"#.to_string()
+        )
+    );
+    assert_eq!(
+        axum_call(&app, &[("host", "sleepy.example.com")]).await,
+        (
+            503,
+            r#"{"error":"suspended","host":"sleepy.example.com"}"#.to_string()
         )
     );
     assert_eq!(

@@ -79,7 +79,8 @@ impl Tenancy {
     }
 
     /// Answers hosts that serve no tenant with a JSON body,
-    /// `{"error":"not_found","host":"..."}`, for API services.
+    /// `{"error":"not_found","host":"..."}` (404), and suspended tenants'
+    /// hosts with `{"error":"suspended","host":"..."}` (503), for API services.
     pub fn not_found_json(mut self) -> Self {
         self.json_not_found = true;
         self
@@ -226,6 +227,19 @@ where
                         HttpResponse::NotFound()
                             .content_type("text/html; charset=utf-8")
                             .body(not_found_html(&host))
+                    };
+                    return Ok(req.into_response(response).map_into_right_body());
+                }
+                Ok(Resolution::Suspended { host, .. }) => {
+                    let mut response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE);
+                    let response = if json_not_found {
+                        response
+                            .content_type("application/json")
+                            .body(super::suspended_json(&host))
+                    } else {
+                        response
+                            .content_type("text/html; charset=utf-8")
+                            .body(super::suspended_html(&host))
                     };
                     return Ok(req.into_response(response).map_into_right_body());
                 }

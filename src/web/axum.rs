@@ -47,6 +47,7 @@ use crate::TenantPool;
 use crate::{Error, Resolution, Resolver, Tenant};
 
 type NotFoundPage = Arc<dyn Fn(&str) -> Response + Send + Sync>;
+type SuspendedPage = Arc<dyn Fn(&Tenant, &str) -> Response + Send + Sync>;
 
 /// Resolves each request's tenant (see [`Resolver`]) and puts it in the request
 /// extensions; answers 404 (or the configured page) for hosts with no tenant,
@@ -55,6 +56,7 @@ type NotFoundPage = Arc<dyn Fn(&str) -> Response + Send + Sync>;
 pub struct TenancyLayer {
     resolver: Resolver,
     not_found: Option<NotFoundPage>,
+    suspended: Option<SuspendedPage>,
     /// Paths answered by the public router for every host, unresolved.
     bypass: Arc<Vec<String>>,
     /// The registry listener, kept running as long as a clone of the layer
@@ -78,6 +80,7 @@ impl TenancyLayer {
         TenancyLayer {
             resolver,
             not_found: None,
+            suspended: None,
             bypass: Arc::new(Vec::new()),
             listener: None,
             #[cfg(any(feature = "deadpool", feature = "bb8"))]
@@ -114,19 +117,35 @@ impl TenancyLayer {
     }
 
     /// Answers hosts that serve no tenant with a JSON body,
-    /// `{"error":"not_found","host":"..."}`, for API services.
+    /// `{"error":"not_found","host":"..."}` (404), and suspended tenants'
+    /// hosts with `{"error":"suspended","host":"..."}` (503), for API services.
     pub fn not_found_json(self) -> Self {
-        self.not_found_page(|host| {
+        let json = |status, body| {
             (
-                StatusCode::NOT_FOUND,
+                status,
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                super::not_found_json(host),
+                body,
             )
                 .into_response()
+        };
+        self.suspended_page(move |_, host| {
+            json(StatusCode::SERVICE_UNAVAILABLE, super::suspended_json(host))
         })
+        .not_found_page(move |host| json(StatusCode::NOT_FOUND, super::not_found_json(host)))
+    }
+
+    /// The response for a suspended tenant's hosts (given the tenant and the
+    /// normalised host). Defaults to a plain 503 page saying the site is
+    /// suspended.
+    pub fn suspended_page(
+        mut self,
+        page: impl Fn(&Tenant, &str) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        self.suspended = Some(Arc::new(page));
+        self
     }
 
     /// The response for hosts that serve no tenant (given the normalised host).
@@ -279,6 +298,14 @@ where
                 Ok(Resolution::NotFound { host }) => Ok(match &layer.not_found {
                     Some(page) => page(&host),
                     None => (StatusCode::NOT_FOUND, Html(not_found_html(&host))).into_response(),
+                }),
+                Ok(Resolution::Suspended { tenant, host }) => Ok(match &layer.suspended {
+                    Some(page) => page(&tenant, &host),
+                    None => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Html(super::suspended_html(&host)),
+                    )
+                        .into_response(),
                 }),
                 Ok(Resolution::BadRequest { reason }) => {
                     Ok((StatusCode::BAD_REQUEST, format!("bad request: {reason}")).into_response())
@@ -433,8 +460,9 @@ pub fn tenant_routing(public: Router, tenant: Router, layer: TenancyLayer) -> Ro
 /// An async connection scoped to the request (the tenant's schema on tenant
 /// hosts, `public` on public hosts), from the pool given to
 /// [`TenancyLayer::async_pool`]. Use it with `diesel_async::RunQueryDsl` on
-/// `&mut *conn`. Rejects with 500 if the layer has no async pool, 404 for a
-/// suspended tenant or a missing schema, 503 if no connection is available.
+/// `&mut *conn`. Rejects with 500 if the layer has no async pool, 503 for a
+/// tenant suspended since the request was resolved, 404 for a missing schema,
+/// 503 if no connection is available.
 #[cfg(any(feature = "deadpool", feature = "bb8"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 #[derive(Debug)]
@@ -462,9 +490,10 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
             None => pool.public().await,
         };
         conn.map(TenantConn).map_err(|e| match e {
-            Error::TenantSuspended { .. } | Error::SchemaMissing { .. } => {
-                (StatusCode::NOT_FOUND, "not found").into_response()
+            Error::TenantSuspended { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "suspended").into_response()
             }
+            Error::SchemaMissing { .. } => (StatusCode::NOT_FOUND, "not found").into_response(),
             e => {
                 tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
                 (StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response()

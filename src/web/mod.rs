@@ -40,17 +40,23 @@ pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
 /// `{"error":"not_found","host":"..."}`, the host escaped for JSON.
 #[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn not_found_json(host: &str) -> String {
-    let mut body = String::from("{\"error\":\"not_found\",\"host\":\"");
-    for c in host.chars() {
+    format!("{{\"error\":\"not_found\",\"host\":{}}}", json_string(host))
+}
+
+/// `text` as a JSON string literal.
+#[cfg(any(feature = "axum", feature = "actix"))]
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
         match c {
-            '"' => body.push_str("\\\""),
-            '\\' => body.push_str("\\\\"),
-            c if c.is_control() => body.push_str(&format!("\\u{:04x}", c as u32)),
-            c => body.push(c),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
         }
     }
-    body.push_str("\"}");
-    body
+    out.push('"');
+    out
 }
 
 /// The request fields the resolver reads, owned, so resolution can move to a
@@ -137,6 +143,21 @@ pub(crate) fn not_found_html(host: &str) -> String {
         "<!doctype html><title>Not found</title><h1>404 Not Found</h1><p>No site is served at {}.</p>",
         escape_html(host)
     )
+}
+
+/// The plain page for a suspended tenant's host (503).
+#[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+pub(crate) fn suspended_html(host: &str) -> String {
+    format!(
+        "<!doctype html><title>Suspended</title><h1>503 Service Unavailable</h1><p>The site at {} is suspended.</p>",
+        escape_html(host)
+    )
+}
+
+/// The JSON body for a suspended tenant's host.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn suspended_json(host: &str) -> String {
+    format!("{{\"error\":\"suspended\",\"host\":{}}}", json_string(host))
 }
 
 /// Escapes text for HTML.
