@@ -866,6 +866,7 @@ impl Resolver {
         let handle = std::thread::Builder::new()
             .name("diesel-tenancy-listen".into())
             .spawn(move || {
+                let mut pinged = Instant::now();
                 while !flag.load(Ordering::Relaxed) && weak.strong_count() > 0 {
                     let mut heard = false;
                     let mut broken = false;
@@ -877,6 +878,12 @@ impl Resolver {
                                 break;
                             }
                         }
+                    }
+                    // A connection that died without a word (a half-open TCP
+                    // connection) only shows when something is sent on it.
+                    if !broken && pinged.elapsed() >= LISTENER_KEEPALIVE {
+                        pinged = Instant::now();
+                        broken = conn.batch_execute("SELECT 1").is_err();
                     }
                     if broken {
                         registry::bump_generation();
@@ -908,11 +915,29 @@ impl Resolver {
     }
 }
 
+/// How often the registry listener checks that its connection still works.
+const LISTENER_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// The `application_name` of the registry listener's connection, by which it
+/// can be found in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "diesel-tenancy-listener";
+
+/// `url` with the listener's `application_name` added (a URL or a libpq
+/// key=value string).
+fn listener_url(url: &str) -> String {
+    if url.contains("://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}application_name={LISTENER_APPLICATION_NAME}")
+    } else {
+        format!("{url} application_name={LISTENER_APPLICATION_NAME}")
+    }
+}
+
 #[cfg(feature = "sync")]
 fn connect_listener(url: &str) -> Result<diesel::PgConnection> {
     use diesel::Connection;
     use diesel::connection::SimpleConnection;
-    let mut conn = diesel::PgConnection::establish(url).map_err(Error::Connect)?;
+    let mut conn = diesel::PgConnection::establish(&listener_url(url)).map_err(Error::Connect)?;
     conn.batch_execute(&format!("LISTEN {}", registry::CHANGE_CHANNEL))
         .map_err(Error::db("listen for registry changes"))?;
     Ok(conn)
@@ -932,13 +957,14 @@ mod listener_async {
     /// A connected listener: notifications arrive on the channel; it closes
     /// when the connection ends.
     pub(super) struct Listening {
-        _client: tokio_postgres::Client,
+        client: tokio_postgres::Client,
         heard: mpsc::UnboundedReceiver<()>,
     }
 
     /// Connects and sends `LISTEN`.
     pub(super) async fn connect(url: &str) -> Result<Listening> {
-        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        let (client, mut connection) =
+            tokio_postgres::connect(&super::listener_url(url), tokio_postgres::NoTls)
             .await
             .map_err(|e| Error::Config {
                 reason: format!("the registry listener could not connect: {e}"),
@@ -960,10 +986,7 @@ mod listener_async {
             .map_err(|e| Error::Config {
                 reason: format!("the registry listener could not LISTEN: {e}"),
             })?;
-        Ok(Listening {
-            _client: client,
-            heard,
-        })
+        Ok(Listening { client, heard })
     }
 
     /// Invalidates on every notification while `running()`, reconnecting
@@ -985,6 +1008,7 @@ mod listener_async {
                     }
                 },
             };
+            let mut pinged = tokio::time::Instant::now();
             loop {
                 match tokio::time::timeout(Duration::from_millis(500), listening.heard.recv()).await
                 {
@@ -995,6 +1019,16 @@ mod listener_async {
                     }
                     Err(_) if !running() => return,
                     Err(_) => {}
+                }
+                // A connection that died without a word only shows when
+                // something is sent on it.
+                if pinged.elapsed() >= super::LISTENER_KEEPALIVE {
+                    pinged = tokio::time::Instant::now();
+                    let ping = listening.client.simple_query("SELECT 1");
+                    if !matches!(tokio::time::timeout(Duration::from_secs(5), ping).await, Ok(Ok(_))) {
+                        registry::bump_generation();
+                        break;
+                    }
                 }
             }
         }

@@ -204,3 +204,186 @@ fn a_lookup_racing_a_write_never_outlives_it() {
         }
     });
 }
+
+/// Kills the registry listener's backend(s) in `url`'s database; returns how
+/// many were killed.
+fn kill_listener(url: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Killed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind::<diesel::sql_types::Text, _>(diesel_tenancy::LISTENER_APPLICATION_NAME)
+    .get_result::<Killed>(&mut PgConnection::establish(url).unwrap())
+    .unwrap()
+    .n
+}
+
+/// Moves `shared.example.com` to globex with raw SQL (no in-process
+/// invalidation), then waits up to `bound` for `resolve` to follow.
+fn move_and_expect_globex(
+    url: &str,
+    bound: Duration,
+    resolve: impl Fn() -> Option<String>,
+) -> Duration {
+    let mut other = PgConnection::establish(url).unwrap();
+    other
+        .batch_execute(
+            "UPDATE tenancy_domains SET is_primary = false, \
+             tenant_id = (SELECT id FROM tenancy_tenants WHERE schema_name = 'globex') \
+             WHERE domain = 'shared.example.com'",
+        )
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let now = resolve();
+        if now.as_deref() == Some("globex") {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < bound, "still routed to {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn two_tenants(pool: &diesel_tenancy::TenantPool) {
+    for (schema, host) in [
+        ("acme", "shared.example.com"),
+        ("globex", "globex.example.com"),
+    ] {
+        let new = NewTenant::new(SchemaName::new(schema).unwrap(), schema)
+            .domain(Domain::parse(host).unwrap());
+        create_tenant(&mut pool.public().unwrap(), &new, TENANT).unwrap();
+    }
+}
+
+/// The listener's backend is killed and the domain moves while it is down:
+/// on reconnecting, the listener drops every cached answer, so the change
+/// made during the outage is seen within 2 seconds (it reconnects after half
+/// a second).
+#[test]
+fn the_listener_recovers_when_its_backend_is_killed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (db, pool) = setup(2);
+    two_tenants(&pool);
+    let resolver = Resolver::builder(pool.clone())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let _listener = resolver.listen().unwrap();
+    let shared = info("shared.example.com");
+    assert_eq!(
+        tenant_of(resolver.resolve(&shared).unwrap()).as_deref(),
+        Some("acme")
+    );
+    assert_eq!(kill_listener(db.url()), 1);
+    move_and_expect_globex(db.url(), Duration::from_secs(2), || {
+        tenant_of(resolver.resolve(&shared).unwrap())
+    });
+}
+
+/// The same for the async pool's listener task.
+#[test]
+fn the_async_listener_recovers_when_its_backend_is_killed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (db, pool) = setup(2);
+    two_tenants(&pool);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let apool = rt.block_on(async {
+        diesel_tenancy::AsyncTenantPool::builder(db.url())
+            .max_size(2)
+            .build()
+            .unwrap()
+    });
+    let resolver = Resolver::builder(apool)
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let _listener = rt.block_on(resolver.listen_async()).unwrap();
+    let shared = info("shared.example.com");
+    let resolve = || tenant_of(rt.block_on(resolver.resolve_async(&shared)).unwrap());
+    assert_eq!(resolve().as_deref(), Some("acme"));
+    assert_eq!(kill_listener(db.url()), 1);
+    move_and_expect_globex(db.url(), Duration::from_secs(2), resolve);
+}
+
+/// The server restarts (every connection cut) while the domain moves: the
+/// listener reconnects once the server is back and drops every cached answer.
+#[test]
+fn the_listener_recovers_from_a_server_restart() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = diesel_tenancy::testing::TestCluster::start().unwrap();
+    let url = cluster.admin_url().to_owned();
+    let pool = diesel_tenancy::TenantPool::builder(&url)
+        .max_size(2)
+        .build()
+        .unwrap();
+    diesel_tenancy::run_shared_migrations(&mut pool.public().unwrap(), common::SHARED).unwrap();
+    two_tenants(&pool);
+    let resolver = Resolver::builder(pool.clone())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let _listener = resolver.listen().unwrap();
+    let shared = info("shared.example.com");
+    assert_eq!(
+        tenant_of(resolver.resolve(&shared).unwrap()).as_deref(),
+        Some("acme")
+    );
+    cluster.restart().unwrap();
+    // The pool's connections died with the server; it replaces them.
+    move_and_expect_globex(&url, Duration::from_secs(5), || {
+        resolver.resolve(&shared).ok().and_then(tenant_of)
+    });
+}
+
+/// Behind PgBouncer in transaction mode, `LISTEN` through the pool's URL
+/// would hear nothing; with `listen_url` pointing at the server, the
+/// listener hears every change while requests go through PgBouncer.
+#[test]
+fn behind_pgbouncer_the_listener_uses_its_own_url() {
+    use diesel_tenancy::testing::PgBouncer;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if PgBouncer::binary().is_none() {
+        let required = std::env::var("DIESEL_TENANCY_REQUIRE_PGBOUNCER").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "pgbouncer is required: apt-get install pgbouncer"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the PgBouncer listener test: install pgbouncer to run it"
+        );
+        return;
+    }
+    let (db, direct) = setup(2);
+    two_tenants(&direct);
+    let bouncer = PgBouncer::start(db.url(), "transaction", 2).unwrap();
+    let pool = diesel_tenancy::TenantPool::builder(bouncer.url())
+        .transaction_scoped(true)
+        .max_size(2)
+        .build()
+        .unwrap();
+    let resolver = Resolver::builder(pool)
+        .cache_ttl(Duration::from_secs(3600))
+        .listen_url(db.url())
+        .build()
+        .unwrap();
+    let _listener = resolver.listen().unwrap();
+    let shared = info("shared.example.com");
+    assert_eq!(
+        tenant_of(resolver.resolve(&shared).unwrap()).as_deref(),
+        Some("acme")
+    );
+    move_and_expect_globex(db.url(), Duration::from_secs(5), || {
+        tenant_of(resolver.resolve(&shared).unwrap())
+    });
+}
