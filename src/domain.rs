@@ -109,6 +109,11 @@ impl Domain {
         {
             return Err(invalid("it contains whitespace or control characters"));
         }
+        // The URL host parser below decodes percent-escapes (`%61` is `a`): a
+        // proxy that does not would see another host than this crate routes.
+        if host.contains('%') {
+            return Err(invalid("it contains a percent-escape"));
+        }
         let ascii = match url::Host::parse(host) {
             Ok(url::Host::Domain(d)) => d,
             Ok(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => {

@@ -174,6 +174,14 @@ const CASES: &[Case] = &[
         body: "public site",
         ..PLAIN
     },
+    // A percent-escape that decodes to a tenant's host is refused, not
+    // decoded (a proxy in front may not decode it).
+    Case {
+        headers: &[("host", "%61cme.example.com")],
+        status: 400,
+        body: "bad request",
+        ..PLAIN
+    },
     // Two Host fields: refused, whatever they say (RFC 9112 3.2).
     Case {
         headers: &[("host", "acme.example.com"), ("host", "globex.example.com")],

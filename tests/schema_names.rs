@@ -193,6 +193,29 @@ proptest! {
         prop_assert!(diesel_tenancy::normalize_host(&host).is_err(), "{:?} accepted", host);
         prop_assert!(Domain::parse(&host).is_err());
     }
+
+    /// Percent-escapes that decode to a valid host (`%2e` for `.`, `%61` for
+    /// `a`, in either case) never make the parser see another host: a host
+    /// with any escape is refused, so it can never route differently from
+    /// what a proxy that decodes it would route.
+    #[test]
+    fn percent_escapes_never_reach_another_host(
+        labels in prop::collection::vec("[a-z][a-z0-9]{0,7}", 2..4),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        upper in any::<bool>(),
+    ) {
+        let host = labels.join(".");
+        let mut chars: Vec<String> = host.chars().map(String::from).collect();
+        for pick in &picks {
+            let i = pick.index(chars.len());
+            let c = host.as_bytes()[i];
+            chars[i] = if upper { format!("%{c:02X}") } else { format!("%{c:02x}") };
+        }
+        let escaped = chars.concat();
+        prop_assert!(diesel_tenancy::normalize_host(&host).is_ok(), "{:?}", host);
+        prop_assert!(diesel_tenancy::normalize_host(&escaped).is_err(), "{:?} accepted", escaped);
+        prop_assert!(Domain::parse(&escaped).is_err());
+    }
 }
 
 #[test]
