@@ -317,6 +317,7 @@ impl AsyncTenantPoolBuilder {
         crate::conn::check_database_url(&self.database_url)?;
         let statement_cache = self.statement_cache.unwrap_or(!self.transaction_scoped);
         let session_setup = self.session_setup.clone();
+        let timeout = self.connection_timeout;
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         // The checkout's own statement is the liveness check.
         config.recycling_method = RecyclingMethod::Fast;
@@ -324,7 +325,7 @@ impl AsyncTenantPoolBuilder {
             let url = url.to_owned();
             let setup = session_setup.clone();
             Box::pin(async move {
-                let mut conn = AsyncPgConnection::establish(&url).await?;
+                let mut conn = establish(&url, timeout).await?;
                 if let Some(setup) = setup {
                     use diesel_async::SimpleAsyncConnection;
                     conn.batch_execute(&setup)
@@ -362,6 +363,34 @@ impl AsyncTenantPoolBuilder {
             ),
         });
         Ok((manager, limits, settings))
+    }
+}
+
+/// Opens a connection. diesel-async sets its two session settings with
+/// prepared statements outside a transaction, which behind a transaction
+/// pooler (PgBouncer in transaction mode) may reach two server connections and
+/// fail ("prepared statement does not exist"): such a set-up failure is tried
+/// again on a new connection, after a short random pause, until `timeout`
+/// has passed (as bb8 retries any failed connection). A connection that
+/// cannot be opened at all fails at once.
+async fn establish(url: &str, timeout: Duration) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match AsyncPgConnection::establish(url).await {
+            Err(diesel::ConnectionError::CouldntSetupConfiguration(_))
+                if started.elapsed() + pause < timeout =>
+            {
+                // Spread the retries of connections opened together: up to
+                // twice the pause, by the clock's nanoseconds.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                tokio::time::sleep(pause + pause.mul_f64(f64::from(nanos % 1000) / 1000.0)).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            done => return done,
+        }
     }
 }
 
