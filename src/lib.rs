@@ -99,8 +99,8 @@ pub use pool::{
 };
 pub use registry::{DomainRecord, Tenant, TenantStatus};
 pub use resolve::{
-    Host, IpHosts, LISTENER_APPLICATION_NAME, ListenerGuard, LookupPool, ProxyNet, ProxyNetError,
-    RequestInfo, Resolution, Resolver, ResolverBuilder, normalize_host,
+    Host, IdentifyFn, IpHosts, LISTENER_APPLICATION_NAME, ListenerGuard, LookupPool, ProxyNet,
+    ProxyNetError, RequestInfo, Resolution, Resolver, ResolverBuilder, Strategy, normalize_host,
 };
 pub use schema_name::{
     MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError, quote_ident,

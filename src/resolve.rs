@@ -112,6 +112,103 @@ pub struct RequestInfo<'a> {
     pub peer: Option<IpAddr>,
     /// The request path, for path-prefix routing.
     pub path: &'a str,
+    /// Request headers as (lowercase name, value) pairs, for the
+    /// [`Strategy::Header`] and [`Strategy::Custom`] strategies. The adapters
+    /// fill it only when the resolver has such a strategy
+    /// ([`Resolver::wants_headers`]).
+    pub headers: &'a [(String, String)],
+}
+
+impl RequestInfo<'_> {
+    /// The first value of header `name` (any case), if the request has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A user function identifying a request's tenant (see [`Strategy::Custom`]).
+pub type IdentifyFn =
+    Arc<dyn Fn(&RequestInfo<'_>) -> Option<std::result::Result<SchemaName, String>> + Send + Sync>;
+
+/// One way of finding a request's tenant; a resolver tries its strategies in
+/// order ([`ResolverBuilder::strategies`]) and the first that identifies a
+/// tenant (or refuses the request) decides. Whatever identifies a tenant, the
+/// tenant must exist in the registry and be active to be served (suspended:
+/// [`Resolution::Suspended`]; unknown: [`Resolution::NotFound`]).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// The request's host, looked up in the domains table; public domains,
+    /// IP hosts, base domains and the path prefix as configured. It always
+    /// decides, so strategies after it are never tried.
+    Host,
+    /// A header naming the tenant's schema (`X-Tenant: acme`), for API
+    /// services. Absent: the next strategy. Not a valid schema name: 400.
+    Header(String),
+    /// A host one label below `base` names the tenant's schema directly,
+    /// without a domain row (`acme.example.com` is schema `acme`), like
+    /// apartment's subdomain elevator; the `excluded` labels (such as `www`)
+    /// get the public site. Other hosts: the next strategy.
+    Subdomain {
+        /// The base domain.
+        base: Domain,
+        /// Labels that are not tenants (lowercase).
+        excluded: Vec<String>,
+    },
+    /// A function over the request (a JWT claim, an API key):
+    /// `Some(Ok(schema))` identifies the tenant, `Some(Err(reason))` refuses
+    /// the request with 400, `None` passes to the next strategy.
+    Custom(IdentifyFn),
+}
+
+impl std::fmt::Debug for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Host => f.write_str("Host"),
+            Strategy::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Strategy::Subdomain { base, excluded } => f
+                .debug_struct("Subdomain")
+                .field("base", base)
+                .field("excluded", excluded)
+                .finish(),
+            Strategy::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+impl Strategy {
+    /// [`Strategy::Header`] with this header name.
+    pub fn header(name: impl Into<String>) -> Self {
+        Strategy::Header(name.into().to_ascii_lowercase())
+    }
+
+    /// [`Strategy::Subdomain`] below `base`, except the `excluded` labels.
+    pub fn subdomain<I, S>(base: Domain, excluded: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Strategy::Subdomain {
+            base,
+            excluded: excluded
+                .into_iter()
+                .map(|s| s.into().to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// [`Strategy::Custom`] with this function.
+    pub fn custom(
+        f: impl Fn(&RequestInfo<'_>) -> Option<std::result::Result<SchemaName, String>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Strategy::Custom(Arc::new(f))
+    }
 }
 
 /// An address or network (`10.0.0.0/8`, `192.168.1.7`, `fd00::/8`) whose
@@ -282,9 +379,28 @@ pub struct ResolverBuilder {
     ttl: Duration,
     negative_ttl: Duration,
     listen_url: Option<String>,
+    strategies: Vec<Strategy>,
+    show_public_if_no_tenant: bool,
 }
 
 impl ResolverBuilder {
+    /// The strategies that find a request's tenant, tried in order (see
+    /// [`Strategy`]). Defaults to `[Strategy::Host]`. A chain without
+    /// `Strategy::Host` never looks at domains: a request no strategy
+    /// identifies gets the public site.
+    pub fn strategies(mut self, chain: impl IntoIterator<Item = Strategy>) -> Self {
+        self.strategies = chain.into_iter().collect();
+        self
+    }
+
+    /// Serve the public site, instead of a 404, for requests that identify no
+    /// tenant (django-tenants' `SHOW_PUBLIC_IF_NO_TENANT_FOUND`). Defaults to
+    /// `false`.
+    pub fn show_public_if_no_tenant(mut self, show: bool) -> Self {
+        self.show_public_if_no_tenant = show;
+        self
+    }
+
     /// The database URL [`Resolver::listen`] connects to, when it should not
     /// be the pool's (behind a transaction pooler such as PgBouncer, `LISTEN`
     /// needs a direct connection to the server). Defaults to the pool's URL.
@@ -438,7 +554,9 @@ impl std::fmt::Debug for Resolver {
 enum Lookup {
     Done(Resolution),
     Domain(Domain),
-    Schema(SchemaName, usize),
+    /// A tenant named by schema; with path-prefix routing, the prefix length
+    /// to strip.
+    Schema(SchemaName, Option<usize>),
 }
 
 impl Resolver {
@@ -457,6 +575,8 @@ impl Resolver {
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
             listen_url: None,
+            strategies: vec![Strategy::Host],
+            show_public_if_no_tenant: false,
         }
     }
 
@@ -511,7 +631,7 @@ impl Resolver {
                     Some(found) => found,
                     None => self.load(&key, |conn| registry::find_tenant(conn, &schema))?,
                 };
-                Ok(Self::tenant_answer(found, Some(len), schema.as_str()))
+                Ok(self.tenant_answer(found, len, schema.as_str()))
             }
         }
     }
@@ -554,7 +674,7 @@ impl Resolver {
                         let found = registry::find_tenant_async(&mut conn, &schema).await?;
                         drop(conn);
                         self.store(&format!("/{schema}"), generation, &found);
-                        Ok(Self::tenant_answer(found, Some(len), schema.as_str()))
+                        Ok(self.tenant_answer(found, len, schema.as_str()))
                     }
                 }
             }
@@ -589,18 +709,93 @@ impl Resolver {
             }
             Lookup::Schema(schema, len) => {
                 let found = self.cached(&format!("/{schema}"))?;
-                Some(Ok(Self::tenant_answer(found, Some(len), schema.as_str())))
+                Some(Ok(self.tenant_answer(found, len, schema.as_str())))
             }
         }
     }
 
+    /// Whether the adapters must fill [`RequestInfo::headers`]: a header or
+    /// custom strategy reads them.
+    pub fn wants_headers(&self) -> bool {
+        self.inner
+            .config
+            .strategies
+            .iter()
+            .any(|s| matches!(s, Strategy::Header(_) | Strategy::Custom(_)))
+    }
+
     fn classify(&self, request: &RequestInfo<'_>) -> Lookup {
-        let config = &self.inner.config;
+        let lookup = self.classify_chain(request);
+        match lookup {
+            Lookup::Done(Resolution::NotFound { .. })
+                if self.inner.config.show_public_if_no_tenant =>
+            {
+                Lookup::Done(Resolution::Public)
+            }
+            other => other,
+        }
+    }
+
+    fn classify_chain(&self, request: &RequestInfo<'_>) -> Lookup {
         if request.host_fields > 1 {
             return Lookup::Done(Resolution::BadRequest {
                 reason: format!("the request has {} Host header fields", request.host_fields),
             });
         }
+        for strategy in &self.inner.config.strategies {
+            let schema = |name: &str| match SchemaName::new(name) {
+                Ok(schema) => Lookup::Schema(schema, None),
+                Err(e) => Lookup::Done(Resolution::BadRequest {
+                    reason: e.to_string(),
+                }),
+            };
+            match strategy {
+                Strategy::Host => return self.classify_host(request),
+                Strategy::Header(name) => {
+                    if let Some(value) = request.header(name) {
+                        return schema(value.trim());
+                    }
+                }
+                Strategy::Custom(identify) => match identify(request) {
+                    Some(Ok(found)) => return Lookup::Schema(found, None),
+                    Some(Err(reason)) => return Lookup::Done(Resolution::BadRequest { reason }),
+                    None => {}
+                },
+                Strategy::Subdomain { base, excluded } => {
+                    let Some(Ok(Host::Name(domain))) =
+                        self.request_host(request).map(normalize_host)
+                    else {
+                        continue;
+                    };
+                    let Some(label) = domain
+                        .as_str()
+                        .strip_suffix(base.as_str())
+                        .and_then(|head| head.strip_suffix('.'))
+                    else {
+                        continue;
+                    };
+                    if label.contains('.') {
+                        continue;
+                    }
+                    if excluded.iter().any(|e| e == label) {
+                        return Lookup::Done(Resolution::Public);
+                    }
+                    return match SchemaName::new(label) {
+                        Ok(found) => Lookup::Schema(found, None),
+                        Err(_) => Lookup::Done(Resolution::NotFound {
+                            host: domain.to_string(),
+                        }),
+                    };
+                }
+            }
+        }
+        Lookup::Done(Resolution::Public)
+    }
+
+    /// The host the request is for: a trusted proxy's forwarded host, the
+    /// absolute-form target's authority, or `Host`.
+    fn request_host<'r>(&self, request: &RequestInfo<'r>) -> Option<&'r str> {
+        let config = &self.inner.config;
         let trusted = match &config.trust_forwarded {
             ForwardedTrust::Never => false,
             ForwardedTrust::AnyPeer => true,
@@ -616,7 +811,12 @@ impl Resolver {
         } else {
             None
         };
-        let Some(raw) = forwarded.or(request.target_authority).or(request.host) else {
+        forwarded.or(request.target_authority).or(request.host)
+    }
+
+    fn classify_host(&self, request: &RequestInfo<'_>) -> Lookup {
+        let config = &self.inner.config;
+        let Some(raw) = self.request_host(request) else {
             return Lookup::Done(Resolution::BadRequest {
                 reason: "the request has no Host header".into(),
             });
@@ -640,7 +840,7 @@ impl Resolver {
         };
         if config.public_domains.contains(&domain) {
             return match self.prefixed_schema(request.path) {
-                Some(Ok((schema, len))) => Lookup::Schema(schema, len),
+                Some(Ok((schema, len))) => Lookup::Schema(schema, Some(len)),
                 Some(Err(_)) => Lookup::Done(Resolution::NotFound {
                     host: domain.to_string(),
                 }),
@@ -689,10 +889,10 @@ impl Resolver {
                     Some(found) => found,
                     None => fallback(&key, schema)?,
                 };
-                return Ok(Self::tenant_answer(fallback, None, domain.as_str()));
+                return Ok(self.tenant_answer(fallback, None, domain.as_str()));
             }
         }
-        Ok(Self::tenant_answer(found, None, domain.as_str()))
+        Ok(self.tenant_answer(found, None, domain.as_str()))
     }
 
     /// The default tenant's schema when `found` is empty and one is set and
@@ -703,7 +903,12 @@ impl Resolver {
         (found.is_none() && self.cached(&format!("/{schema}")).is_none()).then(|| schema.clone())
     }
 
-    fn tenant_answer(found: Option<Tenant>, strip_prefix: Option<usize>, host: &str) -> Resolution {
+    fn tenant_answer(
+        &self,
+        found: Option<Tenant>,
+        strip_prefix: Option<usize>,
+        host: &str,
+    ) -> Resolution {
         match found {
             Some(tenant) if tenant.is_active() => Resolution::Tenant {
                 tenant,
@@ -713,6 +918,7 @@ impl Resolver {
                 tenant,
                 host: host.into(),
             },
+            None if self.inner.config.show_public_if_no_tenant => Resolution::Public,
             None => Resolution::NotFound { host: host.into() },
         }
     }
@@ -965,10 +1171,10 @@ mod listener_async {
     pub(super) async fn connect(url: &str) -> Result<Listening> {
         let (client, mut connection) =
             tokio_postgres::connect(&super::listener_url(url), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| Error::Config {
-                reason: format!("the registry listener could not connect: {e}"),
-            })?;
+                .await
+                .map_err(|e| Error::Config {
+                    reason: format!("the registry listener could not connect: {e}"),
+                })?;
         let (tx, heard) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
@@ -1025,7 +1231,10 @@ mod listener_async {
                 if pinged.elapsed() >= super::LISTENER_KEEPALIVE {
                     pinged = tokio::time::Instant::now();
                     let ping = listening.client.simple_query("SELECT 1");
-                    if !matches!(tokio::time::timeout(Duration::from_secs(5), ping).await, Ok(Ok(_))) {
+                    if !matches!(
+                        tokio::time::timeout(Duration::from_secs(5), ping).await,
+                        Ok(Ok(_))
+                    ) {
                         registry::bump_generation();
                         break;
                     }

@@ -365,7 +365,7 @@ mod actix_app {
         body_for(db.tenant(), seen)
     }
 
-    async fn run_cases(resolver: Resolver, cases: &[Case]) {
+    pub(super) async fn run_cases(resolver: Resolver, cases: &[Case]) {
         let app = test::init_service(
             App::new()
                 .wrap(ax::Tenancy::new(resolver))
@@ -666,4 +666,155 @@ async fn axum_json_not_found_and_error_responses() {
         axum_call(&app, &[("host", "example.com")]).await,
         (503, "service unavailable".to_string())
     );
+}
+
+/// Every identification strategy, through both adapters: a header, a
+/// subdomain of a base domain without a domain row, a function over the
+/// request (an API key), and the public site when nothing matches.
+mod strategies {
+    use super::*;
+    use diesel_tenancy::Strategy;
+
+    /// The world, plus tenant `bare`, which has no domain row.
+    fn world_with_bare() -> (diesel_tenancy::testing::TestDatabase, TenantPool) {
+        let (db, pool) = world();
+        let bare = create_tenant(
+            &mut pool.public().unwrap(),
+            &NewTenant::new(SchemaName::new("bare").unwrap(), "bare"),
+            TENANT,
+        )
+        .unwrap();
+        pool.with_tenant(&bare, |conn| {
+            conn.batch_execute("INSERT INTO customers (name, email) VALUES ('bare', 'o@bare.test')")
+        })
+        .unwrap();
+        (db, pool)
+    }
+
+    fn chain(pool: &TenantPool) -> Resolver {
+        resolver(pool)
+            .strategies([
+                Strategy::header("X-Tenant"),
+                Strategy::custom(|req| {
+                    req.header("x-api-key").map(|key| {
+                        key.strip_prefix("key-")
+                            .and_then(|s| SchemaName::new(s).ok())
+                            .ok_or_else(|| "unknown API key".to_owned())
+                    })
+                }),
+                Strategy::subdomain(domain("apps.example.com"), ["www"]),
+                Strategy::Host,
+            ])
+            .build()
+            .unwrap()
+    }
+
+    const CASES: &[Case] = &[
+        // The header names the tenant, whatever the host.
+        Case {
+            headers: &[("host", "example.com"), ("x-tenant", "globex")],
+            status: 200,
+            body: "tenant globex sees [\"globex\"]",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "acme.example.com"), ("x-tenant", "bare")],
+            status: 200,
+            body: "tenant bare sees [\"bare\"]",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "example.com"), ("x-tenant", "nobody")],
+            status: 404,
+            body: "404",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "example.com"), ("x-tenant", "sleepy")],
+            status: 503,
+            body: "suspended",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "example.com"), ("x-tenant", "Robert'); DROP")],
+            status: 400,
+            body: "bad request",
+            ..PLAIN
+        },
+        // The function: an API key.
+        Case {
+            headers: &[("host", "example.com"), ("x-api-key", "key-acme")],
+            status: 200,
+            body: "tenant acme sees [\"acme\"]",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "example.com"), ("x-api-key", "stolen")],
+            status: 400,
+            body: "unknown API key",
+            ..PLAIN
+        },
+        // A subdomain of the base names the schema, no domain row needed.
+        Case {
+            headers: &[("host", "bare.apps.example.com")],
+            status: 200,
+            body: "tenant bare sees [\"bare\"]",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "www.apps.example.com")],
+            status: 200,
+            body: "public site",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "nobody.apps.example.com")],
+            status: 404,
+            body: "404",
+            ..PLAIN
+        },
+        // Nothing identifies a tenant: the host decides, as before.
+        Case {
+            headers: &[("host", "acme.example.com")],
+            status: 200,
+            body: "tenant acme sees [\"acme\"]",
+            ..PLAIN
+        },
+        Case {
+            headers: &[("host", "nobody.example.com")],
+            status: 404,
+            body: "404",
+            ..PLAIN
+        },
+    ];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn axum_strategies() {
+        let (_db, pool) = world_with_bare();
+        let app = axum_app(chain(&pool));
+        for case in CASES {
+            check(
+                "axum",
+                case,
+                axum_request(&app, case.headers, case.uri, case.peer).await,
+            );
+        }
+        // Public instead of 404 when nothing matches.
+        let lenient = axum_app(
+            resolver(&pool)
+                .show_public_if_no_tenant(true)
+                .build()
+                .unwrap(),
+        );
+        assert_eq!(
+            axum_call(&lenient, &[("host", "nobody.example.com")]).await,
+            (200, "public site".to_owned())
+        );
+    }
+
+    #[actix_web::test]
+    async fn actix_strategies() {
+        let (_db, pool) = world_with_bare();
+        actix_app::run_cases(chain(&pool), CASES).await;
+    }
 }

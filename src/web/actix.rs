@@ -162,6 +162,19 @@ where
         let json_not_found = self.json_not_found;
         Box::pin(async move {
             // Never `connection_info()`: it trusts forwarded headers on its own.
+            let headers = if resolver.wants_headers() {
+                req.headers()
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.as_str().to_owned(),
+                            v.to_str().unwrap_or("\u{fffd}").to_owned(),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let info = OwnedRequestInfo::from_request(
                 |name| {
                     req.headers()
@@ -172,6 +185,7 @@ where
                 req.uri().authority().map(|a| a.as_str().to_owned()),
                 req.peer_addr().map(|a| a.ip()),
                 req.path().to_owned(),
+                headers,
             );
             let cached = if bypassed {
                 Some(Ok(Resolution::Public))

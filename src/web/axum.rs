@@ -191,7 +191,20 @@ pub struct RequestScope {
     pub async_pool: Option<crate::AsyncTenantPool>,
 }
 
-fn request_info(req: &Request) -> OwnedRequestInfo {
+fn request_info(req: &Request, resolver: &Resolver) -> OwnedRequestInfo {
+    let headers = if resolver.wants_headers() {
+        req.headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    v.to_str().unwrap_or("\u{fffd}").to_owned(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     OwnedRequestInfo::from_request(
         |name| {
             req.headers()
@@ -205,6 +218,7 @@ fn request_info(req: &Request) -> OwnedRequestInfo {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip()),
         req.uri().path().to_owned(),
+        headers,
     )
 }
 
@@ -242,7 +256,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let info = request_info(&req);
+            let info = request_info(&req, &layer.resolver);
             let bypassed = layer.bypass.iter().any(|p| p == req.uri().path());
             let cached = if bypassed {
                 Some(Ok(Resolution::Public))

@@ -71,6 +71,7 @@ pub(crate) struct OwnedRequestInfo {
     pub(crate) forwarded: Option<String>,
     pub(crate) peer: Option<std::net::IpAddr>,
     pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
@@ -78,12 +79,15 @@ impl OwnedRequestInfo {
     /// The resolver's view of a request, from `fields(name)` (every field of
     /// that header, in order, as text; a field that is not text as U+FFFD, so
     /// that it will not parse), the request target's authority (absolute form
-    /// or HTTP/2), the peer and the path. Both adapters build it here.
+    /// or HTTP/2), the peer, the path and, when the resolver reads headers
+    /// ([`Resolver::wants_headers`](crate::Resolver::wants_headers)), all of
+    /// them. Both adapters build it here.
     pub(crate) fn from_request(
         fields: impl Fn(&'static str) -> Vec<String>,
         target_authority: Option<String>,
         peer: Option<std::net::IpAddr>,
         path: String,
+        headers: Vec<(String, String)>,
     ) -> Self {
         let hosts = fields("host");
         let joined = |name| {
@@ -98,6 +102,7 @@ impl OwnedRequestInfo {
             forwarded: joined("forwarded"),
             peer,
             path,
+            headers,
         }
     }
 
@@ -112,6 +117,7 @@ impl OwnedRequestInfo {
             forwarded: info.forwarded.map(str::to_owned),
             peer: info.peer,
             path: info.path.to_owned(),
+            headers: info.headers.to_vec(),
         }
     }
 
@@ -124,6 +130,7 @@ impl OwnedRequestInfo {
             forwarded: self.forwarded.as_deref(),
             peer: self.peer,
             path: &self.path,
+            headers: &self.headers,
         }
     }
 
