@@ -1169,6 +1169,12 @@ fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The host [`create_tenant`] routes to `tenant`: `<schema>.test.localhost`,
+/// for test clients (`web::axum::TenantClient`, `web::actix::TenantRequests`).
+pub fn tenant_host(tenant: &Tenant) -> String {
+    format!("{}.test.localhost", tenant.schema())
+}
+
 /// Creates a tenant for a test: schema `schema`, display name `schema`, domain
 /// `<schema>.test.localhost`, with every tenant migration applied.
 pub fn create_tenant<S: MigrationSource<Pg>>(

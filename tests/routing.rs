@@ -818,3 +818,67 @@ mod strategies {
         actix_app::run_cases(chain(&pool), CASES).await;
     }
 }
+
+/// The test clients: requests sent as a tenant's host reach that tenant, in
+/// both adapters, with the host `testing::create_tenant` registers.
+mod test_clients {
+    use super::*;
+    use diesel_tenancy::testing;
+
+    fn one_tenant() -> (
+        diesel_tenancy::testing::TestDatabase,
+        TenantPool,
+        diesel_tenancy::Tenant,
+    ) {
+        let (db, pool) = setup(2);
+        let t = testing::create_tenant(&pool, "tclient", TENANT).unwrap();
+        pool.with_tenant(&t, |conn| {
+            conn.batch_execute("INSERT INTO customers (name, email) VALUES ('tclient', 'o@t.test')")
+        })
+        .unwrap();
+        (db, pool, t)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn axum_tenant_client() {
+        let (_db, pool, t) = one_tenant();
+        let app = axum_app(Resolver::builder(pool.clone()).build().unwrap());
+        let client = am::TenantClient::new(app.clone(), testing::tenant_host(&t));
+        let page = client.get("/").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(page.body, "tenant tclient sees [\"tclient\"]");
+        // A form post reaches the tenant router (which has no POST route).
+        let posted = client.post_form("/", &[("name", "x")]).await;
+        assert_eq!(posted.status, 405);
+        let nobody = am::TenantClient::new(app, "nobody.test.localhost");
+        assert_eq!(nobody.get("/").await.status, 404);
+    }
+
+    #[actix_web::test]
+    async fn actix_tenant_requests() {
+        use actix_web::{App, test, web};
+        let (_db, pool, t) = one_tenant();
+        let app = test::init_service(
+            App::new()
+                .wrap(ax::Tenancy::new(
+                    Resolver::builder(pool.clone()).build().unwrap(),
+                ))
+                .route(
+                    "/",
+                    web::get().to(|db: ax::TenantDb| async move {
+                        let seen = db.run(markers).await.unwrap().unwrap();
+                        body_for(db.tenant(), seen)
+                    }),
+                ),
+        )
+        .await;
+        let tenant = ax::TenantRequests::new(testing::tenant_host(&t));
+        let res = test::call_service(&app, tenant.get("/").to_request()).await;
+        assert_eq!(res.status().as_u16(), 200);
+        let body = test::read_body(res).await;
+        assert_eq!(&body[..], b"tenant tclient sees [\"tclient\"]");
+        let nobody = ax::TenantRequests::new("nobody.test.localhost");
+        let res = test::call_service(&app, nobody.get("/").to_request()).await;
+        assert_eq!(res.status().as_u16(), 404);
+    }
+}

@@ -382,3 +382,53 @@ impl actix_web::ResponseError for Error {
         HttpResponse::build(self.status_code()).body(text)
     }
 }
+
+/// Test requests sent as one host's, for testing a multi-tenant app's
+/// handlers (django-tenants' `TenantClient`): `actix_web::test::TestRequest`s
+/// with the host in their `Host` header, for `test::call_service`.
+///
+/// ```no_run
+/// # async fn run() {
+/// use actix_web::{App, test, web};
+/// use diesel_tenancy::web::actix::TenantRequests;
+/// # let tenancy: diesel_tenancy::web::actix::Tenancy = unimplemented!();
+/// let app = test::init_service(
+///     App::new().wrap(tenancy).route("/", web::get().to(|| async { "hi" })),
+/// )
+/// .await;
+/// let acme = TenantRequests::new("acme.example.com");
+/// let response = test::call_service(&app, acme.get("/").to_request()).await;
+/// assert_eq!(response.status().as_u16(), 200);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TenantRequests {
+    host: String,
+}
+
+impl TenantRequests {
+    /// Requests sent as `host`'s.
+    pub fn new(host: impl Into<String>) -> Self {
+        TenantRequests { host: host.into() }
+    }
+
+    /// The host the requests are sent as.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> actix_web::test::TestRequest {
+        self.request(actix_web::test::TestRequest::get().uri(path))
+    }
+
+    /// `POST path`.
+    pub fn post(&self, path: &str) -> actix_web::test::TestRequest {
+        self.request(actix_web::test::TestRequest::post().uri(path))
+    }
+
+    /// `request` with this host as its `Host`.
+    pub fn request(&self, request: actix_web::test::TestRequest) -> actix_web::test::TestRequest {
+        request.insert_header((actix_web::http::header::HOST, self.host.as_str()))
+    }
+}
