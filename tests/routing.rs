@@ -882,3 +882,64 @@ mod test_clients {
         assert_eq!(res.status().as_u16(), 404);
     }
 }
+
+/// actix at parity with axum: the public/tenant split by guards, custom
+/// not-found and suspended pages, the async connection extractor and the
+/// task-local tenant.
+mod actix_parity {
+    use super::*;
+    use actix_web::{App, HttpResponse, test, web};
+
+    #[actix_web::test]
+    async fn actix_split_pages_async_connections_and_the_task_tenant() {
+        let (db, pool) = world();
+        let apool = diesel_tenancy::AsyncTenantPool::builder(db.url())
+            .max_size(2)
+            .build()
+            .unwrap();
+        let tenancy = ax::Tenancy::new(resolver(&pool).build().unwrap())
+            .async_pool(apool)
+            .not_found_page(|host| HttpResponse::NotFound().body(format!("no {host} here")))
+            .suspended_page(|tenant, _| {
+                HttpResponse::ServiceUnavailable().body(format!("{} is resting", tenant.schema()))
+            });
+        let app = test::init_service(
+            App::new()
+                .wrap(tenancy)
+                .service(web::scope("").guard(ax::tenant_guard()).route(
+                    "/",
+                    web::get().to(|mut conn: ax::TenantConn| async move {
+                        use diesel::QueryDsl;
+                        let query = common::customers::table.select(common::customers::name);
+                        let names: Vec<String> =
+                            diesel_async::RunQueryDsl::load(query, &mut **conn)
+                                .await
+                                .unwrap();
+                        let task = diesel_tenancy::current_tenant()
+                            .map(|t| t.schema().to_string())
+                            .unwrap_or_default();
+                        format!("tenant {} task {task}", names.join(","))
+                    }),
+                ))
+                .service(
+                    web::scope("")
+                        .guard(ax::public_guard())
+                        .route("/", web::get().to(|| async { "public site" })),
+                ),
+        )
+        .await;
+        for (host, status, body) in [
+            ("acme.example.com", 200, "tenant acme task acme"),
+            ("globex.example.com", 200, "tenant globex task globex"),
+            ("example.com", 200, "public site"),
+            ("nobody.example.com", 404, "no nobody.example.com here"),
+            ("sleepy.example.com", 503, "sleepy is resting"),
+        ] {
+            let res =
+                test::call_service(&app, ax::TenantRequests::new(host).get("/").to_request()).await;
+            assert_eq!(res.status().as_u16(), status, "{host}");
+            let got = test::read_body(res).await;
+            assert_eq!(String::from_utf8_lossy(&got), body, "{host}");
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! The axum layer runs each request in a `tenant_request` span that names the
+//! The axum layer and the actix middleware run each request in a `tenant_request` span that names the
 //! tenant's schema, or `public`, so logs and traces say whose request it was.
 //!
 //! A test binary of its own: it installs the process's global tracing
@@ -97,6 +97,7 @@ async fn axum_requests_run_in_a_tenant_span() {
                 .unwrap_or_default()
         }),
     );
+    let resolver_clone = resolver.clone();
     let app = tenant_routing(public, tenant, TenancyLayer::new(resolver));
     for (host, expected) in [
         ("acme.example.com", "acme"),
@@ -111,4 +112,23 @@ async fn axum_requests_run_in_a_tenant_span() {
     spans.0.lock().unwrap().clear();
     assert_eq!(status_of(&app, "nobody.example.com").await, 404);
     assert!(spans.0.lock().unwrap().is_empty());
+
+    // The actix middleware alike (in this test: one global subscriber).
+    use actix_web::{App, test, web};
+    use diesel_tenancy::web::actix as ax;
+    let actix = test::init_service(
+        App::new()
+            .wrap(ax::Tenancy::new(resolver_clone))
+            .route("/", web::get().to(|| async { "ok" })),
+    )
+    .await;
+    for (host, expected) in [("acme.example.com", "acme"), ("example.com", "public")] {
+        spans.0.lock().unwrap().clear();
+        let request = ax::TenantRequests::new(host).get("/").to_request();
+        assert_eq!(
+            test::call_service(&actix, request).await.status().as_u16(),
+            200
+        );
+        assert_eq!(*spans.0.lock().unwrap(), [expected], "actix {host}");
+    }
 }

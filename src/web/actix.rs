@@ -38,9 +38,27 @@ use tracing::Instrument;
 use super::{OwnedRequestInfo, not_found_html};
 use crate::{Error, Resolution, Resolver, Tenant, TenantPool};
 
+type NotFoundPage = std::sync::Arc<dyn Fn(&str) -> HttpResponse + Send + Sync>;
+type SuspendedPage = std::sync::Arc<dyn Fn(&Tenant, &str) -> HttpResponse + Send + Sync>;
+
+/// The answers for hosts the middleware does not let through.
+#[derive(Clone, Default)]
+struct Pages {
+    not_found: Option<NotFoundPage>,
+    suspended: Option<SuspendedPage>,
+}
+
+impl std::fmt::Debug for Pages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pages").finish_non_exhaustive()
+    }
+}
+
 /// Middleware resolving each request's tenant (see [`Resolver`]); answers 404 for
-/// hosts with no tenant, 400 for malformed hosts, 503 if the registry cannot be
-/// read.
+/// hosts with no tenant, 503 for a suspended tenant's, 400 for malformed
+/// hosts, 503 if the registry cannot be read. Sets the task-local tenant
+/// ([`current_tenant`](crate::current_tenant), with the `async` feature) and
+/// a `tenant_request` tracing span for the request.
 #[derive(Clone, Debug)]
 pub struct Tenancy {
     resolver: Resolver,
@@ -50,6 +68,9 @@ pub struct Tenancy {
     listener: Option<std::sync::Arc<crate::ListenerGuard>>,
     /// Answer hosts with no tenant in JSON.
     json_not_found: bool,
+    pages: Pages,
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    async_pool: Option<crate::AsyncTenantPool>,
 }
 
 impl Tenancy {
@@ -60,7 +81,41 @@ impl Tenancy {
             bypass: std::sync::Arc::new(Vec::new()),
             listener: None,
             json_not_found: false,
+            pages: Pages::default(),
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            async_pool: None,
         }
+    }
+
+    /// The response for hosts that serve no tenant (given the normalised
+    /// host). Defaults to a plain 404 page (JSON with
+    /// [`not_found_json`](Self::not_found_json)).
+    pub fn not_found_page(
+        mut self,
+        page: impl Fn(&str) -> HttpResponse + Send + Sync + 'static,
+    ) -> Self {
+        self.pages.not_found = Some(std::sync::Arc::new(page));
+        self
+    }
+
+    /// The response for a suspended tenant's hosts (given the tenant and the
+    /// normalised host). Defaults to a plain 503 page saying the site is
+    /// suspended (JSON with [`not_found_json`](Self::not_found_json)).
+    pub fn suspended_page(
+        mut self,
+        page: impl Fn(&Tenant, &str) -> HttpResponse + Send + Sync + 'static,
+    ) -> Self {
+        self.pages.suspended = Some(std::sync::Arc::new(page));
+        self
+    }
+
+    /// The async pool the [`TenantConn`] extractor checks connections out of.
+    /// Defaults to the resolver's, when it was built on an async pool.
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
+    pub fn async_pool(mut self, pool: crate::AsyncTenantPool) -> Self {
+        self.async_pool = Some(pool);
+        self
     }
 
     /// Requests for exactly this path skip tenant resolution and reach the
@@ -105,6 +160,12 @@ where
             resolver: self.resolver.clone(),
             bypass: std::sync::Arc::clone(&self.bypass),
             json_not_found: self.json_not_found,
+            pages: self.pages.clone(),
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            async_pool: self
+                .async_pool
+                .clone()
+                .or_else(|| self.resolver.async_pool().cloned()),
         }))
     }
 }
@@ -116,16 +177,43 @@ pub struct TenancyMiddleware<S> {
     resolver: Resolver,
     bypass: std::sync::Arc<Vec<String>>,
     json_not_found: bool,
+    pages: Pages,
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    async_pool: Option<crate::AsyncTenantPool>,
 }
 
 /// What the middleware found, in the request extensions of every request it lets
 /// through.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RequestScope {
-    /// The pool tenants are served from.
-    pub pool: TenantPool,
+    /// The blocking pool ([`TenantDb`] uses it), if the resolver has one.
+    pub pool: Option<TenantPool>,
     /// The request's tenant, or `None` for the public site.
     pub tenant: Option<Tenant>,
+    /// The async pool ([`TenantConn`] uses it), if there is one.
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    pub async_pool: Option<crate::AsyncTenantPool>,
+}
+
+/// A cache miss: on an async connection when the resolver has an async pool,
+/// else on a blocking thread.
+async fn resolve_miss(resolver: &Resolver, info: OwnedRequestInfo) -> Result<Resolution, Error> {
+    #[cfg(feature = "async")]
+    {
+        resolver.resolve_async(&info.info()).await
+    }
+    #[cfg(not(feature = "async"))]
+    {
+        let blocking = resolver.clone();
+        actix_web::web::block(move || blocking.resolve(&info.info()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Refused {
+                    reason: format!("tenant resolution failed: {e}"),
+                })
+            })
+    }
 }
 
 fn strip_prefix(req: &mut ServiceRequest, len: usize) {
@@ -160,6 +248,9 @@ where
         let resolver = self.resolver.clone();
         let bypassed = self.bypass.iter().any(|p| p == req.path());
         let json_not_found = self.json_not_found;
+        let pages = self.pages.clone();
+        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+        let async_pool = self.async_pool.clone();
         Box::pin(async move {
             // Never `connection_info()`: it trusts forwarded headers on its own.
             let headers = if resolver.wants_headers() {
@@ -194,22 +285,9 @@ where
             };
             let resolution = match cached {
                 Some(r) => r,
-                None => {
-                    let blocking = resolver.clone();
-                    actix_web::web::block(move || blocking.resolve(&info.info()))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(Error::Refused {
-                                reason: format!("tenant resolution failed: {e}"),
-                            })
-                        })
-                }
+                None => resolve_miss(&resolver, info).await,
             };
-            let Some(pool) = resolver.pool().cloned() else {
-                let response = HttpResponse::InternalServerError()
-                    .body("the actix adapter needs a resolver on a TenantPool");
-                return Ok(req.into_response(response).map_into_right_body());
-            };
+            let pool = resolver.pool().cloned();
             let (scope, span) = match resolution {
                 Ok(Resolution::Tenant {
                     tenant,
@@ -224,16 +302,25 @@ where
                         RequestScope {
                             pool,
                             tenant: Some(tenant),
+                            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+                            async_pool,
                         },
                         span,
                     )
                 }
                 Ok(Resolution::Public) => (
-                    RequestScope { pool, tenant: None },
+                    RequestScope {
+                        pool,
+                        tenant: None,
+                        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+                        async_pool,
+                    },
                     tracing::info_span!("tenant_request", tenant = "public"),
                 ),
                 Ok(Resolution::NotFound { host }) => {
-                    let response = if json_not_found {
+                    let response = if let Some(page) = &pages.not_found {
+                        page(&host)
+                    } else if json_not_found {
                         HttpResponse::NotFound()
                             .content_type("application/json")
                             .body(super::not_found_json(&host))
@@ -244,9 +331,11 @@ where
                     };
                     return Ok(req.into_response(response).map_into_right_body());
                 }
-                Ok(Resolution::Suspended { host, .. }) => {
+                Ok(Resolution::Suspended { tenant, host }) => {
                     let mut response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE);
-                    let response = if json_not_found {
+                    let response = if let Some(page) = &pages.suspended {
+                        page(&tenant, &host)
+                    } else if json_not_found {
                         response
                             .content_type("application/json")
                             .body(super::suspended_json(&host))
@@ -269,8 +358,17 @@ where
                     return Ok(req.into_response(response).map_into_right_body());
                 }
             };
+            #[cfg(feature = "async")]
+            let tenant = scope.tenant.clone();
             req.extensions_mut().insert(scope);
-            let response = service.call(req).instrument(span).await?;
+            let call = service.call(req).instrument(span);
+            #[cfg(feature = "async")]
+            let response = match tenant {
+                Some(tenant) => crate::with_current_tenant(tenant, call).await?,
+                None => call.await?,
+            };
+            #[cfg(not(feature = "async"))]
+            let response = call.await?;
             Ok(response.map_into_left_body())
         })
     }
@@ -302,10 +400,13 @@ fn missing_middleware() -> actix_web::Error {
 }
 
 /// A database handle scoped to the request: the tenant's schema on tenant hosts,
-/// `public` on public hosts. Work runs on actix's blocking pool.
+/// `public` on public hosts. Work runs on actix's blocking pool. Needs a
+/// resolver on a [`TenantPool`] (500 otherwise; with an async pool, use
+/// [`TenantConn`]).
 #[derive(Debug, Clone)]
 pub struct TenantDb {
-    scope: RequestScope,
+    pool: TenantPool,
+    tenant: Option<Tenant>,
 }
 
 impl FromRequest for TenantDb {
@@ -313,21 +414,30 @@ impl FromRequest for TenantDb {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            req.extensions()
-                .get::<RequestScope>()
-                .map(|scope| TenantDb {
-                    scope: scope.clone(),
-                })
-                .ok_or_else(missing_middleware),
-        )
+        let extensions = req.extensions();
+        ready(match extensions.get::<RequestScope>() {
+            None => Err(missing_middleware()),
+            Some(RequestScope { pool: None, .. }) => {
+                Err(actix_web::error::ErrorInternalServerError(
+                    "TenantDb needs a resolver on a TenantPool; this one has an async pool (use TenantConn)",
+                ))
+            }
+            Some(RequestScope {
+                pool: Some(pool),
+                tenant,
+                ..
+            }) => Ok(TenantDb {
+                pool: pool.clone(),
+                tenant: tenant.clone(),
+            }),
+        })
     }
 }
 
 impl TenantDb {
     /// The request's tenant, or `None` on the public site.
     pub fn tenant(&self) -> Option<&Tenant> {
-        self.scope.tenant.as_ref()
+        self.tenant.as_ref()
     }
 
     /// [`run`](Self::run) with the two errors in one: the closure's error
@@ -353,14 +463,10 @@ impl TenantDb {
         T: Send + 'static,
         E: Send + 'static,
     {
-        let scope = self.scope.clone();
-        actix_web::web::block(move || {
-            scope
-                .pool
-                .run_scoped(scope.tenant.as_ref(), f, Result::is_ok)
-        })
-        .await
-        .unwrap_or_else(super::database_task_failed)
+        let (pool, tenant) = (self.pool.clone(), self.tenant.clone());
+        actix_web::web::block(move || pool.run_scoped(tenant.as_ref(), f, Result::is_ok))
+            .await
+            .unwrap_or_else(super::database_task_failed)
     }
 }
 
@@ -431,4 +537,89 @@ impl TenantRequests {
     pub fn request(&self, request: actix_web::test::TestRequest) -> actix_web::test::TestRequest {
         request.insert_header((actix_web::http::header::HOST, self.host.as_str()))
     }
+}
+
+/// An async connection scoped to the request (the tenant's schema on tenant
+/// hosts, `public` on public hosts), from the async pool (the resolver's, or
+/// [`Tenancy::async_pool`]). Use it with `diesel_async::RunQueryDsl` on
+/// `&mut *conn`. Rejects with 500 if there is no async pool, 503 for a tenant
+/// suspended since the request was resolved, 404 for a missing schema, 503 if
+/// no connection is available.
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
+#[derive(Debug)]
+pub struct TenantConn(pub crate::AsyncTenantConnection);
+
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+impl FromRequest for TenantConn {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let scope = req.extensions().get::<RequestScope>().cloned();
+        Box::pin(async move {
+            let scope = scope.ok_or_else(missing_middleware)?;
+            let pool = scope.async_pool.ok_or_else(|| {
+                actix_web::error::ErrorInternalServerError(
+                    "the Tenancy middleware has no async pool",
+                )
+            })?;
+            let conn = match &scope.tenant {
+                Some(tenant) => pool.get(tenant).await,
+                None => pool.public().await,
+            };
+            conn.map(TenantConn).map_err(|e| match e {
+                Error::TenantSuspended { .. } => {
+                    actix_web::error::ErrorServiceUnavailable("suspended")
+                }
+                Error::SchemaMissing { .. } => actix_web::error::ErrorNotFound("not found"),
+                e => {
+                    tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
+                    actix_web::error::ErrorServiceUnavailable("service unavailable")
+                }
+            })
+        })
+    }
+}
+
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+impl std::ops::Deref for TenantConn {
+    type Target = crate::AsyncTenantConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+impl std::ops::DerefMut for TenantConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// A guard matching requests the [`Tenancy`] middleware resolved to a tenant:
+/// with [`public_guard`], the public/tenant route split (django-tenant-schemas'
+/// `PUBLIC_SCHEMA_URLCONF`):
+///
+/// ```no_run
+/// use actix_web::{App, web};
+/// use diesel_tenancy::web::actix::{Tenancy, public_guard, tenant_guard};
+/// # fn app(tenancy: Tenancy) {
+/// let app = App::new()
+///     .wrap(tenancy)
+///     .service(web::scope("").guard(tenant_guard()).route("/", web::get().to(|| async { "a tenant" })))
+///     .service(web::scope("").guard(public_guard()).route("/", web::get().to(|| async { "the public site" })));
+/// # }
+/// ```
+pub fn tenant_guard() -> impl actix_web::guard::Guard {
+    actix_web::guard::fn_guard(|ctx| ctx.req_data().get::<CurrentTenant>().is_some())
+}
+
+/// A guard matching requests the [`Tenancy`] middleware resolved to the public
+/// site (see [`tenant_guard`]).
+pub fn public_guard() -> impl actix_web::guard::Guard {
+    actix_web::guard::fn_guard(|ctx| {
+        let data = ctx.req_data();
+        data.get::<RequestScope>().is_some() && data.get::<CurrentTenant>().is_none()
+    })
 }
