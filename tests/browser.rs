@@ -254,6 +254,31 @@ async fn the_tutorial_in_a_real_browser() {
     );
     screenshot(&client, &shots, "5-not-found.png").await;
 
+    // A suspended tenant (suspended by another process, which the app hears
+    // through NOTIFY) gets the suspended page, not the 404.
+    diesel_tenancy::suspend_tenant(
+        &mut <diesel::PgConnection as diesel::Connection>::establish(db.url()).unwrap(),
+        &diesel_tenancy::SchemaName::new("initech").unwrap(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        client
+            .goto(&format!("http://initech.localhost:{port}/"))
+            .await
+            .unwrap();
+        if text(&client, "body").await.contains("is suspended") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "initech is still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(text(&client, "#suspended").await.contains("is suspended"));
+    screenshot(&client, &shots, "6-suspended.png").await;
+
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -284,6 +284,21 @@ async fn add_product(
     }
 }
 
+fn suspended(tenant: &diesel_tenancy::Tenant, _host: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        page(
+            "Suspended",
+            &format!(
+                "<h1 id=\"suspended\">{} is suspended</h1><p>This site is not served at the \
+                 moment. Its data is kept; it comes back when the tenant is activated.</p>",
+                escape_html(tenant.name())
+            ),
+        ),
+    )
+        .into_response()
+}
+
 fn not_found(host: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -346,7 +361,9 @@ async fn main() -> Result<()> {
     let router = tenant_routing(
         public,
         tenant,
-        TenancyLayer::new(resolver).not_found_page(not_found),
+        TenancyLayer::new(resolver)
+            .not_found_page(not_found)
+            .suspended_page(suspended),
     );
 
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
