@@ -196,26 +196,6 @@ pub struct RequestScope {
     pub async_pool: Option<crate::AsyncTenantPool>,
 }
 
-/// A cache miss: on an async connection when the resolver has an async pool,
-/// else on a blocking thread.
-async fn resolve_miss(resolver: &Resolver, info: OwnedRequestInfo) -> Result<Resolution, Error> {
-    #[cfg(feature = "async")]
-    {
-        resolver.resolve_async(&info.info()).await
-    }
-    #[cfg(not(feature = "async"))]
-    {
-        let blocking = resolver.clone();
-        actix_web::web::block(move || blocking.resolve(&info.info()))
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::Refused {
-                    reason: format!("tenant resolution failed: {e}"),
-                })
-            })
-    }
-}
-
 fn strip_prefix(req: &mut ServiceRequest, len: usize) {
     let uri = req.uri();
     let path = OwnedRequestInfo::stripped_path(uri.path(), len);
@@ -278,15 +258,7 @@ where
                 req.path().to_owned(),
                 headers,
             );
-            let cached = if bypassed {
-                Some(Ok(Resolution::Public))
-            } else {
-                resolver.resolve_cached(&info.info())
-            };
-            let resolution = match cached {
-                Some(r) => r,
-                None => resolve_miss(&resolver, info).await,
-            };
+            let resolution = super::resolve(&resolver, info, bypassed).await;
             let pool = resolver.pool().cloned();
             let (scope, span) = match resolution {
                 Ok(Resolution::Tenant {

@@ -258,15 +258,7 @@ where
         Box::pin(async move {
             let info = request_info(&req, &layer.resolver);
             let bypassed = layer.bypass.iter().any(|p| p == req.uri().path());
-            let cached = if bypassed {
-                Some(Ok(Resolution::Public))
-            } else {
-                layer.resolver.resolve_cached(&info.info())
-            };
-            let resolution = match cached {
-                Some(r) => r,
-                None => resolve_miss(&layer.resolver, info).await,
-            };
+            let resolution = super::resolve(&layer.resolver, info, bypassed).await;
             #[cfg(feature = "sync")]
             let pool = layer.resolver.pool().cloned();
             #[cfg(any(feature = "deadpool", feature = "bb8"))]
@@ -330,26 +322,6 @@ where
                 }
             }
         })
-    }
-}
-
-/// A cache miss: on an async connection when the resolver has an async pool,
-/// else on a blocking thread.
-async fn resolve_miss(resolver: &Resolver, info: OwnedRequestInfo) -> Result<Resolution, Error> {
-    #[cfg(feature = "async")]
-    {
-        resolver.resolve_async(&info.info()).await
-    }
-    #[cfg(not(feature = "async"))]
-    {
-        let resolver = resolver.clone();
-        tokio::task::spawn_blocking(move || resolver.resolve(&info.info()))
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::Refused {
-                    reason: format!("tenant resolution panicked: {e}"),
-                })
-            })
     }
 }
 

@@ -143,6 +143,40 @@ impl OwnedRequestInfo {
     }
 }
 
+/// The request flow both adapters share: a bypassed path is public; else the
+/// cache; on a miss, the lookup on an async connection (a resolver on an
+/// async pool) or on a blocking thread (one on the blocking pool). The
+/// adapters only turn headers into the [`OwnedRequestInfo`] and the
+/// [`Resolution`](crate::Resolution) into a response.
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) async fn resolve(
+    resolver: &crate::Resolver,
+    info: OwnedRequestInfo,
+    bypassed: bool,
+) -> crate::Result<crate::Resolution> {
+    if bypassed {
+        return Ok(crate::Resolution::Public);
+    }
+    if let Some(answer) = resolver.resolve_cached(&info.info()) {
+        return answer;
+    }
+    #[cfg(feature = "async")]
+    {
+        resolver.resolve_async(&info.info()).await
+    }
+    #[cfg(not(feature = "async"))]
+    {
+        let resolver = resolver.clone();
+        tokio::task::spawn_blocking(move || resolver.resolve(&info.info()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::Error::Refused {
+                    reason: format!("tenant resolution failed: {e}"),
+                })
+            })
+    }
+}
+
 /// The plain page for a host that serves no tenant.
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 pub(crate) fn not_found_html(host: &str) -> String {
