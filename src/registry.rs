@@ -547,6 +547,89 @@ pub fn find_tenant_by_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<
         .transpose()
 }
 
+/// The SQL of [`find_tenant_and_primary_by_domain`]: the tenant a domain
+/// routes to, with the tenant's primary domain.
+const TENANT_AND_PRIMARY: &str = "\
+    SELECT t.id, t.schema_name, t.name, t.status, t.created_at, t.role_name, \
+           (SELECT p.domain FROM public.tenancy_domains p \
+            WHERE p.tenant_id = t.id AND p.is_primary LIMIT 1) AS primary_domain \
+    FROM public.tenancy_domains d JOIN public.tenancy_tenants t ON t.id = d.tenant_id \
+    WHERE d.domain = $1";
+
+#[derive(QueryableByName)]
+struct TenantAndPrimary {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    schema_name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Timestamp)]
+    created_at: SystemTime,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    role_name: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    primary_domain: Option<String>,
+}
+
+impl TenantAndPrimary {
+    fn split(self) -> Result<(Tenant, Option<Domain>)> {
+        let primary = self
+            .primary_domain
+            .as_deref()
+            .map(Domain::parse)
+            .transpose()?;
+        let tenant = Tenant::try_from(TenantRow {
+            id: self.id,
+            schema_name: self.schema_name,
+            name: self.name,
+            status: self.status,
+            created_at: self.created_at,
+            role_name: self.role_name,
+        })?;
+        Ok((tenant, primary))
+    }
+}
+
+/// The tenant `domain` routes to, and that tenant's primary domain, in one
+/// query (for redirecting secondary domains to the primary one).
+pub(crate) fn find_tenant_and_primary_by_domain(
+    conn: &mut impl PgConn,
+    domain: &Domain,
+) -> Result<Option<(Tenant, Option<Domain>)>> {
+    diesel::sql_query(TENANT_AND_PRIMARY)
+        .bind::<diesel::sql_types::Text, _>(domain.as_str())
+        .get_result::<TenantAndPrimary>(conn)
+        .optional()
+        .map_err(Error::db(format!(
+            "find tenant by domain {:?}",
+            domain.as_str()
+        )))?
+        .map(TenantAndPrimary::split)
+        .transpose()
+}
+
+/// [`find_tenant_and_primary_by_domain`] on an async connection.
+#[cfg(feature = "async")]
+pub(crate) async fn find_tenant_and_primary_by_domain_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    domain: &Domain,
+) -> Result<Option<(Tenant, Option<Domain>)>> {
+    let query =
+        diesel::sql_query(TENANT_AND_PRIMARY).bind::<diesel::sql_types::Text, _>(domain.as_str());
+    diesel_async::RunQueryDsl::get_result::<TenantAndPrimary>(query, conn)
+        .await
+        .optional()
+        .map_err(Error::db(format!(
+            "find tenant by domain {:?}",
+            domain.as_str()
+        )))?
+        .map(TenantAndPrimary::split)
+        .transpose()
+}
+
 /// [`find_tenant`] on an async connection (one query, no libpq).
 #[cfg(feature = "async")]
 pub(crate) async fn find_tenant_async(

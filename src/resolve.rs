@@ -57,6 +57,15 @@ pub enum Resolution {
     },
     /// One of the public domains: the public site.
     Public,
+    /// A secondary domain of a tenant, with
+    /// [`ResolverBuilder::redirect_to_primary_domain`]: answer a permanent
+    /// redirect to the same path on the tenant's primary domain.
+    Redirect {
+        /// The tenant.
+        tenant: Tenant,
+        /// The primary domain to redirect to.
+        to: Domain,
+    },
     /// A suspended tenant's host: answer 503 (a page saying the site is
     /// suspended), not the 404 of an unknown host.
     Suspended {
@@ -324,6 +333,8 @@ pub fn normalize_host(raw: &str) -> std::result::Result<Host, DomainError> {
 #[derive(Clone)]
 struct Entry {
     tenant: Option<Tenant>,
+    /// For a domain key with the redirect option: the tenant's primary domain.
+    primary: Option<Domain>,
     expires: Instant,
     generation: u64,
 }
@@ -336,9 +347,9 @@ struct Cache {
 }
 
 impl Cache {
-    fn get(&self, key: &str, now: Instant, generation: u64) -> Option<Option<Tenant>> {
+    fn get(&self, key: &str, now: Instant, generation: u64) -> Option<&Entry> {
         let entry = self.map.get(key)?;
-        (entry.expires > now && entry.generation == generation).then(|| entry.tenant.clone())
+        (entry.expires > now && entry.generation == generation).then_some(entry)
     }
 
     fn insert(&mut self, key: &str, entry: Entry) {
@@ -381,6 +392,7 @@ pub struct ResolverBuilder {
     listen_url: Option<String>,
     strategies: Vec<Strategy>,
     show_public_if_no_tenant: bool,
+    redirect_to_primary: bool,
 }
 
 impl ResolverBuilder {
@@ -390,6 +402,15 @@ impl ResolverBuilder {
     /// identifies gets the public site.
     pub fn strategies(mut self, chain: impl IntoIterator<Item = Strategy>) -> Self {
         self.strategies = chain.into_iter().collect();
+        self
+    }
+
+    /// Redirect requests on a tenant's secondary domains to its primary
+    /// domain ([`Resolution::Redirect`]; the adapters answer 308 with the same
+    /// path), so each tenant has one canonical address. A tenant without a
+    /// primary domain is served on all of its domains. Defaults to `false`.
+    pub fn redirect_to_primary_domain(mut self, redirect: bool) -> Self {
+        self.redirect_to_primary = redirect;
         self
     }
 
@@ -577,6 +598,7 @@ impl Resolver {
             listen_url: None,
             strategies: vec![Strategy::Host],
             show_public_if_no_tenant: false,
+            redirect_to_primary: false,
         }
     }
 
@@ -615,13 +637,17 @@ impl Resolver {
             Lookup::Done(resolution) => Ok(resolution),
             Lookup::Domain(domain) => {
                 let key = domain.as_str();
-                let found = match self.cached(key) {
-                    Some(found) => found,
-                    None => {
-                        self.load(key, |conn| registry::find_tenant_by_domain(conn, &domain))?
+                let (found, primary) = match self.cached_domain(key) {
+                    Some(cached) => cached,
+                    None if self.inner.config.redirect_to_primary => {
+                        self.load_with_primary(key, &domain)?
                     }
+                    None => (
+                        self.load(key, |conn| registry::find_tenant_by_domain(conn, &domain))?,
+                        None,
+                    ),
                 };
-                self.domain_answer(domain, found, |key, schema| {
+                self.domain_answer(domain, found, primary, |key, schema| {
                     self.load(key, |conn| registry::find_tenant(conn, schema))
                 })
             }
@@ -653,9 +679,26 @@ impl Resolver {
                     Lookup::Domain(domain) => {
                         let generation = registry::generation();
                         let mut conn = pool.public().await?;
-                        let found =
-                            registry::find_tenant_by_domain_async(&mut conn, &domain).await?;
-                        self.store(domain.as_str(), generation, &found);
+                        let (found, primary) = if self.inner.config.redirect_to_primary {
+                            let found = registry::find_tenant_and_primary_by_domain_async(
+                                &mut conn, &domain,
+                            )
+                            .await?;
+                            let (tenant, primary) =
+                                found.map_or((None, None), |(t, p)| (Some(t), p));
+                            self.store_with_primary(
+                                domain.as_str(),
+                                generation,
+                                &tenant,
+                                primary.clone(),
+                            );
+                            (tenant, primary)
+                        } else {
+                            let found =
+                                registry::find_tenant_by_domain_async(&mut conn, &domain).await?;
+                            self.store(domain.as_str(), generation, &found);
+                            (found, None)
+                        };
                         let fallback = match self.uncached_fallback(&found) {
                             Some(schema) => {
                                 let tenant =
@@ -666,7 +709,7 @@ impl Resolver {
                             None => None,
                         };
                         drop(conn);
-                        self.domain_answer(domain, found, |_, _| Ok(fallback.flatten()))
+                        self.domain_answer(domain, found, primary, |_, _| Ok(fallback.flatten()))
                     }
                     Lookup::Schema(schema, len) => {
                         let generation = registry::generation();
@@ -699,13 +742,13 @@ impl Resolver {
         match self.classify(request) {
             Lookup::Done(resolution) => Some(Ok(resolution)),
             Lookup::Domain(domain) => {
-                let found = self.cached(domain.as_str())?;
+                let (found, primary) = self.cached_domain(domain.as_str())?;
                 if let Some(schema) = &self.inner.config.default_tenant {
                     if found.is_none() && self.cached(&format!("/{schema}")).is_none() {
                         return None;
                     }
                 }
-                Some(self.domain_answer(domain, found, |_, _| Ok(None)))
+                Some(self.domain_answer(domain, found, primary, |_, _| Ok(None)))
             }
             Lookup::Schema(schema, len) => {
                 let found = self.cached(&format!("/{schema}"))?;
@@ -880,6 +923,7 @@ impl Resolver {
         &self,
         domain: Domain,
         found: Option<Tenant>,
+        primary: Option<Domain>,
         fallback: impl FnOnce(&str, &SchemaName) -> Result<Option<Tenant>>,
     ) -> Result<Resolution> {
         if found.is_none() {
@@ -890,6 +934,18 @@ impl Resolver {
                     None => fallback(&key, schema)?,
                 };
                 return Ok(self.tenant_answer(fallback, None, domain.as_str()));
+            }
+        }
+        if self.inner.config.redirect_to_primary {
+            if let Some(tenant) = found.as_ref().filter(|t| t.is_active()) {
+                if let Some(primary) = primary {
+                    if primary != domain {
+                        return Ok(Resolution::Redirect {
+                            tenant: tenant.clone(),
+                            to: primary,
+                        });
+                    }
+                }
             }
         }
         Ok(self.tenant_answer(found, None, domain.as_str()))
@@ -925,7 +981,18 @@ impl Resolver {
 
     fn cached(&self, key: &str) -> Option<Option<Tenant>> {
         let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(key, Instant::now(), registry::generation())
+        cache
+            .get(key, Instant::now(), registry::generation())
+            .map(|e| e.tenant.clone())
+    }
+
+    /// A cached domain lookup: the tenant, and the primary domain stored
+    /// with it (with the redirect option).
+    fn cached_domain(&self, key: &str) -> Option<(Option<Tenant>, Option<Domain>)> {
+        let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(key, Instant::now(), registry::generation())
+            .map(|e| (e.tenant.clone(), e.primary.clone()))
     }
 
     #[cfg(feature = "sync")]
@@ -953,8 +1020,44 @@ impl Resolver {
         Ok(found)
     }
 
+    /// [`load`](Self::load) of a domain with the tenant's primary domain.
+    #[cfg(feature = "sync")]
+    fn load_with_primary(
+        &self,
+        key: &str,
+        domain: &Domain,
+    ) -> Result<(Option<Tenant>, Option<Domain>)> {
+        let generation = registry::generation();
+        let pool = match &self.inner.config.pool {
+            LookupPool::Sync(pool) => pool,
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(Error::Refused {
+                    reason: "this resolver looks tenants up through an async pool: \
+                             call Resolver::resolve_async"
+                        .into(),
+                });
+            }
+        };
+        let found = registry::find_tenant_and_primary_by_domain(&mut pool.public()?, domain)?;
+        let (tenant, primary) = found.map_or((None, None), |(t, p)| (Some(t), p));
+        self.store_with_primary(key, generation, &tenant, primary.clone());
+        Ok((tenant, primary))
+    }
+
     /// Caches an answer read under `generation`.
     fn store(&self, key: &str, generation: u64, found: &Option<Tenant>) {
+        self.store_with_primary(key, generation, found, None);
+    }
+
+    /// Caches a domain lookup's answer with the tenant's primary domain.
+    fn store_with_primary(
+        &self,
+        key: &str,
+        generation: u64,
+        found: &Option<Tenant>,
+        primary: Option<Domain>,
+    ) {
         let ttl = if found.is_some() {
             self.inner.config.ttl
         } else {
@@ -965,6 +1068,7 @@ impl Resolver {
             key,
             Entry {
                 tenant: found.clone(),
+                primary,
                 expires: Instant::now() + ttl,
                 generation,
             },

@@ -943,3 +943,92 @@ mod actix_parity {
         }
     }
 }
+
+/// `redirect_to_primary_domain`: a secondary domain answers 308 to the same
+/// path on the primary one, in both adapters and through the async lookup.
+mod redirects {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secondary_domains_redirect_to_the_primary_one() {
+        let (db, pool) = world();
+        let app = axum_app(
+            resolver(&pool)
+                .redirect_to_primary_domain(true)
+                .build()
+                .unwrap(),
+        );
+        let shared = am::TenantClient::new(app.clone(), "shared.example.com");
+        let moved = shared.get("/products?page=2").await;
+        assert_eq!(moved.status, 308);
+        assert_eq!(
+            moved.headers["location"],
+            "//acme.example.com/products?page=2"
+        );
+        let primary = am::TenantClient::new(app, "acme.example.com")
+            .get("/")
+            .await;
+        assert_eq!(primary.status, 200);
+        assert!(primary.body.contains("tenant acme"));
+
+        // The async pool's lookup alike.
+        let apool = diesel_tenancy::AsyncTenantPool::builder(db.url())
+            .max_size(2)
+            .build()
+            .unwrap();
+        let resolver = Resolver::builder(apool)
+            .public_domain(domain("example.com"))
+            .redirect_to_primary_domain(true)
+            .build()
+            .unwrap();
+        let info = |host| RequestInfo {
+            host: Some(host),
+            path: "/",
+            ..RequestInfo::default()
+        };
+        match resolver
+            .resolve_async(&info("bücher.example"))
+            .await
+            .unwrap()
+        {
+            Resolution::Redirect { to, tenant } => {
+                assert_eq!(to.as_str(), "globex.example.com");
+                assert_eq!(tenant.schema().as_str(), "globex");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            resolver
+                .resolve_async(&info("globex.example.com"))
+                .await
+                .unwrap(),
+            Resolution::Tenant { .. }
+        ));
+    }
+
+    #[actix_web::test]
+    async fn actix_redirects_too() {
+        use actix_web::{App, test};
+        let (_db, pool) = world();
+        let app = test::init_service(
+            App::new()
+                .wrap(ax::Tenancy::new(
+                    resolver(&pool)
+                        .redirect_to_primary_domain(true)
+                        .build()
+                        .unwrap(),
+                ))
+                .route("/", actix_web::web::get().to(|| async { "ok" })),
+        )
+        .await;
+        let req = ax::TenantRequests::new("shared.example.com")
+            .get("/x?y=1")
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status().as_u16(), 308, "{:?}", res.headers());
+        assert_eq!(
+            res.headers().get("location").and_then(|v| v.to_str().ok()),
+            Some("//acme.example.com/x?y=1")
+        );
+    }
+}

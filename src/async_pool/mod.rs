@@ -336,7 +336,7 @@ impl AsyncTenantPoolBuilder {
                     conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
                 }
                 let inner = diesel::connection::get_default_instrumentation();
-                conn.set_instrumentation(ScopeWatch::new(inner));
+                conn.set_instrumentation(ScopeWatch::new(inner).classify_at_finish());
                 Ok(conn)
             })
         });

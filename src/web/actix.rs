@@ -318,6 +318,20 @@ where
                     };
                     return Ok(req.into_response(response).map_into_right_body());
                 }
+                Ok(Resolution::Redirect { to, .. }) => {
+                    let target = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |pq| pq.as_str())
+                        .to_owned();
+                    let response = HttpResponse::PermanentRedirect()
+                        .insert_header((
+                            actix_web::http::header::LOCATION,
+                            super::redirect_location(&to, &target),
+                        ))
+                        .finish();
+                    return Ok(req.into_response(response).map_into_right_body());
+                }
                 Ok(Resolution::BadRequest { reason }) => {
                     let response =
                         HttpResponse::BadRequest().body(format!("bad request: {reason}"));

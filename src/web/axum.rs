@@ -313,6 +313,14 @@ where
                     )
                         .into_response(),
                 }),
+                Ok(Resolution::Redirect { to, .. }) => {
+                    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                    Ok((
+                        StatusCode::PERMANENT_REDIRECT,
+                        [(header::LOCATION, super::redirect_location(&to, target))],
+                    )
+                        .into_response())
+                }
                 Ok(Resolution::BadRequest { reason }) => {
                     Ok((StatusCode::BAD_REQUEST, format!("bad request: {reason}")).into_response())
                 }

@@ -177,6 +177,13 @@ pub(crate) async fn resolve(
     }
 }
 
+/// Where a redirect to `to` goes: the same path and query on that host,
+/// scheme-relative (the scheme the client used is kept).
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn redirect_location(to: &crate::Domain, path_and_query: &str) -> String {
+    format!("//{}{}", to.as_str(), path_and_query)
+}
+
 /// The plain page for a host that serves no tenant.
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 pub(crate) fn not_found_html(host: &str) -> String {
