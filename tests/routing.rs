@@ -174,6 +174,20 @@ const CASES: &[Case] = &[
         body: "public site",
         ..PLAIN
     },
+    // An IPv6 literal is an IP host (404 by default), and raw UTF-8 in
+    // `Host` is refused (clients send the punycode form).
+    Case {
+        headers: &[("host", "[::1]:8000")],
+        status: 404,
+        body: "404",
+        ..PLAIN
+    },
+    Case {
+        headers: &[("host", "bücher.example")],
+        status: 400,
+        body: "bad request",
+        ..PLAIN
+    },
     // A percent-escape that decodes to a tenant's host is refused, not
     // decoded (a proxy in front may not decode it).
     Case {
@@ -330,6 +344,24 @@ fn check(adapter: &str, case: &Case, (status, body): (u16, String)) {
         case.headers,
         case.body
     );
+    // No data where it must not be: a tenant page shows that tenant's rows
+    // and no one else's, and an error shows neither tenant nor public data.
+    if let Some(rest) = body.strip_prefix("tenant ") {
+        let (tenant, seen) = rest.split_once(" sees ").unwrap_or((rest, ""));
+        assert_eq!(
+            seen,
+            format!("[\"{tenant}\"]"),
+            "{adapter} {:?}: another tenant's data in {body:?}",
+            case.headers
+        );
+    }
+    if status != 200 {
+        assert!(
+            !body.contains(" sees ") && !body.contains("public site"),
+            "{adapter} {:?}: data in an error: {body:?}",
+            case.headers
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
