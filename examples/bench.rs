@@ -38,9 +38,10 @@
 //!
 //! The checkout scenarios check a connection out and run a primary-key lookup
 //! `ops` times, one at a time: on a plain pool whose connections sit on one
-//! tenant's path (diesel's r2d2 pool, or diesel-async's deadpool pool, both with
-//! their default liveness check), on a tenant pool serving that same tenant, and
-//! on another tenant pool switching among all tenants at random. The variants
+//! tenant's path (diesel's r2d2 pool, or diesel-async's deadpool or bb8 pool,
+//! each with its default liveness check), on a tenant pool serving that same
+//! tenant, and on another tenant pool switching among all tenants at random.
+//! The variants
 //! take turns in 100 rounds, in a new random order each round, so that this
 //! machine's drift in speed, and any effect one variant has on the next, falls
 //! on all alike. Before measuring they pin this process to the first CPU and the
@@ -54,8 +55,11 @@
 //! gives the wall time, this process's CPU time and the server's CPU time per
 //! operation. `checkout` adds the floor for switching, a plain pool setting the
 //! path by hand (`RESULT scenario=checkout-floor`). `checkout-async` measures
-//! the sync pool first, in the same run, and prints both. `--recycle N` sets the
-//! switching pool's recycle rule (distinct schemas; 0 for never).
+//! the sync pool first, in the same run, then the async tenant pool on each of
+//! diesel-async's pools against a plain pool of the same kind (the eight
+//! variants taking turns together), and prints one line per pool: `RESULT
+//! scenario=checkout-async pool=<deadpool|bb8> ops=<n> ...`. `--recycle N`
+//! sets the switching pool's recycle rule (distinct schemas; 0 for never).
 //!
 //! `citus` creates N tenants and then runs one new migration (a column and an
 //! index) on every one of them, on this single server and on a Citus
@@ -1137,9 +1141,15 @@ mod checkout {
         jobs: usize,
         recycle: Option<u64>,
     ) -> Result<()> {
-        use diesel_async::pooled_connection::deadpool::Pool as AsyncPool;
         use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
         use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+        use diesel_tenancy::{AsyncTenantPool, AsyncTenantPoolBuilder};
+
+        /// diesel-async's own pool of one kind, no tenancy.
+        enum Plain {
+            Deadpool(diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>),
+            Bb8(diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>),
+        }
 
         let tenants = tenants(pool, set, n, jobs)?;
         // The sync pool in the same run, for comparison.
@@ -1153,8 +1163,10 @@ mod checkout {
                 let query = customers::table.find(1).select(customers::name);
                 diesel_async::RunQueryDsl::first(query, conn).await
             }
-            // A plain pool whose connections sit on the first tenant's path.
-            let plain_pool = || {
+            // A plain pool of `kind` (its default liveness check, diesel-async's
+            // `Verified` recycling) whose connections sit on the first tenant's
+            // path.
+            let plain_pool = async |kind: &str| -> Result<Plain> {
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
                 let path = first.schema().quoted();
                 config.custom_setup = Box::new(move |url| {
@@ -1168,38 +1180,68 @@ mod checkout {
                     })
                 });
                 let manager = AsyncDieselConnectionManager::new_with_config(db.url(), config);
-                AsyncPool::builder(manager).max_size(2).build()
+                Ok(match kind {
+                    "deadpool" => Plain::Deadpool(
+                        diesel_async::pooled_connection::deadpool::Pool::builder(manager)
+                            .max_size(2)
+                            .build()?,
+                    ),
+                    _ => Plain::Bb8(
+                        diesel_async::pooled_connection::bb8::Pool::builder()
+                            .max_size(2)
+                            .build(manager)
+                            .await?,
+                    ),
+                })
             };
-            let plain = plain_pool()?;
-            // A second, identical one: the run's noise floor.
-            let plain_again = plain_pool()?;
-            let plain_again = &plain_again;
-            let one_tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
-                .max_size(2)
-                .build()?;
-            let tenant_pool = diesel_tenancy::AsyncTenantPool::builder(db.url())
-                .max_size(2)
-                .recycle_after_schemas(recycle)
-                .build()?;
-            let one_tenant_pool = &one_tenant_pool;
-            let (plain, tenant_pool, first, tenants) = (&plain, &tenant_pool, &first, &tenants);
-            let mut rng = Rng::new(0);
-            let mut variants = vec![
-                variant(|| {
+            let tenant_pool = |kind: &str, builder: AsyncTenantPoolBuilder| match kind {
+                "deadpool" => builder.build_deadpool(),
+                _ => builder.build_bb8(),
+            };
+            async fn plain_lookup(pool: &Plain) -> Result<String> {
+                Ok(match pool {
+                    Plain::Deadpool(pool) => lookup(&mut *pool.get().await?).await?,
+                    Plain::Bb8(pool) => lookup(&mut *pool.get().await?).await?,
+                })
+            }
+            const KINDS: [&str; 2] = ["deadpool", "bb8"];
+            // Per kind: a plain pool, one tenant pool serving one tenant and
+            // another switching (each variant's backends hold only what that
+            // variant touched, as in an application), and a second plain pool
+            // (the run's noise floor). All eight take turns together.
+            let mut pools = Vec::new();
+            for kind in KINDS {
+                pools.push((
+                    plain_pool(kind).await?,
+                    tenant_pool(kind, AsyncTenantPool::builder(db.url()).max_size(2))?,
+                    tenant_pool(
+                        kind,
+                        AsyncTenantPool::builder(db.url())
+                            .max_size(2)
+                            .recycle_after_schemas(recycle),
+                    )?,
+                    plain_pool(kind).await?,
+                ));
+            }
+            let (first, tenants) = (&first, &tenants);
+            let mut variants = Vec::new();
+            for (i, (plain, one_tenant_pool, tenant_pool, plain_again)) in pools.iter().enumerate()
+            {
+                let mut rng = Rng::new(i as u64);
+                variants.push(variant(move || {
                     Box::pin(async move {
-                        let mut conn = plain.get().await?;
-                        ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                        ensure!(plain_lookup(plain).await? == first.schema().as_str());
                         Ok(())
                     })
-                }),
-                variant(|| {
+                }));
+                variants.push(variant(move || {
                     Box::pin(async move {
                         let mut conn = one_tenant_pool.get(first).await?;
                         ensure!(lookup(&mut conn).await? == first.schema().as_str());
                         Ok(())
                     })
-                }),
-                variant(move || {
+                }));
+                variants.push(variant(move || {
                     let t = rng.pick(tenants);
                     Box::pin(async move {
                         let mut conn = tenant_pool.get(t).await?;
@@ -1209,22 +1251,24 @@ mod checkout {
                         );
                         Ok(())
                     })
-                }),
-                variant(|| {
+                }));
+                variants.push(variant(move || {
                     Box::pin(async move {
-                        let mut conn = plain_again.get().await?;
-                        ensure!(lookup(&mut conn).await? == first.schema().as_str());
+                        ensure!(plain_lookup(plain_again).await? == first.schema().as_str());
                         Ok(())
                     })
-                }),
-            ];
+                }));
+            }
             let costs = interleaved_async(ops, &mut variants).await?;
-            print_costs(
-                "checkout-async",
-                &["plain", "same", "switch", "plain_again"],
-                &costs,
-            );
-            line("checkout-async", ops, &costs);
+            for (kind, costs) in KINDS.iter().zip(costs.chunks(4)) {
+                let scenario = format!("checkout-async pool={kind}");
+                print_costs(
+                    &scenario,
+                    &["plain", "same", "switch", "plain_again"],
+                    costs,
+                );
+                line(&scenario, ops, costs);
+            }
             Ok(())
         })
     }

@@ -770,6 +770,27 @@ both_pools!(an_unreachable_server_is_a_typed_error(kind) {
         cause.to_lowercase().contains("connect") || cause.to_lowercase().contains("refused"),
         "{err}: {cause:?}"
     );
+
+    // A login the server refuses (no such database): deadpool fails at once,
+    // bb8 (which retries until its timeout) when the timeout runs out; both
+    // say why.
+    let db = TestDatabase::new().unwrap();
+    let mut url = url::Url::parse(db.url()).unwrap();
+    url.set_path("/no_such_database");
+    let pool = kind.build(
+        AsyncTenantPool::builder(url.as_str()).connection_timeout(Duration::from_secs(1)),
+    );
+    let started = Instant::now();
+    let err = pool.public().await.unwrap_err();
+    let took = started.elapsed();
+    let Error::AsyncPool { source: Some(source), .. } = &err else {
+        panic!("expected Error::AsyncPool with a cause, got {err:?}");
+    };
+    assert!(source.to_string().contains("no_such_database"), "{err}: {source}");
+    match kind {
+        Kind::Deadpool => assert!(took < Duration::from_millis(500), "{took:?}"),
+        Kind::Bb8 => assert!(took >= Duration::from_millis(900), "{took:?}"),
+    }
 });
 
 /// bb8 starts tasks when it is built, so it is built inside a runtime; the

@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Once};
 
-use ::deadpool::managed::{Hook, HookError, Metrics, PoolError, TimeoutType};
+use std::time::{Duration, Instant};
+
+use ::deadpool::managed::{Hook, HookError, Metrics, PoolError, TimeoutType, Timeouts};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Object;
@@ -28,10 +30,13 @@ pub(super) struct Pool {
 /// Whether a connection has outlived `max_lifetime` or sat idle past
 /// `idle_timeout` (measured from its last checkout: what deadpool records).
 fn expired(limits: &Limits, metrics: &Metrics) -> bool {
-    limits.max_lifetime.is_some_and(|max| metrics.age() >= max)
-        || limits
-            .idle_timeout
-            .is_some_and(|max| metrics.last_used() >= max)
+    let now = Instant::now();
+    limits
+        .max_lifetime
+        .is_some_and(|max| now.saturating_duration_since(metrics.created) >= max)
+        || limits.idle_timeout.is_some_and(|max| {
+            now.saturating_duration_since(metrics.recycled.unwrap_or(metrics.created)) >= max
+        })
 }
 
 impl Pool {
@@ -39,12 +44,9 @@ impl Pool {
         manager: AsyncDieselConnectionManager<AsyncPgConnection>,
         limits: Limits,
     ) -> Result<Pool> {
-        let timeout = Some(limits.connection_timeout);
         let inner = Inner::builder(manager)
             .max_size(limits.max_size)
-            .wait_timeout(timeout)
-            .create_timeout(timeout)
-            .recycle_timeout(timeout)
+            .timeouts(timeouts(&limits, Some(limits.connection_timeout)))
             // A connection past its lifetime or idle time is closed instead of
             // handed out, and deadpool takes the next one.
             .pre_recycle(Hook::sync_fn(move |_, metrics| {
@@ -68,7 +70,16 @@ impl Pool {
 
     pub(super) async fn get(&self) -> Result<Conn> {
         self.reaper.call_once(|| self.start_reaper());
-        self.inner.get().await.map_err(|e| {
+        // A free connection is taken without arming the wait's timer.
+        let now = self
+            .inner
+            .timeout_get(&timeouts(&self.limits, Some(Duration::ZERO)))
+            .await;
+        let got = match now {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => self.inner.get().await,
+            got => got,
+        };
+        got.map_err(|e| {
             let timed_out = matches!(e, PoolError::Timeout(_));
             let reason = match &e {
                 PoolError::Timeout(TimeoutType::Wait) => format!(
@@ -132,6 +143,17 @@ impl Pool {
         let status = self.inner.status();
         (status.size, status.available)
     }
+}
+
+/// The pool's timeouts, with `wait` for a free connection: opening one takes
+/// at most the connection timeout; recycling sends nothing (the checkout's own
+/// statement is the liveness check), so it has none.
+fn timeouts(limits: &Limits, wait: Option<Duration>) -> Timeouts {
+    let mut timeouts = Timeouts::new();
+    timeouts.wait = wait;
+    timeouts.create = Some(limits.connection_timeout);
+    timeouts.recycle = None;
+    timeouts
 }
 
 /// Closes the connection instead of giving it back.

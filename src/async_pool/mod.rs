@@ -189,9 +189,9 @@ impl AsyncTenantPoolBuilder {
     /// set-up included, before failing with [`Error::AsyncPool`]. Defaults
     /// to 30 seconds.
     ///
-    /// - **deadpool**: the wait for a free slot, opening a connection and the
-    ///   recycle check each have this timeout; a connection that cannot be
-    ///   opened fails the checkout at once.
+    /// - **deadpool**: the wait for a free connection and opening one each
+    ///   have this timeout; a connection that cannot be opened at all fails
+    ///   the checkout at once.
     /// - **bb8**: one timeout for the whole checkout; a connection that cannot
     ///   be opened is tried again (with backoff) until it runs out, and the
     ///   error then carries the last connection error.
@@ -328,9 +328,13 @@ impl AsyncTenantPoolBuilder {
                 let mut conn = establish(&url, timeout).await?;
                 if let Some(setup) = setup {
                     use diesel_async::SimpleAsyncConnection;
-                    conn.batch_execute(&setup)
-                        .await
-                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                    conn.batch_execute(&setup).await.map_err(|e| {
+                        let mut text = e.to_string();
+                        if let Some(cause) = std::error::Error::source(&e) {
+                            text = format!("{text}: {cause}");
+                        }
+                        diesel::ConnectionError::BadConnection(text)
+                    })?;
                 }
                 if !statement_cache {
                     conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
@@ -369,18 +373,25 @@ impl AsyncTenantPoolBuilder {
 /// Opens a connection. diesel-async sets its two session settings with
 /// prepared statements outside a transaction, which behind a transaction
 /// pooler (PgBouncer in transaction mode) may reach two server connections and
-/// fail ("prepared statement does not exist"): such a set-up failure is tried
-/// again on a new connection, after a short random pause, until `timeout`
-/// has passed (as bb8 retries any failed connection). A connection that
-/// cannot be opened at all fails at once.
+/// fail ("prepared statement does not exist"): a connection whose set-up fails
+/// is opened again, after a short random pause, until `timeout` has passed (as
+/// bb8 retries any failed connection). One that cannot be opened at all (no
+/// server, a refused login) fails at once.
 async fn establish(url: &str, timeout: Duration) -> diesel::ConnectionResult<AsyncPgConnection> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
-        match AsyncPgConnection::establish(url).await {
-            Err(diesel::ConnectionError::CouldntSetupConfiguration(_))
-                if started.elapsed() + pause < timeout =>
-            {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| {
+                let mut text = e.to_string();
+                if let Some(cause) = std::error::Error::source(&e) {
+                    text = format!("{text}: {cause}");
+                }
+                diesel::ConnectionError::BadConnection(text)
+            })?;
+        match AsyncPgConnection::try_from_client_and_connection(client, connection).await {
+            Err(_) if started.elapsed() + pause < timeout => {
                 // Spread the retries of connections opened together: up to
                 // twice the pause, by the clock's nanoseconds.
                 let nanos = std::time::SystemTime::now()
