@@ -716,8 +716,8 @@ async fn enter(
         match step {
             Step::Ready => return Ok(()),
             Step::Reset => {
-                end_own_transaction(conn).await;
-                let ok = reset(cfg, conn).await;
+                Box::pin(end_own_transaction(conn)).await;
+                let ok = Box::pin(reset(cfg, conn)).await;
                 state(conn)
                     .ok_or_else(|| scope.instrumentation_lost())?
                     .settle_reset(cfg, ok);
@@ -727,7 +727,7 @@ async fn enter(
             }
             Step::ProbeTemp => {
                 mark_own(conn);
-                let answer = RunQueryDsl::get_result::<bool>(TempObjects, conn).await;
+                let answer = Box::pin(RunQueryDsl::get_result::<bool>(TempObjects, conn)).await;
                 state(conn)
                     .ok_or_else(|| scope.instrumentation_lost())?
                     .settle_probe(scope, answer)?;
@@ -741,7 +741,9 @@ async fn enter(
             }
             Step::Set { path, role, local } => {
                 if local {
-                    if let Err(source) = AnsiTransactionManager::begin_transaction(conn).await {
+                    if let Err(source) =
+                        Box::pin(AnsiTransactionManager::begin_transaction(conn)).await
+                    {
                         if let Some(s) = state(conn) {
                             s.discard = true;
                         }
@@ -752,18 +754,20 @@ async fn enter(
                     }
                 }
                 mark_own(conn);
-                let answer = set_path(conn, path.clone(), role, local).await;
+                // Boxed, as are the other rare steps: the checkout's future
+                // stays small for the common one (a read-back).
+                let answer = Box::pin(set_path(conn, path.clone(), role, local)).await;
                 let settled = state(conn)
                     .ok_or_else(|| scope.instrumentation_lost())?
                     .settle(cfg, scope, Some(&path), answer);
                 if local && settled.is_err() {
-                    end_own_transaction(conn).await;
+                    Box::pin(end_own_transaction(conn)).await;
                 }
                 settled?;
             }
         }
     }
-    end_own_transaction(conn).await;
+    Box::pin(end_own_transaction(conn)).await;
     if let Some(s) = state(conn) {
         s.discard = true;
     }
