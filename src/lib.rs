@@ -50,6 +50,11 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(not(any(feature = "sync", feature = "deadpool", feature = "bb8")))]
+compile_error!(
+    "diesel-tenancy needs a pool: the default `sync` feature (r2d2 and libpq), or `deadpool` or `bb8` (diesel-async)"
+);
+
 #[cfg(any(feature = "deadpool", feature = "bb8"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 pub(crate) mod async_pool;

@@ -595,6 +595,7 @@ impl TenantAndPrimary {
 
 /// The tenant `domain` routes to, and that tenant's primary domain, in one
 /// query (for redirecting secondary domains to the primary one).
+#[cfg(feature = "sync")]
 pub(crate) fn find_tenant_and_primary_by_domain(
     conn: &mut impl PgConn,
     domain: &Domain,
@@ -612,7 +613,7 @@ pub(crate) fn find_tenant_and_primary_by_domain(
 }
 
 /// [`find_tenant_and_primary_by_domain`] on an async connection.
-#[cfg(feature = "async")]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
 pub(crate) async fn find_tenant_and_primary_by_domain_async(
     conn: &mut diesel_async::AsyncPgConnection,
     domain: &Domain,
@@ -631,7 +632,7 @@ pub(crate) async fn find_tenant_and_primary_by_domain_async(
 }
 
 /// [`find_tenant`] on an async connection (one query, no libpq).
-#[cfg(feature = "async")]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
 pub(crate) async fn find_tenant_async(
     conn: &mut diesel_async::AsyncPgConnection,
     schema: &SchemaName,
@@ -649,7 +650,7 @@ pub(crate) async fn find_tenant_async(
 }
 
 /// [`find_tenant_by_domain`] on an async connection (one query, no libpq).
-#[cfg(feature = "async")]
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
 pub(crate) async fn find_tenant_by_domain_async(
     conn: &mut diesel_async::AsyncPgConnection,
     domain: &Domain,

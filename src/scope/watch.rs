@@ -71,6 +71,7 @@ impl ScopeWatch {
     /// one connection), the waiting one is not told apart at its end and
     /// counts as not proven harmless.
     #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "deadpool", feature = "bb8")), allow(dead_code))]
     pub(crate) fn classify_at_finish(mut self) -> Self {
         self.at_finish = true;
         self

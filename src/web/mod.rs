@@ -31,6 +31,10 @@ pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
         | Error::TenantIdNotFound { .. }
         | Error::DomainNotFound { .. } => (404, "not found"),
         Error::TenantSuspended { .. } => (503, "service unavailable"),
+        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+        Error::AsyncPool { .. } => (503, "service unavailable"),
+        #[cfg(feature = "sync")]
+        Error::Pool(_) => (503, "service unavailable"),
         Error::InvalidSchemaName(_) | Error::InvalidDomain(_) => (400, "bad request"),
         _ => (500, "internal server error"),
     }
