@@ -917,3 +917,55 @@ fn a_tenant_set_run_on_public_is_refused_by_the_next_deploy() {
     );
     assert!(migrator.migrate_shared(&pool).is_err());
 }
+
+/// The one-round-trip step a tenant gets when its journal says which versions
+/// it has is guarded by its ledger: a schema restored from an old dump (its
+/// ledger and tables without the second migration, its journal claiming it)
+/// gets the missing migration too, not only the new one; and a tenant whose
+/// new migration fails is reported precisely, the careful way.
+#[test]
+fn the_journal_fast_path_is_checked_against_the_ledger() {
+    let (_db, pool) = setup(4);
+    let dir = MigrationDir::tenant_copy();
+    let m = migrator(&dir);
+    bulk_tenants(&pool, "fast", 3, &dir.source());
+    // fast1 "restored from an old dump": no products/orders, no ledger row.
+    pool.public()
+        .unwrap()
+        .batch_execute(
+            "DROP TABLE fast1.orders, fast1.products; \
+             DELETE FROM fast1.__diesel_schema_migrations WHERE version = '20250101000002'",
+        )
+        .unwrap();
+    // fast2's data breaks the new migration.
+    plant_bad_row(&pool, "fast2");
+    dir.add(
+        V3,
+        "email_check",
+        "ALTER TABLE customers ADD CONSTRAINT not_bad CHECK (name <> 'bad');\n-- a trailing comment, no newline",
+    );
+    let report = m.migrate_all(&pool, &MigrateOptions::new()).unwrap();
+    let outcome = |s: &str| {
+        &report
+            .tenants
+            .iter()
+            .find(|t| t.schema.as_str() == s)
+            .unwrap()
+            .outcome
+    };
+    assert_eq!(applied(outcome("fast0")), [V3]);
+    assert_eq!(applied(outcome("fast1")), ["20250101000002", V3]);
+    assert!(has_column(&pool, "fast1", "products", "price_cents"));
+    match outcome("fast2") {
+        Outcome::Failed { version, error, .. } => {
+            assert_eq!(version.as_deref(), Some(V3));
+            assert!(error.contains("not_bad"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!ledger_has(&pool, "fast2", V3));
+    // The journal is right for all three: the next run has nothing to do
+    // but fast2.
+    let again = m.migrate_all(&pool, &MigrateOptions::new()).unwrap();
+    assert_eq!(again.decided_by_journal, 2);
+}

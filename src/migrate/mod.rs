@@ -18,7 +18,7 @@ pub use apply::LockMode;
 pub(crate) use apply::{MigrationSet, Target, apply_in_transaction, lock_key, lock_schema};
 pub use report::{MigrationReport, Outcome, TenantReport, Totals};
 
-use apply::{ApplySettings, apply, pending_versions, plan};
+use apply::{ApplySettings, apply, apply_fast, pending_versions, plan};
 
 #[cfg(feature = "sync")]
 use crate::TenantPool;
@@ -563,7 +563,8 @@ where
                     elapsed: Duration::ZERO,
                 });
             } else {
-                work.push((row.id, schema));
+                let known = row.set_digest.as_deref().and_then(|d| set.known_prefix(d));
+                work.push((row.id, schema, known));
             }
         }
         drop(set);
@@ -587,7 +588,7 @@ where
         pool: &P,
         options: &MigrateOptions,
         settings: &ApplySettings,
-        work: &[(i64, SchemaName)],
+        work: &[(i64, SchemaName, Option<usize>)],
     ) -> (Vec<TenantReport>, usize) {
         if work.is_empty() {
             return (Vec::new(), 0);
@@ -611,7 +612,7 @@ where
             let mut used = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((id, schema)) = work.get(i) else {
+                let Some((id, schema, known)) = work.get(i) else {
                     break;
                 };
                 if stop.load(Ordering::Relaxed) {
@@ -662,7 +663,9 @@ where
                         if options.dry_run {
                             plan(c, target, set)
                         } else {
-                            apply(c, target, set, settings)
+                            known
+                                .and_then(|k| apply_fast(c, target, set, k, settings))
+                                .unwrap_or_else(|| apply(c, target, set, settings))
                         }
                     }
                 };
@@ -698,7 +701,7 @@ where
         });
         // A worker that panicked lost its entries: report them, never drop them.
         if reports.len() < work.len() {
-            for (id, schema) in work {
+            for (id, schema, _) in work {
                 if !reports.iter().any(|r| r.tenant_id == *id) {
                     reports.push(TenantReport {
                         tenant_id: *id,

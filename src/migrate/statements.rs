@@ -92,6 +92,14 @@ fn statements(m: &dyn Migration<Pg>) -> Option<Vec<String>> {
     Some(statements)
 }
 
+/// The SQL texts `m` sends, unsplit, or `None` when it does more than send
+/// SQL text.
+pub(super) fn captured(m: &dyn Migration<Pg>) -> Option<Vec<String>> {
+    let mut capture = Capture::default();
+    m.run(&mut capture).ok()?;
+    Some(capture.texts)
+}
+
 /// Runs `m` on `conn`, statement by statement when its SQL can be split.
 pub(super) fn run_split(conn: &mut impl PgConn, m: &dyn Migration<Pg>) -> Result<(), String> {
     match statements(m) {
