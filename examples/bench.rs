@@ -54,7 +54,8 @@
 //! from 1.000 two equal things land in that run. One `COST` line per variant
 //! gives the wall time, this process's CPU time and the server's CPU time per
 //! operation. `checkout` adds the floor for switching, a plain pool setting the
-//! path by hand (`RESULT scenario=checkout-floor`). `checkout-async` measures
+//! path by hand with the same two round trips per checkout and lookup (`RESULT
+//! scenario=checkout-floor`). `checkout-async` measures
 //! the sync pool first, in the same run, then the async tenant pool on each of
 //! diesel-async's pools against a plain pool of the same kind (the eight
 //! variants taking turns together), and prints one line per pool: `RESULT
@@ -722,11 +723,14 @@ mod checkout {
             );
             Ok(())
         };
-        // The floor for switching: the plain pool, setting the path by hand
-        // before each lookup (what an application without this crate would do).
+        // The floor for switching: a plain pool setting the path by hand, with
+        // the same round trips as the tenant pool (two per checkout and
+        // lookup): r2d2's own liveness check is off and the statement that
+        // sets the path is the check (it fails on a dead connection).
         let mut rng = Rng::new(1);
         let by_hand = Pool::builder()
             .max_size(2)
+            .test_on_check_out(false)
             .build(ConnectionManager::<PgConnection>::new(db.url()))?;
         let mut floor = || -> Result<()> {
             let t = rng.pick(tenants);
