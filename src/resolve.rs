@@ -795,6 +795,16 @@ impl Resolver {
             match strategy {
                 Strategy::Host => return self.classify_host(request),
                 Strategy::Header(name) => {
+                    let fields = request
+                        .headers
+                        .iter()
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .count();
+                    if fields > 1 {
+                        return Lookup::Done(Resolution::BadRequest {
+                            reason: format!("the request has {fields} {name} header fields"),
+                        });
+                    }
                     if let Some(value) = request.header(name) {
                         return schema(value.trim());
                     }
@@ -805,9 +815,11 @@ impl Resolver {
                     None => {}
                 },
                 Strategy::Subdomain { base, excluded } => {
-                    let Some(Ok(Host::Name(domain))) =
-                        self.request_host(request).map(normalize_host)
-                    else {
+                    let raw = match self.request_host(request) {
+                        Ok(raw) => raw,
+                        Err(reason) => return Lookup::Done(Resolution::BadRequest { reason }),
+                    };
+                    let Some(Ok(Host::Name(domain))) = raw.map(normalize_host) else {
                         continue;
                     };
                     let Some(label) = domain
@@ -837,7 +849,12 @@ impl Resolver {
 
     /// The host the request is for: a trusted proxy's forwarded host, the
     /// absolute-form target's authority, or `Host`.
-    fn request_host<'r>(&self, request: &RequestInfo<'r>) -> Option<&'r str> {
+    /// `Err` (a 400) when a trusted proxy's headers are malformed or
+    /// contradict each other.
+    fn request_host<'r>(
+        &self,
+        request: &RequestInfo<'r>,
+    ) -> std::result::Result<Option<&'r str>, String> {
         let config = &self.inner.config;
         let trusted = match &config.trust_forwarded {
             ForwardedTrust::Never => false,
@@ -847,19 +864,41 @@ impl Resolver {
                 .is_some_and(|peer| nets.iter().any(|net| net.contains(peer))),
         };
         let forwarded = if trusted {
-            request
-                .x_forwarded_host
-                .and_then(|h| h.rsplit(',').map(str::trim).find(|v| !v.is_empty()))
-                .or_else(|| request.forwarded.and_then(forwarded_host))
+            // The nearest proxy's value: the last element of each header.
+            let x_forwarded = match request.x_forwarded_host {
+                Some(list) => match list.rsplit(',').next().map(str::trim) {
+                    Some("") | None => {
+                        return Err("the last X-Forwarded-Host element is empty".into());
+                    }
+                    Some(last) => Some(last),
+                },
+                None => None,
+            };
+            let forwarded = match request.forwarded {
+                Some(header) => forwarded_host(header)?,
+                None => None,
+            };
+            match (x_forwarded, forwarded) {
+                (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => {
+                    return Err(format!(
+                        "X-Forwarded-Host ({a}) and Forwarded (host={b}) name different hosts"
+                    ));
+                }
+                (a, b) => a.or(b),
+            }
         } else {
             None
         };
-        forwarded.or(request.target_authority).or(request.host)
+        Ok(forwarded.or(request.target_authority).or(request.host))
     }
 
     fn classify_host(&self, request: &RequestInfo<'_>) -> Lookup {
         let config = &self.inner.config;
-        let Some(raw) = self.request_host(request) else {
+        let raw = match self.request_host(request) {
+            Ok(raw) => raw,
+            Err(reason) => return Lookup::Done(Resolution::BadRequest { reason }),
+        };
+        let Some(raw) = raw else {
             return Lookup::Done(Resolution::BadRequest {
                 reason: "the request has no Host header".into(),
             });
@@ -882,6 +921,12 @@ impl Resolver {
             Host::Name(domain) => domain,
         };
         if config.public_domains.contains(&domain) {
+            if config.path_prefix.is_some() && !plain_path(request.path) {
+                return Lookup::Done(Resolution::BadRequest {
+                    reason: "the path has dot segments, empty segments or escaped dots or slashes"
+                        .into(),
+                });
+            }
             return match self.prefixed_schema(request.path) {
                 Some(Ok((schema, len))) => Lookup::Schema(schema, Some(len)),
                 Some(Err(_)) => Lookup::Done(Resolution::NotFound {
@@ -1379,16 +1424,88 @@ impl Drop for ListenerGuard {
     }
 }
 
-/// The `host=` of the last element of a `Forwarded` header that has one: the
-/// value the nearest proxy set.
-fn forwarded_host(header: &str) -> Option<&str> {
-    header.rsplit(',').find_map(|element| {
-        element
-            .split(';')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
-            .map(|(_, v)| v.trim().trim_matches('"'))
-    })
+/// Whether a path is free of what proxies normalise differently: `.` and
+/// `..` segments, empty segments (`//`), and escaped dots or slashes.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !["%2e", "%2f", "%5c", "\\", "//"]
+        .iter()
+        .any(|bad| lower.contains(bad))
+        && path.split('/').all(|seg| seg != "." && seg != "..")
+}
+
+/// Splits `text` at `sep` outside `"..."` quoted strings; `Err` for an
+/// unterminated quote or a backslash escape (no host needs one).
+fn split_unquoted(text: &str, sep: u8) -> std::result::Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, b) in text.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b'\\' if quoted => return Err("Forwarded has an escape in a quoted string".into()),
+            _ if b == sep && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err("Forwarded has an unterminated quoted string".into());
+    }
+    parts.push(&text[start..]);
+    Ok(parts)
+}
+
+/// The `host=` of the last element of a `Forwarded` header (RFC 7239): the
+/// element the nearest proxy added; `None` when it has no `host=`. The whole
+/// header must parse (quoted strings, `token=value` pairs without spaces
+/// around `=`, each parameter once per element); anything else is `Err`.
+fn forwarded_host(header: &str) -> std::result::Result<Option<&str>, String> {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:[]".contains(&b))
+    };
+    let elements = split_unquoted(header, b',')?;
+    let mut last_host = None;
+    for (i, element) in elements.iter().enumerate() {
+        let element = element.trim_matches(|c| c == ' ' || c == '\t');
+        if element.is_empty() && i + 1 == elements.len() {
+            return Err("the last Forwarded element is empty".into());
+        }
+        let mut seen: Vec<String> = Vec::new();
+        let mut host = None;
+        for pair in split_unquoted(element, b';')? {
+            if pair.is_empty() {
+                continue;
+            }
+            let Some((name, value)) = pair.split_once('=') else {
+                return Err(format!("Forwarded has a pair without '=': {pair:?}"));
+            };
+            if !token(name) || name.contains([':', '[', ']']) {
+                return Err(format!("Forwarded has a bad parameter name: {name:?}"));
+            }
+            let lower = name.to_ascii_lowercase();
+            if seen.contains(&lower) {
+                return Err(format!("Forwarded repeats {name:?} in one element"));
+            }
+            seen.push(lower);
+            let value = match value.strip_prefix('"') {
+                Some(rest) => rest
+                    .strip_suffix('"')
+                    .filter(|inner| !inner.contains('"'))
+                    .ok_or_else(|| format!("Forwarded has a bad quoted value: {value:?}"))?,
+                None if token(value) => value,
+                None => return Err(format!("Forwarded has a bad value: {value:?}")),
+            };
+            if name.eq_ignore_ascii_case("host") {
+                host = Some(value);
+            }
+        }
+        last_host = host;
+    }
+    Ok(last_host)
 }
 
 #[cfg(test)]
@@ -1415,12 +1532,35 @@ mod tests {
     fn forwarded_header_host() {
         assert_eq!(
             forwarded_host("for=1.2.3.4;host=acme.example.com;proto=https"),
-            Some("acme.example.com")
+            Ok(Some("acme.example.com"))
         );
-        // The nearest proxy's value is the last one.
-        assert_eq!(forwarded_host("host=\"a.b\", host=c.d"), Some("c.d"));
-        assert_eq!(forwarded_host("host=a.b, for=1.2.3.4"), Some("a.b"));
-        assert_eq!(forwarded_host("for=1.2.3.4"), None);
+        // Only the last element, the nearest proxy's, counts.
+        assert_eq!(forwarded_host("host=\"a.b\", host=c.d"), Ok(Some("c.d")));
+        assert_eq!(forwarded_host("host=a.b, for=1.2.3.4"), Ok(None));
+        assert_eq!(forwarded_host("for=1.2.3.4"), Ok(None));
+        assert_eq!(forwarded_host("host=\"[::1]:80\""), Ok(Some("[::1]:80")));
+        for bad in [
+            "for=\"x,host=a\", for=10.0.0.1;host",
+            "host=\"a.b",
+            "host = a.b",
+            "host=a.b;host=c.d",
+            "host=\"a\\\"b\"",
+            "host=a.b,",
+            "host=a b",
+        ] {
+            assert!(forwarded_host(bad).is_err(), "{bad:?}");
+        }
+        assert!(plain_path("/t/acme/x"));
+        for bad in [
+            "/t/acme/../globex/",
+            "/x/../t/acme/",
+            "//t/acme/",
+            "/t/acme/%2e%2e/x",
+            "/t/%2Facme",
+            "/t/./acme",
+        ] {
+            assert!(!plain_path(bad), "{bad:?}");
+        }
     }
 
     #[test]
