@@ -649,7 +649,7 @@ fn forged_forwarded_host_before_the_proxys_element() {
         SorT(400, "none-public-expected"),
     )
     .peer(PROXY);
-    let mut bad = both(trusted(&pool).build().unwrap(), &[case.clone()]);
+    let mut bad = both(trusted(&pool).build().unwrap(), std::slice::from_ref(&case));
     // Public (Host decides) is right too.
     bad.retain(|b| !b.contains("public site"));
     report(bad);
