@@ -201,6 +201,11 @@ const PLACEMENTS: &str = "\
 /// tenant schemas it holds. Fails with [`Error::NotCitus`] on a single server.
 pub fn nodes(conn: &mut impl PgConn) -> Result<Vec<Node>> {
     require_citus(conn)?;
+    citus_nodes(conn)
+}
+
+/// [`nodes`] on a database known to run Citus.
+fn citus_nodes(conn: &mut impl PgConn) -> Result<Vec<Node>> {
     let rows: Vec<NodeRow> = diesel::sql_query(format!(
         "SELECT d.nodename, d.nodeport, d.groupid, d.isactive, d.shouldhaveshards, \
                 (SELECT count(*) FROM ({PLACEMENTS}) p \
@@ -255,6 +260,11 @@ pub fn placement(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Option<N
     if detect(conn)? == ClusterMode::Single {
         return Ok(None);
     }
+    citus_placement(conn, schema)
+}
+
+/// [`placement`] on a database known to run Citus.
+fn citus_placement(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Option<NodeAddr>> {
     let row: Option<PlacementRow> = diesel::sql_query(format!(
         "SELECT * FROM ({PLACEMENTS}) p WHERE schema_name = $1"
     ))
@@ -284,12 +294,20 @@ fn is_distributed(conn: &mut impl PgConn, schema: &SchemaName) -> QueryResult<bo
 /// tenant's tables are created on one node whatever the session's
 /// `citus.enable_schema_based_sharding` says.
 pub(crate) fn distribute_new_schema(conn: &mut impl PgConn, schema: &SchemaName) -> Result<()> {
-    let action = || format!("distribute schema {:?}", schema.as_str());
-    if !is_distributed(conn, schema).map_err(Error::db(action()))? {
+    distribute(
+        conn,
+        schema,
+        &format!("distribute schema {:?}", schema.as_str()),
+    )
+}
+
+/// `citus_schema_distribute` unless `schema` is distributed already.
+fn distribute(conn: &mut impl PgConn, schema: &SchemaName, action: &str) -> Result<()> {
+    if !is_distributed(conn, schema).map_err(Error::db(action))? {
         diesel::sql_query("SELECT citus_schema_distribute($1::regnamespace)::text")
             .bind::<Text, _>(schema.quoted())
             .execute(conn)
-            .map_err(Error::db(action()))?;
+            .map_err(Error::db(action))?;
     }
     Ok(())
 }
@@ -307,13 +325,7 @@ pub fn distribute_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<
     let action = format!("distribute tenant {:?}", schema.as_str());
     conn.transaction(|conn| {
         crate::migrate::lock_schema(conn, schema)?;
-        if !is_distributed(conn, schema).map_err(Error::db(action.clone()))? {
-            diesel::sql_query("SELECT citus_schema_distribute($1::regnamespace)::text")
-                .bind::<Text, _>(schema.quoted())
-                .execute(conn)
-                .map_err(Error::db(action.clone()))?;
-        }
-        Ok(())
+        distribute(conn, schema, &action)
     })
 }
 
@@ -457,12 +469,12 @@ pub fn move_tenant(
 ) -> Result<Move> {
     require_citus(conn)?;
     registry::get_tenant(conn, schema)?;
-    if !nodes(conn)?.iter().any(|n| &n.addr == to) {
+    if !citus_nodes(conn)?.iter().any(|n| &n.addr == to) {
         return Err(Error::NodeNotFound {
             node: to.to_string(),
         });
     }
-    let from = placement(conn, schema)?.ok_or_else(|| Error::NotDistributed {
+    let from = citus_placement(conn, schema)?.ok_or_else(|| Error::NotDistributed {
         schema: schema.as_str().to_owned(),
     })?;
     if &from == to {

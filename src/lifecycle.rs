@@ -88,12 +88,18 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
     tenant_migrations: S,
 ) -> Result<Tenant> {
     let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
-    create_with_set(conn, new, &set)
+    let citus = citus::detect(conn)? == ClusterMode::Citus;
+    create_with_set(conn, new, &set, citus)
 }
 
-fn create_with_set(conn: &mut impl PgConn, new: &NewTenant, set: &MigrationSet) -> Result<Tenant> {
+/// [`create_tenant`] with the set loaded and the mode known (`citus`).
+fn create_with_set(
+    conn: &mut impl PgConn,
+    new: &NewTenant,
+    set: &MigrationSet,
+    citus: bool,
+) -> Result<Tenant> {
     let schema = &new.schema;
-    let citus = citus::detect(conn)? == ClusterMode::Citus;
     committed(conn.transaction(|conn| {
         let tenant = registry::insert_tenant(conn, schema, &new.name)?;
         conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
@@ -231,6 +237,7 @@ pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
         let mut out = Vec::new();
         let set = MigrationSet::load(tenant_migrations, "tenant set");
         let mut conn = None;
+        let mut citus = false;
         let mut used = 0;
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -254,8 +261,12 @@ pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
                 used = 0;
             }
             if conn.is_none() {
-                match pool.session() {
-                    Ok(c) => conn = Some(c),
+                // The mode is read once per connection, not per tenant.
+                match pool
+                    .session()
+                    .and_then(|mut c| Ok((citus::detect(&mut c)? == ClusterMode::Citus, c)))
+                {
+                    Ok((mode, c)) => (citus, conn) = (mode, Some(c)),
                     Err(e) => {
                         out.push((i, Err(e)));
                         continue;
@@ -264,7 +275,7 @@ pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
             }
             let c = conn.as_mut().expect("set above");
             used += 1;
-            out.push((i, create_with_set(c, new, set)));
+            out.push((i, create_with_set(c, new, set, citus)));
         }
         out
     };

@@ -351,6 +351,29 @@ fn unique_violation(e: &DieselError) -> Option<&str> {
     }
 }
 
+/// A lookup's row, if any, as a [`Tenant`]; `action` names the lookup in
+/// the error.
+fn found(row: QueryResult<TenantRow>, action: impl Into<String>) -> Result<Option<Tenant>> {
+    row.optional()
+        .map_err(Error::db(action))?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+/// A domain lookup's row, if any, as the tenant and its primary domain.
+fn found_with_primary(
+    row: QueryResult<TenantAndPrimary>,
+    domain: &Domain,
+) -> Result<Option<(Tenant, Option<Domain>)>> {
+    row.optional()
+        .map_err(Error::db(format!(
+            "find tenant by domain {:?}",
+            domain.as_str()
+        )))?
+        .map(TenantAndPrimary::split)
+        .transpose()
+}
+
 /// Adds a tenant row (status active). This writes the registry only; to create the
 /// schema and run migrations as well, use [`create_tenant`](crate::create_tenant).
 pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) -> Result<Tenant> {
@@ -377,14 +400,11 @@ pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) ->
 
 /// The tenant with this schema, if registered (whatever its status).
 pub fn find_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Option<Tenant>> {
-    tenancy_tenants::table
+    let row = tenancy_tenants::table
         .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
         .select(TenantRow::as_select())
-        .first(conn)
-        .optional()
-        .map_err(Error::db(format!("find tenant {:?}", schema.as_str())))?
-        .map(Tenant::try_from)
-        .transpose()
+        .first(conn);
+    found(row, format!("find tenant {:?}", schema.as_str()))
 }
 
 /// The tenant with this schema (whatever its status), or [`Error::TenantNotFound`].
@@ -396,14 +416,11 @@ pub fn get_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<Tenant>
 
 /// The tenant with this registry id, if any.
 pub fn find_tenant_by_id(conn: &mut impl PgConn, id: i64) -> Result<Option<Tenant>> {
-    tenancy_tenants::table
+    let row = tenancy_tenants::table
         .find(id)
         .select(TenantRow::as_select())
-        .first(conn)
-        .optional()
-        .map_err(Error::db(format!("find tenant with id {id}")))?
-        .map(Tenant::try_from)
-        .transpose()
+        .first(conn);
+    found(row, format!("find tenant with id {id}"))
 }
 
 /// Every registered tenant, ordered by schema name.
@@ -533,18 +550,12 @@ pub fn list_domains(conn: &mut impl PgConn, tenant: &Tenant) -> Result<Vec<Domai
 
 /// The tenant a domain routes to, if any (whatever its status). One indexed query.
 pub fn find_tenant_by_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<Option<Tenant>> {
-    tenancy_domains::table
+    let row = tenancy_domains::table
         .inner_join(tenancy_tenants::table)
         .filter(tenancy_domains::domain.eq(domain.as_str()))
         .select(TenantRow::as_select())
-        .first(conn)
-        .optional()
-        .map_err(Error::db(format!(
-            "find tenant by domain {:?}",
-            domain.as_str()
-        )))?
-        .map(Tenant::try_from)
-        .transpose()
+        .first(conn);
+    found(row, format!("find tenant by domain {:?}", domain.as_str()))
 }
 
 /// The SQL of [`find_tenant_and_primary_by_domain`]: the tenant a domain
@@ -600,16 +611,10 @@ pub(crate) fn find_tenant_and_primary_by_domain(
     conn: &mut impl PgConn,
     domain: &Domain,
 ) -> Result<Option<(Tenant, Option<Domain>)>> {
-    diesel::sql_query(TENANT_AND_PRIMARY)
+    let row = diesel::sql_query(TENANT_AND_PRIMARY)
         .bind::<diesel::sql_types::Text, _>(domain.as_str())
-        .get_result::<TenantAndPrimary>(conn)
-        .optional()
-        .map_err(Error::db(format!(
-            "find tenant by domain {:?}",
-            domain.as_str()
-        )))?
-        .map(TenantAndPrimary::split)
-        .transpose()
+        .get_result::<TenantAndPrimary>(conn);
+    found_with_primary(row, domain)
 }
 
 /// [`find_tenant_and_primary_by_domain`] on an async connection.
@@ -620,15 +625,8 @@ pub(crate) async fn find_tenant_and_primary_by_domain_async(
 ) -> Result<Option<(Tenant, Option<Domain>)>> {
     let query =
         diesel::sql_query(TENANT_AND_PRIMARY).bind::<diesel::sql_types::Text, _>(domain.as_str());
-    diesel_async::RunQueryDsl::get_result::<TenantAndPrimary>(query, conn)
-        .await
-        .optional()
-        .map_err(Error::db(format!(
-            "find tenant by domain {:?}",
-            domain.as_str()
-        )))?
-        .map(TenantAndPrimary::split)
-        .transpose()
+    let row = diesel_async::RunQueryDsl::get_result::<TenantAndPrimary>(query, conn).await;
+    found_with_primary(row, domain)
 }
 
 /// [`find_tenant`] on an async connection (one query, no libpq).
@@ -641,12 +639,8 @@ pub(crate) async fn find_tenant_async(
         .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
         .select(TenantRow::as_select())
         .limit(1);
-    diesel_async::RunQueryDsl::get_result(query, conn)
-        .await
-        .optional()
-        .map_err(Error::db(format!("find tenant {:?}", schema.as_str())))?
-        .map(Tenant::try_from)
-        .transpose()
+    let row = diesel_async::RunQueryDsl::get_result(query, conn).await;
+    found(row, format!("find tenant {:?}", schema.as_str()))
 }
 
 /// [`find_tenant_by_domain`] on an async connection (one query, no libpq).
@@ -660,15 +654,8 @@ pub(crate) async fn find_tenant_by_domain_async(
         .filter(tenancy_domains::domain.eq(domain.as_str()))
         .select(TenantRow::as_select())
         .limit(1);
-    diesel_async::RunQueryDsl::get_result(query, conn)
-        .await
-        .optional()
-        .map_err(Error::db(format!(
-            "find tenant by domain {:?}",
-            domain.as_str()
-        )))?
-        .map(Tenant::try_from)
-        .transpose()
+    let row = diesel_async::RunQueryDsl::get_result(query, conn).await;
+    found(row, format!("find tenant by domain {:?}", domain.as_str()))
 }
 
 /// Deletes a tenant's row (its domains and journal entry go with it). Returns

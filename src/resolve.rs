@@ -1040,6 +1040,16 @@ impl Resolver {
             .map(|e| (e.tenant.clone(), e.primary.clone()))
     }
 
+    /// The blocking pool, which the blocking lookups need.
+    #[cfg(feature = "sync")]
+    fn blocking_pool(&self) -> Result<&TenantPool> {
+        self.pool().ok_or_else(|| Error::Refused {
+            reason: "this resolver looks tenants up through an async pool: \
+                     call Resolver::resolve_async"
+                .into(),
+        })
+    }
+
     #[cfg(feature = "sync")]
     fn load(
         &self,
@@ -1049,17 +1059,7 @@ impl Resolver {
         // Read the generation first: a change committed during the query makes
         // this answer stale at once.
         let generation = registry::generation();
-        let pool = match &self.inner.config.pool {
-            LookupPool::Sync(pool) => pool,
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(Error::Refused {
-                    reason: "this resolver looks tenants up through an async pool: \
-                             call Resolver::resolve_async"
-                        .into(),
-                });
-            }
-        };
+        let pool = self.blocking_pool()?;
         let found = query(&mut pool.public()?)?;
         self.store(key, generation, &found);
         Ok(found)
@@ -1073,17 +1073,7 @@ impl Resolver {
         domain: &Domain,
     ) -> Result<(Option<Tenant>, Option<Domain>)> {
         let generation = registry::generation();
-        let pool = match &self.inner.config.pool {
-            LookupPool::Sync(pool) => pool,
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(Error::Refused {
-                    reason: "this resolver looks tenants up through an async pool: \
-                             call Resolver::resolve_async"
-                        .into(),
-                });
-            }
-        };
+        let pool = self.blocking_pool()?;
         let found = registry::find_tenant_and_primary_by_domain(&mut pool.public()?, domain)?;
         let (tenant, primary) = found.map_or((None, None), |(t, p)| (Some(t), p));
         self.store_with_primary(key, generation, &tenant, primary.clone());

@@ -83,10 +83,8 @@ impl Connection for Capture {
 /// The statements `m` sends, in order, or `None` when it does more than send
 /// SQL text or its text cannot be split.
 fn statements(m: &dyn Migration<Pg>) -> Option<Vec<String>> {
-    let mut capture = Capture::default();
-    m.run(&mut capture).ok()?;
     let mut statements = Vec::new();
-    for text in &capture.texts {
+    for text in &captured(m)? {
         statements.extend(split_statements(text)?.into_iter().map(str::to_owned));
     }
     Some(statements)

@@ -550,20 +550,13 @@ impl FromRequest for TenantConn {
                     "the Tenancy middleware has no async pool",
                 )
             })?;
-            let conn = match &scope.tenant {
-                Some(tenant) => pool.get(tenant).await,
-                None => pool.public().await,
-            };
-            conn.map(TenantConn).map_err(|e| match e {
-                Error::TenantSuspended { .. } => {
-                    actix_web::error::ErrorServiceUnavailable("suspended")
-                }
-                Error::SchemaMissing { .. } => actix_web::error::ErrorNotFound("not found"),
-                e => {
-                    tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
-                    actix_web::error::ErrorServiceUnavailable("service unavailable")
-                }
-            })
+            super::async_checkout(&pool, scope.tenant.as_ref())
+                .await
+                .map(TenantConn)
+                .map_err(|(status, text)| match status {
+                    404 => actix_web::error::ErrorNotFound(text),
+                    _ => actix_web::error::ErrorServiceUnavailable(text),
+                })
         })
     }
 }

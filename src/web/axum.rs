@@ -479,20 +479,14 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
             )
                 .into_response()
         })?;
-        let conn = match &scope.tenant {
-            Some(tenant) => pool.get(tenant).await,
-            None => pool.public().await,
-        };
-        conn.map(TenantConn).map_err(|e| match e {
-            Error::TenantSuspended { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "suspended").into_response()
-            }
-            Error::SchemaMissing { .. } => (StatusCode::NOT_FOUND, "not found").into_response(),
-            e => {
-                tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
-                (StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response()
-            }
-        })
+        super::async_checkout(&pool, scope.tenant.as_ref())
+            .await
+            .map(TenantConn)
+            .map_err(|(status, text)| {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (status, text).into_response()
+            })
     }
 }
 

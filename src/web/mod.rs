@@ -188,6 +188,32 @@ pub(crate) fn redirect_location(to: &crate::Domain, path_and_query: &str) -> Str
     format!("//{}{}", to.as_str(), path_and_query)
 }
 
+/// The async connection extractors' checkout (both adapters): the tenant's
+/// connection, or `public`'s; on failure the status and text to answer with
+/// (503 for a tenant suspended since the request was resolved, 404 for a
+/// missing schema, 503 when no connection is available, logged).
+#[cfg(all(
+    any(feature = "axum", feature = "actix"),
+    any(feature = "deadpool", feature = "bb8")
+))]
+pub(crate) async fn async_checkout(
+    pool: &crate::AsyncTenantPool,
+    tenant: Option<&crate::Tenant>,
+) -> Result<crate::AsyncTenantConnection, (u16, &'static str)> {
+    let conn = match tenant {
+        Some(tenant) => pool.get(tenant).await,
+        None => pool.public().await,
+    };
+    conn.map_err(|e| match e {
+        crate::Error::TenantSuspended { .. } => (503, "suspended"),
+        crate::Error::SchemaMissing { .. } => (404, "not found"),
+        e => {
+            tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
+            (503, "service unavailable")
+        }
+    })
+}
+
 /// The plain page for a host that serves no tenant.
 #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 pub(crate) fn not_found_html(host: &str) -> String {
