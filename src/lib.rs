@@ -55,16 +55,12 @@ compile_error!(
     "diesel-tenancy needs a pool: the default `sync` feature (r2d2 and libpq), or `deadpool` or `bb8` (diesel-async)"
 );
 
-#[cfg(any(feature = "deadpool", feature = "bb8"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
-pub(crate) mod async_pool;
 pub mod citus;
 mod conn;
 mod domain;
 mod error;
 mod lifecycle;
 mod migrate;
-#[cfg(feature = "sync")]
 mod pool;
 pub mod registry;
 mod resolve;
@@ -79,7 +75,7 @@ pub mod web;
 
 #[cfg(any(feature = "deadpool", feature = "bb8"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
-pub use async_pool::{
+pub use pool::async_pool::{
     AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, BlockingConnection,
 };
 pub use conn::PgConn;
@@ -99,7 +95,7 @@ pub use migrate::{
     run_shared_migrations, run_tenant_migrations,
 };
 #[cfg(feature = "sync")]
-pub use pool::{
+pub use pool::r2d2_pool::{
     ManagedConnection, TenantConnection, TenantConnectionManager, TenantPool, TenantPoolBuilder,
 };
 pub use registry::{DomainRecord, Tenant, TenantStatus};

@@ -732,7 +732,7 @@ where
     async fn on_blocking_threads<R: Send + 'static>(
         &self,
         pool: &crate::AsyncTenantPool,
-        run: impl FnOnce(&Self, &crate::async_pool::AsyncSessions) -> Result<R> + Send + 'static,
+        run: impl FnOnce(&Self, &crate::pool::async_pool::AsyncSessions) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let sessions = pool.sessions(tokio::runtime::Handle::current());
         let me = self.clone();
