@@ -324,7 +324,7 @@ pub fn distribute_tenant(conn: &mut impl PgConn, schema: &SchemaName) -> Result<
     registry::get_tenant(conn, schema)?;
     let action = format!("distribute tenant {:?}", schema.as_str());
     conn.transaction(|conn| {
-        crate::migrate::lock_schema(conn, schema)?;
+        crate::registry::lock_schema(conn, schema)?;
         distribute(conn, schema, &action)
     })
 }
@@ -429,7 +429,7 @@ fn with_session_lock<C: PgConn, T>(
     schema: &SchemaName,
     f: impl FnOnce(&mut C) -> Result<T>,
 ) -> Result<T> {
-    let key = crate::migrate::lock_key(schema.as_str());
+    let key = crate::registry::lock_key(schema.as_str());
     let locked =
         diesel::sql_query("SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS locked")
             .bind::<Text, _>(&key)

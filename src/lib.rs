@@ -98,7 +98,7 @@ pub use migrate::{
 pub use pool::r2d2_pool::{
     ManagedConnection, TenantConnection, TenantConnectionManager, TenantPool, TenantPoolBuilder,
 };
-pub use registry::{DomainRecord, Tenant, TenantStatus};
+pub use registry::model::{DomainRecord, Tenant, TenantStatus};
 pub use resolve::{
     Host, IdentifyFn, IpHosts, LISTENER_APPLICATION_NAME, ListenerGuard, LookupPool, ProxyNet,
     ProxyNetError, RequestInfo, Resolution, Resolver, ResolverBuilder, Strategy, normalize_host,

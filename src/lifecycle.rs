@@ -12,7 +12,8 @@ use diesel::sql_types::Text;
 
 use crate::citus::{self, ClusterMode};
 use crate::conn::Sessions;
-use crate::migrate::{MigrationSet, Target, apply_in_transaction, lock_schema};
+use crate::migrate::{MigrationSet, Target, apply_in_transaction};
+use crate::registry::lock_schema;
 use crate::registry::{self, Tenant, TenantStatus};
 use crate::{Domain, Error, Result, SchemaName};
 

@@ -1,6 +1,7 @@
 //! Applying one migration set to one schema: locked, in one transaction, with only
 //! that schema on the search path, and journalled.
 
+use crate::registry::lock_key;
 use std::time::Duration;
 
 use crate::conn::PgConn;
@@ -141,22 +142,6 @@ impl Target<'_> {
     }
 }
 
-/// The text whose hash is the advisory-lock key of schema `name`: migrations,
-/// drop, rename and Citus moves of one schema all take this lock, so they
-/// exclude each other.
-pub(crate) fn lock_key(name: &str) -> String {
-    format!("diesel_tenancy:{name}")
-}
-
-/// Takes `schema`'s lock for the rest of the current transaction, waiting for
-/// a holder to finish.
-pub(crate) fn lock_schema(conn: &mut impl PgConn, schema: &SchemaName) -> Result<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind::<Text, _>(lock_key(schema.as_str()))
-        .execute(conn)
-        .map_err(Error::db(format!("lock schema {:?}", schema.as_str())))?;
-    Ok(())
-}
 
 /// Lock and timeout settings for [`apply`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -15,7 +15,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 pub use apply::LockMode;
-pub(crate) use apply::{MigrationSet, Target, apply_in_transaction, lock_key, lock_schema};
+pub(crate) use apply::{MigrationSet, Target, apply_in_transaction};
 pub use report::{MigrationReport, Outcome, TenantReport, Totals};
 
 use apply::{ApplySettings, apply, apply_fast, pending_versions, plan};

@@ -1,0 +1,165 @@
+//! The registry's rows as this crate hands them out.
+
+use super::*;
+
+use std::time::SystemTime;
+
+use crate::{Domain, Error, Result, SchemaName};
+
+use diesel::prelude::*;
+
+/// Whether a tenant is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TenantStatus {
+    /// Served normally.
+    Active,
+    /// Kept, but no connection is scoped to it and its hosts do not resolve.
+    Suspended,
+}
+
+impl TenantStatus {
+    /// The value stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+
+    pub(super) fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(TenantStatus::Active),
+            "suspended" => Ok(TenantStatus::Suspended),
+            other => Err(Error::CorruptRegistry {
+                reason: format!("unknown tenant status {other:?}"),
+            }),
+        }
+    }
+}
+
+/// A tenant as recorded in the registry.
+///
+/// Only the registry makes these, so holding one means the tenant was found (or
+/// created) there; scoping a connection to it costs no registry query.
+///
+/// A `Tenant` is a snapshot of its registry row when it was looked up. A pool
+/// refuses a snapshot whose status is suspended, but a snapshot taken before
+/// [`suspend_tenant`](crate::suspend_tenant) still gets connections; fresh
+/// lookups ([`TenantPool::tenant`](crate::TenantPool::tenant), the
+/// [`Resolver`](crate::Resolver), whose cache the registry's notifications
+/// invalidate) see the suspension. Look a tenant up per request or job rather
+/// than holding the value for the life of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub(super) id: i64,
+    pub(super) schema: SchemaName,
+    pub(super) name: String,
+    pub(super) status: TenantStatus,
+    pub(super) created_at: SystemTime,
+    pub(super) role: Option<SchemaName>,
+}
+
+impl Tenant {
+    /// The tenant's own database role, if it has one (see
+    /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)).
+    pub fn role(&self) -> Option<&SchemaName> {
+        self.role.as_ref()
+    }
+
+    /// The registry id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+    /// The tenant's schema.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+    /// The display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Active or suspended.
+    pub fn status(&self) -> TenantStatus {
+        self.status
+    }
+    /// Whether connections may be scoped to the tenant.
+    pub fn is_active(&self) -> bool {
+        self.status == TenantStatus::Active
+    }
+    /// When the tenant was registered.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tenancy_tenants, check_for_backend(diesel::pg::Pg))]
+pub(super) struct TenantRow {
+    pub(super) id: i64,
+    pub(super) schema_name: String,
+    pub(super) name: String,
+    pub(super) status: String,
+    pub(super) created_at: SystemTime,
+    pub(super) role_name: Option<String>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = Error;
+    fn try_from(row: TenantRow) -> Result<Tenant> {
+        Ok(Tenant {
+            id: row.id,
+            schema: SchemaName::try_from(row.schema_name).map_err(|e| Error::CorruptRegistry {
+                reason: e.to_string(),
+            })?,
+            name: row.name,
+            status: TenantStatus::parse(&row.status)?,
+            created_at: row.created_at,
+            role: row
+                .role_name
+                .map(SchemaName::try_from)
+                .transpose()
+                .map_err(|e| Error::CorruptRegistry {
+                    reason: e.to_string(),
+                })?,
+        })
+    }
+}
+
+/// A domain that routes to a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    /// The normalised domain.
+    pub domain: Domain,
+    /// The tenant's registry id.
+    pub tenant_id: i64,
+    /// Whether this is the tenant's primary domain (at most one per tenant).
+    pub is_primary: bool,
+}
+
+/// A tenant's line in the migration journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalEntry {
+    /// The tenant's registry id.
+    pub tenant_id: i64,
+    /// The latest version of the tenant set applied when the set was last
+    /// completed.
+    pub latest_version: Option<String>,
+    /// The last migration error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// The version that failed.
+    pub last_error_version: Option<String>,
+}
+
+#[derive(QueryableByName)]
+pub(super) struct JournalRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(super) tenant_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub(super) latest_version: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub(super) last_error: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub(super) last_error_version: Option<String>,
+}
