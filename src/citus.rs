@@ -436,11 +436,8 @@ fn with_session_lock<C: PgConn, T>(
             .get_result::<Locked>(conn)
             .map_err(Error::db(format!("lock tenant {:?}", schema.as_str())))?;
     if !locked.locked {
-        return Err(Error::Refused {
-            reason: format!(
-                "tenant {:?} is locked by a migration run or another move; try again when it ends",
-                schema.as_str()
-            ),
+        return Err(Error::SchemaLocked {
+            schema: schema.as_str().to_owned(),
         });
     }
     let result = f(conn);

@@ -144,11 +144,93 @@ pub enum Error {
         report: Box<crate::MigrationReport>,
     },
 
-    /// A consistency repair or lifecycle step was refused.
-    #[error("{reason}")]
-    Refused {
-        /// Why.
+    /// The pool switches to tenant roles, and this tenant has none.
+    #[error(
+        "tenant {schema:?} has no role, and the pool switches to tenant roles; create one with ensure_tenant_role"
+    )]
+    TenantRoleMissing {
+        /// The tenant's schema.
+        schema: String,
+    },
+
+    /// The tenant's schema is one of the pool's extra schemas, which are on
+    /// every path: scoping to it would show it to every tenant.
+    #[error("tenant {schema:?} uses a schema the pool puts on every path as an extra schema")]
+    SchemaOnEveryPath {
+        /// The tenant's schema.
+        schema: String,
+    },
+
+    /// Another migration run, drop, rename or move holds the schema's lock.
+    #[error(
+        "schema {schema:?} is locked by a migration run or another tenant operation; try again when it ends"
+    )]
+    SchemaLocked {
+        /// The locked schema.
+        schema: String,
+    },
+
+    /// A connection could not be scoped safely, so it was closed instead of
+    /// handed out (its instrumentation was replaced, its session could not be
+    /// reset, or it kept changing under the checkout).
+    #[error("{reason} (scope {scope})")]
+    Unscopable {
+        /// The scope asked for: a tenant's schema, or `public`.
+        scope: String,
+        /// What went wrong.
         reason: String,
+    },
+
+    /// A transaction-scoped borrow's transaction was rolled back instead of
+    /// committed, because a statement of the borrow was dropped before it
+    /// finished.
+    #[error(
+        "the transaction scoped to {scope} was not committed: a statement of the borrow was dropped before it finished, so it is rolled back"
+    )]
+    NotCommitted {
+        /// The scope of the borrow.
+        scope: String,
+    },
+
+    /// A thread or task doing the crate's work panicked or was cancelled (its
+    /// runtime shut down).
+    #[error("{task} did not complete: {reason}")]
+    TaskFailed {
+        /// What the task was doing, e.g. `create tenant "acme"`.
+        task: String,
+        /// The panic or cancellation.
+        reason: String,
+    },
+
+    /// A blocking call was made on a value built on an async pool: use the
+    /// `_async` counterpart named here.
+    #[error("this resolver looks tenants up through an async pool: call {instead}")]
+    AsyncPoolOnly {
+        /// The call to make instead.
+        instead: &'static str,
+    },
+
+    /// `public`'s migration ledger records tenant migrations: the tenant set
+    /// was run on `public`, so its tables there are visible to every tenant.
+    #[error(
+        "public's migration ledger records tenant migrations ({}): the tenant set was run on public, so its tables there are visible to every tenant; drop those tables and ledger rows from public, then migrate again",
+        versions.join(", ")
+    )]
+    TenantSetInPublic {
+        /// The tenant migrations public's ledger records.
+        versions: Vec<String>,
+    },
+
+    /// A new tenant's schema cannot be created in one transaction: a
+    /// migration of the tenant set runs outside transactions.
+    #[error(
+        "migration {version} has run_in_transaction = false, so schema {schema:?} cannot be created in one transaction; create the tenant with the transactional migrations, then migrate it"
+    )]
+    NonTransactionalMigration {
+        /// The schema being created.
+        schema: String,
+        /// The migration marked `run_in_transaction = false`.
+        version: String,
     },
 
     /// A registry or database operation failed.

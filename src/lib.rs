@@ -61,6 +61,7 @@ mod domain;
 mod error;
 mod lifecycle;
 mod migrate;
+mod parallel;
 mod pool;
 pub mod registry;
 mod resolve;
@@ -73,11 +74,6 @@ mod task_local;
 pub mod testing;
 pub mod web;
 
-#[cfg(any(feature = "deadpool", feature = "bb8"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
-pub use pool::async_pool::{
-    AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, BlockingConnection,
-};
 pub use conn::PgConn;
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
@@ -91,8 +87,13 @@ pub use lifecycle::{
     drop_tenant, ensure_tenant_role, rename_tenant, repair_missing_schemas, suspend_tenant,
 };
 pub use migrate::{
-    LockMode, MigrateOptions, MigrationReport, Migrator, Outcome, Progress, TenantReport, Totals,
-    run_shared_migrations, run_tenant_migrations,
+    LockMode, MigrateOptions, MigrationError, MigrationReport, Migrator, Outcome, Progress,
+    TenantReport, Totals, run_shared_migrations, run_tenant_migrations,
+};
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
+pub use pool::async_pool::{
+    AsyncTenantConnection, AsyncTenantPool, AsyncTenantPoolBuilder, BlockingConnection,
 };
 #[cfg(feature = "sync")]
 pub use pool::r2d2_pool::{

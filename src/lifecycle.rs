@@ -1,8 +1,6 @@
 //! Tenant lifecycle: create (one or many), drop, rename, suspend, and the
 //! consistency checks between the registry and the database.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::conn::PgConn;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
@@ -13,6 +11,7 @@ use diesel::sql_types::Text;
 use crate::citus::{self, ClusterMode};
 use crate::conn::Sessions;
 use crate::migrate::{MigrationSet, Target, apply_in_transaction};
+use crate::parallel;
 use crate::registry::lock_schema;
 use crate::registry::{self, Tenant, TenantStatus};
 use crate::{Domain, Error, Result, SchemaName};
@@ -215,8 +214,9 @@ pub async fn create_tenants_async<S: MigrationSource<Pg> + Send + Sync + 'static
     .unwrap_or_else(|e| {
         (0..n)
             .map(|_| {
-                Err(Error::Refused {
-                    reason: format!("tenant creation's thread failed: {e}"),
+                Err(Error::TaskFailed {
+                    task: "tenant creation".into(),
+                    reason: e.to_string(),
                 })
             })
             .collect()
@@ -230,78 +230,29 @@ pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
     tenant_migrations: &S,
     jobs: usize,
 ) -> Vec<Result<Tenant>> {
-    // A backend keeps the catalog entries of each schema it creates: replace
-    // connections now and then.
-    const RECYCLE_AFTER: usize = 250;
-    let next = AtomicUsize::new(0);
-    let worker = || -> Vec<(usize, Result<Tenant>)> {
-        let mut out = Vec::new();
-        let set = MigrationSet::load(tenant_migrations, "tenant set");
-        let mut conn = None;
-        let mut citus = false;
-        let mut used = 0;
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(new) = tenants.get(i) else { break };
-            let set = match &set {
-                Ok(set) => set,
-                Err(e) => {
-                    out.push((
-                        i,
-                        Err(Error::Refused {
-                            reason: crate::migrate::error_chain(e),
-                        }),
-                    ));
-                    continue;
-                }
-            };
-            if used >= RECYCLE_AFTER {
-                if let Some(mut c) = conn.take() {
-                    P::discard(&mut c);
-                }
-                used = 0;
-            }
-            if conn.is_none() {
-                // The mode is read once per connection, not per tenant.
-                match pool
-                    .session()
-                    .and_then(|mut c| Ok((citus::detect(&mut c)? == ClusterMode::Citus, c)))
-                {
-                    Ok((mode, c)) => (citus, conn) = (mode, Some(c)),
-                    Err(e) => {
-                        out.push((i, Err(e)));
-                        continue;
-                    }
-                }
-            }
-            let c = conn.as_mut().expect("set above");
-            used += 1;
-            out.push((i, create_with_set(c, new, set, citus)));
-        }
-        out
-    };
-    let mut results: Vec<(usize, Result<Tenant>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..jobs.clamp(1, tenants.len().max(1)))
-            .map(|_| s.spawn(worker))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    results.sort_by_key(|(i, _)| *i);
-    let mut results = results.into_iter().peekable();
-    (0..tenants.len())
-        .map(|i| match results.next_if(|(j, _)| *j == i) {
-            Some((_, r)) => r,
-            None => Err(Error::Refused {
-                reason: format!(
-                    "tenant {:?} was not created: its worker thread panicked",
-                    tenants[i].schema.as_str()
-                ),
-            }),
-        })
-        .collect()
+    let (results, _) = parallel::run(
+        pool,
+        tenants,
+        jobs,
+        parallel::RECYCLE_AFTER_SCHEMAS,
+        || MigrationSet::load(tenant_migrations, "tenant set"),
+        |set, worker, new| {
+            let set = set.as_ref().map_err(|e| Error::Migration {
+                schema: new.schema.as_str().to_owned(),
+                version: None,
+                source: crate::migrate::error_chain(e).into(),
+            })?;
+            let (conn, mode) = worker.conn_and_mode()?;
+            create_with_set(conn, new, set, mode == ClusterMode::Citus)
+        },
+        |new| {
+            Err(Error::TaskFailed {
+                task: format!("create tenant {:?}", new.schema.as_str()),
+                reason: "its worker thread panicked".into(),
+            })
+        },
+    );
+    results
 }
 
 /// The confirmation [`drop_tenant`] requires: dropping a tenant deletes its

@@ -76,8 +76,9 @@ impl ScopeKey {
     }
 
     fn refused(&self, what: &str) -> crate::Error {
-        crate::Error::Refused {
-            reason: format!("{what} (scope {})", self.head()),
+        crate::Error::Unscopable {
+            scope: self.head().to_owned(),
+            reason: what.to_owned(),
         }
     }
 

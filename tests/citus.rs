@@ -285,7 +285,7 @@ fn migrations_reach_the_worker_and_a_failure_rolls_back_there_too() {
     match &failed[0].outcome {
         Outcome::Failed { version, error, .. } => {
             assert_eq!(version.as_deref(), Some("20250602000002"));
-            assert!(error.contains("email_lower"), "{error}");
+            assert!(error.to_string().contains("email_lower"), "{error}");
         }
         other => panic!("{other:?}"),
     }
@@ -314,7 +314,7 @@ fn migrations_reach_the_worker_and_a_failure_rolls_back_there_too() {
     match &report.tenants[0].outcome {
         Outcome::Failed { version, error, .. } => {
             assert_eq!(version.as_deref(), Some("20250602000003"));
-            assert!(error.contains("triggers are not supported"), "{error}");
+            assert!(error.to_string().contains("triggers are not supported"), "{error}");
         }
         other => panic!("{other:?}"),
     }
@@ -354,7 +354,7 @@ fn migrations_reach_the_worker_and_a_failure_rolls_back_there_too() {
         match &report.tenants[0].outcome {
             Outcome::Failed { version, error, .. } => {
                 assert_eq!(version.as_deref(), Some("20250603000001"), "{sql}");
-                assert!(error.contains(said), "{sql}: {error}");
+                assert!(error.to_string().contains(said), "{sql}: {error}");
             }
             other => panic!("{sql}: {other:?}"),
         }

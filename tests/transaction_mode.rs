@@ -55,7 +55,7 @@ fn everything_is_committed(url: &str, witness: &TenantPool, prefix: &str) {
         diesel::insert_into(customers::table)
             .values((customers::name.eq("gone"), customers::email.eq("g@x")))
             .execute(conn)?;
-        Err(diesel_tenancy::Error::Refused {
+        Err(diesel_tenancy::Error::Config {
             reason: "the closure failed".into(),
         })
     });

@@ -10,7 +10,7 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 
-use super::Outcome;
+use super::{MigrationError, Outcome};
 use crate::{Error, Result, SchemaName};
 
 /// How a run treats a schema whose migration lock another run holds.
@@ -106,7 +106,7 @@ pub(crate) enum Target<'a> {
 }
 
 impl Target<'_> {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Target::Public => "public",
             Target::Tenant { schema, .. } => schema.as_str(),
@@ -142,7 +142,6 @@ impl Target<'_> {
     }
 }
 
-
 /// Lock and timeout settings for [`apply`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ApplySettings {
@@ -165,7 +164,7 @@ enum Stop {
     },
     Failed {
         version: Option<String>,
-        error: String,
+        error: MigrationError,
     },
 }
 
@@ -173,7 +172,7 @@ impl From<diesel::result::Error> for Stop {
     fn from(e: diesel::result::Error) -> Self {
         Stop::Failed {
             version: None,
-            error: e.to_string(),
+            error: MigrationError::new(e),
         }
     }
 }
@@ -280,7 +279,7 @@ fn run_migration(conn: &mut impl PgConn, m: &dyn Migration<Pg>, split: bool) -> 
     let result = if split {
         super::statements::run_split(conn, m)
     } else {
-        m.run(conn).map_err(|e| e.to_string())
+        m.run(conn).map_err(MigrationError::new)
     };
     result.map_err(|error| Stop::Failed {
         version: Some(m.name().version().to_string()),
@@ -592,7 +591,7 @@ pub(crate) fn apply(
             }
             Err(Stop::Failed { version, error }) => {
                 if let Some(id) = target.journal_id() {
-                    record_failure(conn, id, version.as_deref(), &error);
+                    record_failure(conn, id, version.as_deref(), &error.to_string());
                 }
                 return Outcome::Failed {
                     version,
@@ -721,8 +720,8 @@ pub(crate) fn apply_in_transaction(
     split: bool,
 ) -> Result<Vec<String>> {
     let to_error = |stop| match stop {
-        Stop::Locked => Error::Refused {
-            reason: format!("schema {:?} is locked by a migration run", target.name()),
+        Stop::Locked => Error::SchemaLocked {
+            schema: target.name().to_owned(),
         },
         Stop::Missing => Error::SchemaMissing {
             schema: target.name().to_owned(),
@@ -748,12 +747,9 @@ pub(crate) fn apply_in_transaction(
     };
     let batch = batch(conn, target, set, &settings).map_err(to_error)?;
     if let Some(version) = batch.next_non_transactional {
-        return Err(Error::Refused {
-            reason: format!(
-                "migration {version} has run_in_transaction = false, so schema {:?} cannot be created in one transaction; \
-                 create the tenant with the transactional migrations, then migrate it",
-                target.name()
-            ),
+        return Err(Error::NonTransactionalMigration {
+            schema: target.name().to_owned(),
+            version,
         });
     }
     Ok(batch.applied)
@@ -765,7 +761,7 @@ pub(crate) fn pending_versions(
     conn: &mut impl PgConn,
     target: Target<'_>,
     set: &MigrationSet,
-) -> Result<Option<Vec<String>>, String> {
+) -> Result<Option<Vec<String>>, MigrationError> {
     #[derive(QueryableByName)]
     struct Exists {
         #[diesel(sql_type = Bool)]
@@ -780,7 +776,7 @@ pub(crate) fn pending_versions(
     .bind::<Text, _>(target.name())
     .bind::<Text, _>(target.ledger())
     .get_result::<Exists>(conn)
-    .map_err(|e| e.to_string())?;
+    .map_err(MigrationError::new)?;
     if !exists.schema {
         return Ok(None);
     }
@@ -790,7 +786,7 @@ pub(crate) fn pending_versions(
             target.ledger()
         ))
         .load::<Version>(conn)
-        .map_err(|e| e.to_string())?
+        .map_err(MigrationError::new)?
         .into_iter()
         .map(|v| v.version)
         .collect()

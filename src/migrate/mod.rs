@@ -16,7 +16,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 
 pub use apply::LockMode;
 pub(crate) use apply::{MigrationSet, Target, apply_in_transaction};
-pub use report::{MigrationReport, Outcome, TenantReport, Totals};
+pub use report::{MigrationError, MigrationReport, Outcome, TenantReport, Totals};
 
 use apply::{ApplySettings, apply, apply_fast, pending_versions, plan};
 
@@ -24,6 +24,7 @@ use apply::{ApplySettings, apply, apply_fast, pending_versions, plan};
 use crate::TenantPool;
 use crate::citus::{self, ClusterMode};
 use crate::conn::Sessions;
+use crate::parallel;
 use crate::{Error, Result, SchemaName, Tenant, registry};
 
 fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
@@ -48,8 +49,8 @@ fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
         Outcome::SchemaMissing => Err(Error::SchemaMissing {
             schema: schema.to_owned(),
         }),
-        Outcome::Locked => Err(Error::Refused {
-            reason: format!("schema {schema:?} is locked by another migration run"),
+        Outcome::Locked => Err(Error::SchemaLocked {
+            schema: schema.to_owned(),
         }),
         Outcome::Pending { .. } | Outcome::NotRun => Ok(Vec::new()),
     }
@@ -110,7 +111,11 @@ pub(crate) fn pending_versions_of(
                 Target::Tenant { schema, .. } => schema.as_str().to_owned(),
             },
         }),
-        Err(reason) => Err(Error::Refused { reason }),
+        Err(error) => Err(Error::Migration {
+            schema: target.name().to_owned(),
+            version: None,
+            source: error.into(),
+        }),
     }
 }
 
@@ -195,7 +200,7 @@ impl Default for MigrateOptions {
             lock: LockMode::Wait,
             lock_timeout: None,
             statement_timeout: None,
-            recycle_after: 250,
+            recycle_after: parallel::RECYCLE_AFTER_SCHEMAS,
             progress: None,
         }
     }
@@ -392,12 +397,8 @@ where
         if misplaced.is_empty() {
             return Ok(());
         }
-        Err(Error::Refused {
-            reason: format!(
-                "public's migration ledger records tenant migrations ({}): the tenant set was run on public, \
-                 so its tables there are visible to every tenant; drop those tables and ledger rows from public, then migrate again",
-                misplaced.join(", ")
-            ),
+        Err(Error::TenantSetInPublic {
+            versions: misplaced.into_iter().map(str::to_owned).collect(),
         })
     }
 
@@ -491,7 +492,7 @@ where
                     Ok(()) => apply(&mut conn, Target::Public, &set, &settings),
                     Err(e) => Outcome::Failed {
                         version: None,
-                        error: error_chain(&e),
+                        error: MigrationError::new(e),
                         applied: Vec::new(),
                     },
                 }
@@ -590,39 +591,29 @@ where
         settings: &ApplySettings,
         work: &[(i64, SchemaName, Option<usize>)],
     ) -> (Vec<TenantReport>, usize) {
-        if work.is_empty() {
-            return (Vec::new(), 0);
-        }
         let jobs = options
             .jobs
-            .unwrap_or_else(|| (pool.max_size() / 2).clamp(1, 4))
-            .min(work.len());
-        let next = AtomicUsize::new(0);
+            .unwrap_or_else(|| (pool.max_size() / 2).clamp(1, 4));
         let started = AtomicUsize::new(0);
         let finished = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
-        let connections = AtomicUsize::new(0);
         let total = work.len();
-
         let tenant_set: &T = &self.tenant;
-        let worker = || -> Vec<TenantReport> {
-            let mut out = Vec::new();
-            let set = MigrationSet::load(tenant_set, "tenant set");
-            let mut conn: Option<P::Conn> = None;
-            let mut used = 0;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((id, schema, known)) = work.get(i) else {
-                    break;
+        parallel::run(
+            pool,
+            work,
+            jobs,
+            options.recycle_after,
+            || MigrationSet::load(tenant_set, "tenant set"),
+            |set, worker, (id, schema, known)| {
+                let report = |outcome, elapsed| TenantReport {
+                    tenant_id: *id,
+                    schema: schema.clone(),
+                    outcome,
+                    elapsed,
                 };
                 if stop.load(Ordering::Relaxed) {
-                    out.push(TenantReport {
-                        tenant_id: *id,
-                        schema: schema.clone(),
-                        outcome: Outcome::NotRun,
-                        elapsed: Duration::ZERO,
-                    });
-                    continue;
+                    return report(Outcome::NotRun, Duration::ZERO);
                 }
                 let t0 = Instant::now();
                 options.notify(Progress::Started {
@@ -630,93 +621,46 @@ where
                     started: started.fetch_add(1, Ordering::Relaxed) + 1,
                     total,
                 });
-                if used >= options.recycle_after {
-                    if let Some(mut c) = conn.take() {
-                        P::discard(&mut c);
-                    }
-                }
-                let mut conn_error = None;
-                if conn.is_none() {
-                    used = 0;
-                    match pool.session() {
-                        Ok(c) => {
-                            connections.fetch_add(1, Ordering::Relaxed);
-                            conn = Some(c);
-                        }
-                        Err(e) => conn_error = Some(error_chain(&e)),
-                    }
-                }
-                let outcome = match (&set, conn.as_mut()) {
+                let target = Target::Tenant { schema, id: *id };
+                let outcome = match (set.as_ref(), worker.conn()) {
                     (Err(e), _) => Outcome::Failed {
                         version: None,
-                        error: error_chain(e),
+                        error: MigrationError::new(error_chain(e)),
                         applied: Vec::new(),
                     },
-                    (Ok(_), None) => Outcome::Failed {
+                    (_, Err(e)) => Outcome::Failed {
                         version: None,
-                        error: conn_error.unwrap_or_default(),
+                        error: MigrationError::new(e),
                         applied: Vec::new(),
                     },
-                    (Ok(set), Some(c)) => {
-                        used += 1;
-                        let target = Target::Tenant { schema, id: *id };
-                        if options.dry_run {
-                            plan(c, target, set)
-                        } else {
-                            known
-                                .and_then(|k| apply_fast(c, target, set, k, settings))
-                                .unwrap_or_else(|| apply(c, target, set, settings))
-                        }
-                    }
+                    (Ok(set), Ok(c)) if options.dry_run => plan(c, target, set),
+                    (Ok(set), Ok(c)) => known
+                        .and_then(|k| apply_fast(c, target, set, k, settings))
+                        .unwrap_or_else(|| apply(c, target, set, settings)),
                 };
                 if outcome.is_failure() && options.fail_fast {
                     stop.store(true, Ordering::Relaxed);
                 }
-                let report = TenantReport {
-                    tenant_id: *id,
-                    schema: schema.clone(),
-                    outcome,
-                    elapsed: t0.elapsed(),
-                };
+                let done = report(outcome, t0.elapsed());
                 options.notify(Progress::Finished {
-                    report: &report,
+                    report: &done,
                     done: finished.fetch_add(1, Ordering::Relaxed) + 1,
                     total,
                 });
-                out.push(report);
-            }
-            if let Some(mut c) = conn.take() {
-                if used >= options.recycle_after {
-                    P::discard(&mut c);
-                }
-            }
-            out
-        };
-        let mut reports: Vec<TenantReport> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..jobs).map(|_| s.spawn(worker)).collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        // A worker that panicked lost its entries: report them, never drop them.
-        if reports.len() < work.len() {
-            for (id, schema, _) in work {
-                if !reports.iter().any(|r| r.tenant_id == *id) {
-                    reports.push(TenantReport {
-                        tenant_id: *id,
-                        schema: schema.clone(),
-                        outcome: Outcome::Failed {
-                            version: None,
-                            error: "the migration worker panicked".into(),
-                            applied: Vec::new(),
-                        },
-                        elapsed: Duration::ZERO,
-                    });
-                }
-            }
-        }
-        (reports, connections.load(Ordering::Relaxed))
+                done
+            },
+            // A worker that panicked lost its entries: report them, never drop them.
+            |(id, schema, _)| TenantReport {
+                tenant_id: *id,
+                schema: schema.clone(),
+                outcome: Outcome::Failed {
+                    version: None,
+                    error: "the migration worker panicked".into(),
+                    applied: Vec::new(),
+                },
+                elapsed: Duration::ZERO,
+            },
+        )
     }
 }
 
@@ -738,8 +682,9 @@ where
         let me = self.clone();
         tokio::task::spawn_blocking(move || run(&me, &sessions))
             .await
-            .map_err(|e| Error::Refused {
-                reason: format!("the migration run's thread failed: {e}"),
+            .map_err(|e| Error::TaskFailed {
+                task: "the migration run".into(),
+                reason: e.to_string(),
             })?
     }
 

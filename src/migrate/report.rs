@@ -1,7 +1,10 @@
 //! What a migration run did, tenant by tenant.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
 
 use crate::{Error, SchemaName};
 
@@ -31,8 +34,8 @@ pub enum Outcome {
     Failed {
         /// The failing migration's version, if the failure was in a migration.
         version: Option<String>,
-        /// The server's (or harness's) error message.
-        error: String,
+        /// The server's (or harness's) error, with its chain.
+        error: MigrationError,
         /// Non-transactional migrations completed before the failure.
         applied: Vec<String>,
     },
@@ -252,3 +255,97 @@ impl MigrationReport {
         }
     }
 }
+
+/// Why a schema's migrations failed, kept as the error itself: the server's
+/// error (reachable with [`database_error`](Self::database_error)) or the
+/// harness's, with its whole chain. Its `Display` is the chain on one line,
+/// as the journal and the command-line tool show it.
+#[derive(Clone)]
+pub struct MigrationError {
+    error: Arc<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl MigrationError {
+    pub(crate) fn new(error: impl Into<crate::BoxError>) -> Self {
+        MigrationError {
+            error: Arc::from(error.into()),
+        }
+    }
+
+    /// The error, to inspect or downcast.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.error
+    }
+
+    /// The server's error, when the server refused a statement: its kind and
+    /// its details (message, detail, hint, constraint).
+    pub fn database_error(
+        &self,
+    ) -> Option<(
+        &DatabaseErrorKind,
+        &(dyn DatabaseErrorInformation + Send + Sync),
+    )> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.error());
+        while let Some(e) = next {
+            let diesel = e
+                .downcast_ref::<diesel::result::Error>()
+                .or_else(|| e.downcast_ref::<InStatement>().map(|s| &s.source));
+            if let Some(diesel::result::Error::DatabaseError(kind, info)) = diesel {
+                return Some((kind, &**info));
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+impl fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::error_chain(&*self.error))
+    }
+}
+
+impl fmt::Debug for MigrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+/// Equal when they read the same (the chain of messages).
+impl PartialEq for MigrationError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for MigrationError {}
+
+/// The chain is in `Display`; the typed error is [`MigrationError::error`].
+impl std::error::Error for MigrationError {}
+
+impl From<String> for MigrationError {
+    fn from(text: String) -> Self {
+        MigrationError::new(text)
+    }
+}
+
+impl From<&str> for MigrationError {
+    fn from(text: &str) -> Self {
+        MigrationError::new(text)
+    }
+}
+
+/// A statement of a migration run statement by statement failed.
+#[derive(Debug)]
+pub(crate) struct InStatement {
+    pub(crate) excerpt: String,
+    pub(crate) source: diesel::result::Error,
+}
+
+impl fmt::Display for InStatement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (in statement: {})", self.source, self.excerpt)
+    }
+}
+
+impl std::error::Error for InStatement {}

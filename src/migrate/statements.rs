@@ -99,16 +99,23 @@ pub(super) fn captured(m: &dyn Migration<Pg>) -> Option<Vec<String>> {
 }
 
 /// Runs `m` on `conn`, statement by statement when its SQL can be split.
-pub(super) fn run_split(conn: &mut impl PgConn, m: &dyn Migration<Pg>) -> Result<(), String> {
+pub(super) fn run_split(
+    conn: &mut impl PgConn,
+    m: &dyn Migration<Pg>,
+) -> Result<(), super::MigrationError> {
     match statements(m) {
         Some(statements) => {
             for statement in statements {
-                conn.batch_execute(&statement)
-                    .map_err(|e| format!("{e} (in statement: {})", excerpt(&statement)))?;
+                conn.batch_execute(&statement).map_err(|source| {
+                    super::MigrationError::new(super::report::InStatement {
+                        excerpt: excerpt(&statement),
+                        source,
+                    })
+                })?;
             }
             Ok(())
         }
-        None => m.run(conn).map_err(|e| e.to_string()),
+        None => m.run(conn).map_err(super::MigrationError::new),
     }
 }
 

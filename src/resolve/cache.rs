@@ -84,10 +84,8 @@ impl Resolver {
     /// The blocking pool, which the blocking lookups need.
     #[cfg(feature = "sync")]
     pub(super) fn blocking_pool(&self) -> Result<&TenantPool> {
-        self.pool().ok_or_else(|| Error::Refused {
-            reason: "this resolver looks tenants up through an async pool: \
-                     call Resolver::resolve_async"
-                .into(),
+        self.pool().ok_or(Error::AsyncPoolOnly {
+            instead: "Resolver::resolve_async",
         })
     }
 

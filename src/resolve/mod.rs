@@ -184,7 +184,7 @@ impl Resolver {
     /// Resolves a request, querying the registry on a cache miss (blocking; from
     /// async code, use [`Resolver::resolve_async`]). A resolver built on an
     /// async pool answers misses only through `resolve_async`: here they fail
-    /// with [`Error::Refused`].
+    /// with [`Error::AsyncPoolOnly`](crate::Error::AsyncPoolOnly).
     #[cfg(feature = "sync")]
     pub fn resolve(&self, request: &RequestInfo<'_>) -> Result<Resolution> {
         match self.classify(request) {
@@ -282,8 +282,9 @@ impl Resolver {
                 tokio::task::spawn_blocking(move || resolver.resolve(&request.info()))
                     .await
                     .unwrap_or_else(|e| {
-                        Err(crate::Error::Refused {
-                            reason: format!("tenant resolution panicked: {e}"),
+                        Err(crate::Error::TaskFailed {
+                            task: "tenant resolution".into(),
+                            reason: e.to_string(),
                         })
                     })
             }

@@ -90,12 +90,13 @@ impl ScopeConfig {
         if !self.tenant_roles {
             return Ok(None);
         }
-        tenant.role().cloned().map(Some).ok_or_else(|| Error::Refused {
-            reason: format!(
-                "tenant {:?} has no role, and the pool switches to tenant roles; create one with ensure_tenant_role",
-                tenant.schema().as_str()
-            ),
-        })
+        tenant
+            .role()
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::TenantRoleMissing {
+                schema: tenant.schema().as_str().to_owned(),
+            })
     }
 
     /// Refuses a tenant whose schema is one of the pool's extra schemas: its
@@ -107,11 +108,8 @@ impl ScopeConfig {
             });
         }
         if self.extra_schemas.contains(tenant.schema()) {
-            return Err(Error::Refused {
-                reason: format!(
-                    "tenant {:?} uses a schema the pool puts on every path as an extra schema",
-                    tenant.schema().as_str()
-                ),
+            return Err(Error::SchemaOnEveryPath {
+                schema: tenant.schema().as_str().to_owned(),
             });
         }
         Ok(())

@@ -14,8 +14,9 @@ pub mod axum;
 /// or its runtime shut down): what the adapters' `TenantDb::run` returns then.
 #[cfg(all(feature = "sync", any(feature = "axum", feature = "actix")))]
 pub(crate) fn database_task_failed<R>(e: impl std::fmt::Display) -> Result<R, crate::Error> {
-    Err(crate::Error::Refused {
-        reason: format!("database task failed: {e}"),
+    Err(crate::Error::TaskFailed {
+        task: "the database task".into(),
+        reason: e.to_string(),
     })
 }
 
@@ -174,8 +175,9 @@ pub(crate) async fn resolve(
         tokio::task::spawn_blocking(move || resolver.resolve(&info.info()))
             .await
             .unwrap_or_else(|e| {
-                Err(crate::Error::Refused {
-                    reason: format!("tenant resolution failed: {e}"),
+                Err(crate::Error::TaskFailed {
+                    task: "tenant resolution".into(),
+                    reason: e.to_string(),
                 })
             })
     }

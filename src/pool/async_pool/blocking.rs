@@ -61,8 +61,9 @@ impl AsyncTenantPool {
             (conn.into_inner(), out)
         })
         .await
-        .map_err(|e| Error::Refused {
-            reason: format!("the blocking task failed: {e}"),
+        .map_err(|e| Error::TaskFailed {
+            task: "the blocking task".into(),
+            reason: e.to_string(),
         })?;
         drop(conn);
         Ok(out)

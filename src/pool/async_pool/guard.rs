@@ -55,12 +55,7 @@ impl AsyncTenantConnection {
             // A COMMIT now would wait for that statement, then commit it.
             // Closing the connection (after a cancel request) rolls it back.
             s.discard = true;
-            return Err(Error::Refused {
-                reason: format!(
-                    "the transaction scoped to {scope} was not committed: a statement of the \
-                     borrow was dropped before it finished, so it is rolled back"
-                ),
-            });
+            return Err(Error::NotCommitted { scope });
         }
         AnsiTransactionManager::commit_transaction(conn)
             .await
