@@ -291,7 +291,9 @@ pub(crate) fn outcome_json(outcome: &Outcome) -> Value {
             version,
             error,
             applied,
-        } => json!({ "result": "failed", "version": version, "error": error.to_string(), "applied": applied }),
+        } => {
+            json!({ "result": "failed", "version": version, "error": error.to_string(), "applied": applied })
+        }
         Outcome::SchemaMissing => {
             json!({ "result": "schema_missing", "error": "the schema does not exist" })
         }

@@ -2,8 +2,8 @@
 //! (`tenant move` and `tenant distribute` are in `citus`).
 
 use anyhow::Result;
-use diesel_tenancy::citus::{self, ClusterMode, NodeAddr};
 use diesel_tenancy::DomainRecord;
+use diesel_tenancy::citus::{self, ClusterMode, NodeAddr};
 use diesel_tenancy::registry::JournalEntry;
 use diesel_tenancy::{
     ConfirmDrop, MigrateOptions, NewTenant, Outcome, Tenant, activate_tenant, create_tenant,
