@@ -57,6 +57,7 @@ compile_error!(
 
 pub mod citus;
 mod conn;
+mod consistency;
 mod domain;
 mod error;
 mod lifecycle;
@@ -75,6 +76,7 @@ pub mod testing;
 pub mod web;
 
 pub use conn::PgConn;
+pub use consistency::{ConsistencyReport, check_consistency, repair_missing_schemas};
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
 #[cfg(feature = "sync")]
@@ -83,8 +85,8 @@ pub use lifecycle::create_tenants;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
 pub use lifecycle::create_tenants_async;
 pub use lifecycle::{
-    ConfirmDrop, ConsistencyReport, NewTenant, activate_tenant, check_consistency, create_tenant,
-    drop_tenant, ensure_tenant_role, rename_tenant, repair_missing_schemas, suspend_tenant,
+    ConfirmDrop, NewTenant, activate_tenant, create_tenant, drop_tenant, ensure_tenant_role,
+    rename_tenant, suspend_tenant,
 };
 pub use migrate::{
     LockMode, MigrateOptions, MigrationError, MigrationReport, Migrator, Outcome, Progress,

@@ -1,7 +1,7 @@
 //! Applying one migration set to one schema: locked, in one transaction, with only
 //! that schema on the search path, and journalled.
 
-use crate::registry::lock_key;
+use crate::registry::{self, lock_key};
 use std::time::Duration;
 
 use crate::conn::PgConn;
@@ -300,12 +300,6 @@ fn record(
 ) -> QueryResult<()> {
     const LEDGER: &str =
         "INSERT INTO __diesel_schema_migrations (version) SELECT unnest($1::text[])";
-    const JOURNAL: &str = "INSERT INTO public.tenancy_migration_journal \
-             (tenant_id, latest_version, set_digest, migrated_at, last_error, last_error_version, last_error_at) \
-         VALUES ($2, $3, $4, now(), NULL, NULL, NULL) \
-         ON CONFLICT (tenant_id) DO UPDATE SET latest_version = EXCLUDED.latest_version, \
-             set_digest = EXCLUDED.set_digest, migrated_at = EXCLUDED.migrated_at, \
-             last_error = NULL, last_error_version = NULL, last_error_at = NULL";
     let journal = target.journal_id().zip(complete);
     if split || journal.is_none() {
         if !versions.is_empty() {
@@ -316,40 +310,23 @@ fn record(
         let Some((id, set)) = journal else {
             return Ok(());
         };
-        diesel::sql_query(
-            JOURNAL
-                .replace("$2", "$1")
-                .replace("$3", "$2")
-                .replace("$4", "$3"),
-        )
-        .bind::<BigInt, _>(id)
-        .bind::<Nullable<Text>, _>(set.versions.last())
-        .bind::<Text, _>(&set.digest)
-        .execute(conn)?;
-    } else if let Some((id, set)) = journal {
-        diesel::sql_query(format!("WITH ledger AS ({LEDGER}) {JOURNAL}"))
-            .bind::<Array<Text>, _>(versions)
+        diesel::sql_query(registry::complete_sql("$1", "$2", "$3"))
             .bind::<BigInt, _>(id)
             .bind::<Nullable<Text>, _>(set.versions.last())
             .bind::<Text, _>(&set.digest)
             .execute(conn)?;
+    } else if let Some((id, set)) = journal {
+        diesel::sql_query(format!(
+            "WITH ledger AS ({LEDGER}) {}",
+            registry::complete_sql("$2", "$3", "$4")
+        ))
+        .bind::<Array<Text>, _>(versions)
+        .bind::<BigInt, _>(id)
+        .bind::<Nullable<Text>, _>(set.versions.last())
+        .bind::<Text, _>(&set.digest)
+        .execute(conn)?;
     }
     Ok(())
-}
-
-/// Records a failure in the journal (outside the rolled-back transaction).
-fn record_failure(conn: &mut impl PgConn, id: i64, version: Option<&str>, error: &str) {
-    // Best effort: the report carries the failure either way.
-    let _ = diesel::sql_query(
-        "INSERT INTO public.tenancy_migration_journal (tenant_id, last_error, last_error_version, last_error_at) \
-         VALUES ($1, $2, $3, now()) \
-         ON CONFLICT (tenant_id) DO UPDATE SET last_error = EXCLUDED.last_error, \
-             last_error_version = EXCLUDED.last_error_version, last_error_at = EXCLUDED.last_error_at",
-    )
-    .bind::<BigInt, _>(id)
-    .bind::<Text, _>(error)
-    .bind::<Nullable<Text>, _>(version)
-    .execute(conn);
 }
 
 /// What one transaction did.
@@ -580,7 +557,7 @@ pub(crate) fn apply(
                         &version,
                         current_schema.as_deref(),
                     );
-                    record_failure(conn, id, Some(&version), &error);
+                    registry::record_failure(conn, id, Some(&version), &error);
                 }
                 return Outcome::SchemaNotOnPath {
                     schema: target.name().to_owned(),
@@ -591,7 +568,7 @@ pub(crate) fn apply(
             }
             Err(Stop::Failed { version, error }) => {
                 if let Some(id) = target.journal_id() {
-                    record_failure(conn, id, version.as_deref(), &error.to_string());
+                    registry::record_failure(conn, id, version.as_deref(), &error.to_string());
                 }
                 return Outcome::Failed {
                     version,
@@ -684,19 +661,12 @@ pub(crate) fn apply_fast(
         "INSERT INTO {ledger} (version) VALUES {};\n",
         rows.join(", ")
     );
-    sql += &format!(
-        "INSERT INTO public.tenancy_migration_journal \
-             (tenant_id, latest_version, set_digest, migrated_at, last_error, last_error_version, last_error_at) \
-         VALUES ({id}, {latest}, {digest}, now(), NULL, NULL, NULL) \
-         ON CONFLICT (tenant_id) DO UPDATE SET latest_version = EXCLUDED.latest_version, \
-             set_digest = EXCLUDED.set_digest, migrated_at = EXCLUDED.migrated_at, \
-             last_error = NULL, last_error_version = NULL, last_error_at = NULL;\n",
-        latest = set
-            .versions
-            .last()
-            .map_or("NULL".to_owned(), |v| literal(v)),
-        digest = literal(&set.digest),
-    );
+    let latest = set
+        .versions
+        .last()
+        .map_or("NULL".to_owned(), |v| literal(v));
+    sql += &registry::complete_sql(&id.to_string(), &latest, &literal(&set.digest));
+    sql += ";\n";
     sql += "COMMIT;";
     match conn.batch_execute(&sql) {
         Ok(()) => Some(Outcome::Applied {

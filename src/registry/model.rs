@@ -27,7 +27,7 @@ impl TenantStatus {
         }
     }
 
-    pub(super) fn parse(s: &str) -> Result<Self> {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
         match s {
             "active" => Ok(TenantStatus::Active),
             "suspended" => Ok(TenantStatus::Suspended),
