@@ -106,9 +106,7 @@ pub use resolve::{
     Host, IdentifyFn, IpHosts, LISTENER_APPLICATION_NAME, ListenerGuard, LookupPool, ProxyNet,
     ProxyNetError, RequestInfo, Resolution, Resolver, ResolverBuilder, Strategy, normalize_host,
 };
-pub use schema_name::{
-    MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError, quote_ident,
-};
+pub use schema_name::{MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError};
 pub use scope::ScopeStats;
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]

@@ -105,7 +105,7 @@ impl SchemaName {
 /// Quotes a validated schema name as an SQL identifier: wrapped in double quotes,
 /// with any embedded double quote doubled (validation already rules them out; the
 /// doubling makes the function safe on its own).
-pub fn quote_ident(name: &SchemaName) -> String {
+pub(crate) fn quote_ident(name: &SchemaName) -> String {
     let mut out = String::with_capacity(name.0.len() + 2);
     out.push('"');
     for ch in name.0.chars() {

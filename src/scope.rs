@@ -6,6 +6,7 @@
 //! The pools only run statements; every decision lives here, in one place, so
 //! the sync and the async pool cannot drift apart.
 
+mod harmless;
 pub(crate) mod lexer;
 mod sql;
 mod state;
@@ -115,7 +116,7 @@ pub(crate) const DEFAULT_RECYCLE_AFTER_SCHEMAS: u64 = 1000;
 /// Whether `sql` (one string sent to the server) is proven to leave no session
 /// state behind; see the lexer module.
 pub(crate) fn is_harmless(sql: &str) -> bool {
-    lexer::is_harmless(sql)
+    harmless::is_harmless(sql)
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use diesel_tenancy::testing::TestDatabase;
 use diesel_tenancy::web::axum::{CurrentTenant, TenancyLayer, TenantDb, tenant_routing};
-use diesel_tenancy::web::escape_html;
 use diesel_tenancy::{
     Domain, Error, IpHosts, MigrateOptions, Migrator, NewTenant, Resolver, SchemaName, TenantPool,
     create_tenant, registry,
@@ -381,4 +380,20 @@ async fn main() -> Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// Escapes text for HTML (an application would use its template engine).
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -18,7 +18,6 @@ pub use apply::LockMode;
 pub(crate) use apply::{MigrationSet, Target, apply_in_transaction};
 pub use report::{MigrationError, MigrationReport, Outcome, TenantReport, Totals};
 
-
 fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
     match outcome {
         Outcome::Applied { versions, .. } => Ok(versions),

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::citus::ClusterMode;
 use crate::{SchemaName, parallel};
 
-
 /// A progress event of [`Migrator::migrate_all`], for command-line tools and logs.
 #[derive(Debug)]
 #[non_exhaustive]

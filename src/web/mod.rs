@@ -241,7 +241,8 @@ pub(crate) fn suspended_json(host: &str) -> String {
 }
 
 /// Escapes text for HTML.
-pub fn escape_html(text: &str) -> String {
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
