@@ -241,7 +241,7 @@ pub(crate) fn suspended_json(host: &str) -> String {
 }
 
 /// Escapes text for HTML.
-#[cfg(any(feature = "axum", feature = "actix"))]
+#[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
 pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
