@@ -298,3 +298,15 @@ impl From<Error> for diesel::result::Error {
         diesel::result::Error::QueryBuilderError(Box::new(error))
     }
 }
+
+/// An error and its causes, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

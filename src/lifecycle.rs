@@ -238,7 +238,7 @@ pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
             let set = set.as_ref().map_err(|e| Error::Migration {
                 schema: new.schema.as_str().to_owned(),
                 version: None,
-                source: crate::migrate::error_chain(e).into(),
+                source: crate::error::error_chain(e).into(),
             })?;
             let (conn, mode) = worker.conn_and_mode()?;
             create_with_set(conn, new, set, mode == ClusterMode::Citus)

@@ -181,19 +181,7 @@ where
         report.mode = citus::detect(&mut conn)?;
         let settings = options.settings(report.mode);
         if options.shared {
-            let set = MigrationSet::load(&*self.shared, "public")?;
-            let outcome = if options.dry_run {
-                plan(&mut conn, Target::Public, &set)
-            } else {
-                match registry::install(&mut conn) {
-                    Ok(()) => apply(&mut conn, Target::Public, &set, &settings),
-                    Err(e) => Outcome::Failed {
-                        version: None,
-                        error: MigrationError::new(e),
-                        applied: Vec::new(),
-                    },
-                }
-            };
+            let outcome = self.shared_step(&mut conn, options, &settings)?;
             options.notify(Progress::Shared { outcome: &outcome });
             let failed = outcome.is_failure();
             report.shared = Some(outcome);
@@ -218,40 +206,7 @@ where
         let rows = registry::tenants_with_digest(&mut conn)?;
         drop(conn);
 
-        let chosen = |row: &registry::JournalTenant| match &options.tenants {
-            Some(list) => list.contains(&row.schema),
-            None => row.status == TenantStatus::Active || options.include_suspended,
-        };
-        if let Some(list) = &options.tenants {
-            if let Some(missing) = list.iter().find(|s| !rows.iter().any(|r| &r.schema == *s)) {
-                return Err(Error::TenantNotFound {
-                    schema: missing.as_str().to_owned(),
-                });
-            }
-        }
-        let mut work = Vec::new();
-        for row in rows.into_iter().filter(|r| chosen(r)) {
-            let schema = row.schema;
-            let up_to_date = row.set_digest.as_deref() == Some(set.digest());
-            if up_to_date && !options.verify {
-                report.decided_by_journal += 1;
-                report.tenants.push(TenantReport {
-                    tenant_id: row.id,
-                    schema,
-                    outcome: if options.dry_run {
-                        Outcome::Pending {
-                            versions: Vec::new(),
-                        }
-                    } else {
-                        Outcome::UpToDate
-                    },
-                    elapsed: Duration::ZERO,
-                });
-            } else {
-                let known = row.set_digest.as_deref().and_then(|d| set.known_prefix(d));
-                work.push((row.id, schema, known));
-            }
-        }
+        let work = choose(rows, &set, options, &mut report)?;
         drop(set);
 
         let (done, connections) = self.run_workers(pool, options, &settings, &work);
@@ -260,6 +215,29 @@ where
         report.tenants.sort_by(|a, b| a.schema.cmp(&b.schema));
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// The shared set's step of a run: planned, or the registry installed and
+    /// the set applied to `public`.
+    fn shared_step(
+        &self,
+        conn: &mut impl PgConn,
+        options: &MigrateOptions,
+        settings: &ApplySettings,
+    ) -> Result<Outcome> {
+        let set = MigrationSet::load(&*self.shared, "public")?;
+        Ok(if options.dry_run {
+            plan(conn, Target::Public, &set)
+        } else {
+            match registry::install(conn) {
+                Ok(()) => apply(conn, Target::Public, &set, settings),
+                Err(e) => Outcome::Failed {
+                    version: None,
+                    error: MigrationError::new(e),
+                    applied: Vec::new(),
+                },
+            }
+        })
     }
 
     /// [`migrate_all`](Self::migrate_all) as a dry run: what is pending where.
@@ -273,7 +251,7 @@ where
         pool: &P,
         options: &MigrateOptions,
         settings: &ApplySettings,
-        work: &[(i64, SchemaName, Option<usize>)],
+        work: &[Work],
     ) -> (Vec<TenantReport>, usize) {
         let jobs = options
             .jobs
@@ -417,4 +395,54 @@ where
         self.migrate_all_async(pool, &options.clone().dry_run(true))
             .await
     }
+}
+
+/// One tenant a run must visit: its id, schema, and how many of the set's
+/// migrations the journal says it has (for the one-batch step).
+type Work = (i64, SchemaName, Option<usize>);
+
+/// The tenants a run visits, from the registry's listing: those the options
+/// choose (every active tenant by default), minus those the journal shows
+/// up to date with `set` (reported as such at once, unless `verify`).
+/// A tenant named in the options but not registered is an error.
+fn choose(
+    rows: Vec<registry::JournalTenant>,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+    report: &mut MigrationReport,
+) -> Result<Vec<Work>> {
+    if let Some(list) = &options.tenants {
+        if let Some(missing) = list.iter().find(|s| !rows.iter().any(|r| &r.schema == *s)) {
+            return Err(Error::TenantNotFound {
+                schema: missing.as_str().to_owned(),
+            });
+        }
+    }
+    let chosen = |row: &registry::JournalTenant| match &options.tenants {
+        Some(list) => list.contains(&row.schema),
+        None => row.status == TenantStatus::Active || options.include_suspended,
+    };
+    let mut work = Vec::new();
+    for row in rows.into_iter().filter(|r| chosen(r)) {
+        let up_to_date = row.set_digest.as_deref() == Some(set.digest());
+        if up_to_date && !options.verify {
+            report.decided_by_journal += 1;
+            report.tenants.push(TenantReport {
+                tenant_id: row.id,
+                schema: row.schema,
+                outcome: if options.dry_run {
+                    Outcome::Pending {
+                        versions: Vec::new(),
+                    }
+                } else {
+                    Outcome::UpToDate
+                },
+                elapsed: Duration::ZERO,
+            });
+        } else {
+            let known = row.set_digest.as_deref().and_then(|d| set.known_prefix(d));
+            work.push((row.id, row.schema, known));
+        }
+    }
+    Ok(work)
 }

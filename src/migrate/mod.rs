@@ -6,6 +6,8 @@ mod options;
 mod report;
 mod statements;
 
+pub(crate) use crate::error::error_chain;
+
 use apply::{ApplySettings, apply, apply_fast, pending_versions, plan};
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
@@ -112,15 +114,3 @@ pub(crate) fn pending_versions_of(
 
 pub use migrator::Migrator;
 pub use options::{MigrateOptions, Progress};
-
-/// An error and its causes, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}

@@ -212,6 +212,11 @@ impl<'a> Statement<'a> {
 
     /// Reads one token (never `Semi`); `false` as soon as the statement is
     /// not provably harmless.
+    ///
+    /// Long on purpose: one match over the statement's state and the token is
+    /// the grammar the module documentation lists, rule by rule, and reads as
+    /// one table; split into helpers, each rule's exceptions would be spread
+    /// over several functions.
     fn feed(&mut self, t: Tok<'a>) -> bool {
         if let Some(e) = self.expect_now.take() {
             let ok = match e {

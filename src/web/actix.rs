@@ -232,35 +232,12 @@ where
         #[cfg(any(feature = "deadpool", feature = "bb8"))]
         let async_pool = self.async_pool.clone();
         Box::pin(async move {
-            // Never `connection_info()`: it trusts forwarded headers on its own.
-            let headers = if resolver.wants_headers() {
-                req.headers()
-                    .iter()
-                    .map(|(n, v)| {
-                        (
-                            n.as_str().to_owned(),
-                            v.to_str().unwrap_or("\u{fffd}").to_owned(),
-                        )
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let info = OwnedRequestInfo::from_request(
-                |name| {
-                    req.headers()
-                        .get_all(name)
-                        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned())
-                        .collect()
-                },
-                req.uri().authority().map(|a| a.as_str().to_owned()),
-                req.peer_addr().map(|a| a.ip()),
-                req.path().to_owned(),
-                headers,
-            );
+            let info = request_info(&req, resolver.wants_headers());
             let resolution = super::resolve(&resolver, info, bypassed).await;
-            let pool = resolver.pool().cloned();
-            let (scope, span) = match resolution {
+            if let Some(response) = refusal(&req, &resolution, &pages, json_not_found) {
+                return Ok(req.into_response(response).map_into_right_body());
+            }
+            let tenant = match resolution {
                 Ok(Resolution::Tenant {
                     tenant,
                     strip_prefix: prefix,
@@ -268,85 +245,21 @@ where
                     if let Some(len) = prefix {
                         strip_prefix(&mut req, len);
                     }
-                    let span = tracing::info_span!("tenant_request", tenant = %tenant.schema());
                     req.extensions_mut().insert(CurrentTenant(tenant.clone()));
-                    (
-                        RequestScope {
-                            pool,
-                            tenant: Some(tenant),
-                            #[cfg(any(feature = "deadpool", feature = "bb8"))]
-                            async_pool,
-                        },
-                        span,
-                    )
+                    Some(tenant)
                 }
-                Ok(Resolution::Public) => (
-                    RequestScope {
-                        pool,
-                        tenant: None,
-                        #[cfg(any(feature = "deadpool", feature = "bb8"))]
-                        async_pool,
-                    },
-                    tracing::info_span!("tenant_request", tenant = "public"),
-                ),
-                Ok(Resolution::NotFound { host }) => {
-                    let response = if let Some(page) = &pages.not_found {
-                        page(&host)
-                    } else if json_not_found {
-                        HttpResponse::NotFound()
-                            .content_type("application/json")
-                            .body(super::not_found_json(&host))
-                    } else {
-                        HttpResponse::NotFound()
-                            .content_type("text/html; charset=utf-8")
-                            .body(not_found_html(&host))
-                    };
-                    return Ok(req.into_response(response).map_into_right_body());
-                }
-                Ok(Resolution::Suspended { tenant, host }) => {
-                    let mut response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE);
-                    let response = if let Some(page) = &pages.suspended {
-                        page(&tenant, &host)
-                    } else if json_not_found {
-                        response
-                            .content_type("application/json")
-                            .body(super::suspended_json(&host))
-                    } else {
-                        response
-                            .content_type("text/html; charset=utf-8")
-                            .body(super::suspended_html(&host))
-                    };
-                    return Ok(req.into_response(response).map_into_right_body());
-                }
-                Ok(Resolution::Redirect { to, .. }) => {
-                    let target = req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |pq| pq.as_str())
-                        .to_owned();
-                    let response = HttpResponse::PermanentRedirect()
-                        .insert_header((
-                            actix_web::http::header::LOCATION,
-                            super::redirect_location(&to, &target),
-                        ))
-                        .finish();
-                    return Ok(req.into_response(response).map_into_right_body());
-                }
-                Ok(Resolution::BadRequest { reason }) => {
-                    let response =
-                        HttpResponse::BadRequest().body(format!("bad request: {reason}"));
-                    return Ok(req.into_response(response).map_into_right_body());
-                }
-                Err(e) => {
-                    tracing::error!(error = %crate::migrate::error_chain(&e), "tenant resolution failed");
-                    let response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
-                        .body("service unavailable");
-                    return Ok(req.into_response(response).map_into_right_body());
-                }
+                _ => None,
             };
-            #[cfg(feature = "async")]
-            let tenant = scope.tenant.clone();
-            req.extensions_mut().insert(scope);
+            let span = match &tenant {
+                Some(t) => tracing::info_span!("tenant_request", tenant = %t.schema()),
+                None => tracing::info_span!("tenant_request", tenant = "public"),
+            };
+            req.extensions_mut().insert(RequestScope {
+                pool: resolver.pool().cloned(),
+                tenant: tenant.clone(),
+                #[cfg(any(feature = "deadpool", feature = "bb8"))]
+                async_pool,
+            });
             let call = service.call(req).instrument(span);
             #[cfg(feature = "async")]
             let response = match tenant {
@@ -354,10 +267,86 @@ where
                 None => call.await?,
             };
             #[cfg(not(feature = "async"))]
-            let response = call.await?;
+            let response = {
+                drop(tenant);
+                call.await?
+            };
             Ok(response.map_into_left_body())
         })
     }
+}
+
+/// The parts of an actix request the resolver reads. Never
+/// `connection_info()`: it trusts forwarded headers on its own.
+fn request_info(req: &ServiceRequest, with_headers: bool) -> OwnedRequestInfo {
+    let text =
+        |v: &actix_web::http::header::HeaderValue| v.to_str().unwrap_or("\u{fffd}").to_owned();
+    let headers = if with_headers {
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), text(v)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    OwnedRequestInfo::from_request(
+        |name| req.headers().get_all(name).map(text).collect(),
+        req.uri().authority().map(|a| a.as_str().to_owned()),
+        req.peer_addr().map(|a| a.ip()),
+        req.path().to_owned(),
+        headers,
+    )
+}
+
+/// The response to a request that is served neither a tenant nor the public
+/// site (unknown or suspended host, redirect, bad request, failed lookup);
+/// `None` for one that is.
+fn refusal(
+    req: &ServiceRequest,
+    resolution: &crate::Result<Resolution>,
+    pages: &Pages,
+    json: bool,
+) -> Option<HttpResponse> {
+    Some(match resolution {
+        Ok(Resolution::Tenant { .. } | Resolution::Public) => return None,
+        Ok(Resolution::NotFound { host }) => match &pages.not_found {
+            Some(page) => page(host),
+            None if json => HttpResponse::NotFound()
+                .content_type("application/json")
+                .body(super::not_found_json(host)),
+            None => HttpResponse::NotFound()
+                .content_type("text/html; charset=utf-8")
+                .body(not_found_html(host)),
+        },
+        Ok(Resolution::Suspended { tenant, host }) => {
+            let mut response = HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE);
+            match &pages.suspended {
+                Some(page) => page(tenant, host),
+                None if json => response
+                    .content_type("application/json")
+                    .body(super::suspended_json(host)),
+                None => response
+                    .content_type("text/html; charset=utf-8")
+                    .body(super::suspended_html(host)),
+            }
+        }
+        Ok(Resolution::Redirect { to, .. }) => {
+            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            HttpResponse::PermanentRedirect()
+                .insert_header((
+                    actix_web::http::header::LOCATION,
+                    super::redirect_location(to, target),
+                ))
+                .finish()
+        }
+        Ok(Resolution::BadRequest { reason }) => {
+            HttpResponse::BadRequest().body(format!("bad request: {reason}"))
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::error::error_chain(e), "tenant resolution failed");
+            HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE).body("service unavailable")
+        }
+    })
 }
 
 /// The request's tenant. Fails with 404 on public hosts (and 500 if the
@@ -469,7 +458,7 @@ impl actix_web::ResponseError for Error {
     fn error_response(&self) -> HttpResponse {
         let (status, text) = super::error_status(self);
         if status == 500 {
-            tracing::error!(error = %crate::migrate::error_chain(self), "request failed");
+            tracing::error!(error = %crate::error::error_chain(self), "request failed");
         }
         HttpResponse::build(self.status_code()).body(text)
     }

@@ -325,7 +325,7 @@ where
                     Ok((StatusCode::BAD_REQUEST, format!("bad request: {reason}")).into_response())
                 }
                 Err(e) => {
-                    tracing::error!(error = %crate::migrate::error_chain(&e), "tenant resolution failed");
+                    tracing::error!(error = %crate::error::error_chain(&e), "tenant resolution failed");
                     Ok((StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response())
                 }
             }
@@ -513,7 +513,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, text) = super::error_status(&self);
         if status == 500 {
-            tracing::error!(error = %crate::migrate::error_chain(&self), "request failed");
+            tracing::error!(error = %crate::error::error_chain(&self), "request failed");
         }
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, text).into_response()

@@ -210,7 +210,7 @@ pub(crate) async fn async_checkout(
         crate::Error::TenantSuspended { .. } => (503, "suspended"),
         crate::Error::SchemaMissing { .. } => (404, "not found"),
         e => {
-            tracing::error!(error = %crate::migrate::error_chain(&e), "no database connection");
+            tracing::error!(error = %crate::error::error_chain(&e), "no database connection");
             (503, "service unavailable")
         }
     })

@@ -201,6 +201,8 @@ impl ManagedConnection {
     /// Drives the scope state machine until the connection holds `scope`: in
     /// the common case one statement (set the path on a switch, read it back
     /// for the same tenant), or none.
+    // One loop on purpose: it is the sync side of the shared state machine
+    // (`ConnState::plan`), step by step as the async checkout runs it.
     pub(super) fn enter(&mut self, scope: &ScopeKey, local: bool) -> Result<()> {
         let settings = Arc::clone(&self.settings);
         let cfg = &settings.scope;
