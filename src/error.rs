@@ -92,6 +92,18 @@ pub enum Error {
         schema: String,
     },
 
+    /// The tenant's schema name now denotes another schema than when the
+    /// tenant was looked up (a rename gave the name to another tenant's
+    /// schema, as when two tenants swap names), so no connection is scoped to
+    /// it. Look the tenant up again.
+    #[error(
+        "the schema named {schema:?} is no longer the one this tenant was looked up with (renamed since); look the tenant up again"
+    )]
+    SchemaReplaced {
+        /// The schema name the tenant snapshot holds.
+        schema: String,
+    },
+
     /// A schema of this name exists already, but no tenant owns it.
     #[error("schema {schema:?} already exists in the database")]
     SchemaExists {
@@ -280,12 +292,25 @@ impl Error {
 }
 
 /// Lets a transaction closure return [`Error`]: Diesel reports `BEGIN`/`COMMIT`
-/// failures through this conversion.
+/// failures through this conversion. An [`Error`] that went through Diesel's
+/// error type (see the conversion the other way) comes back as itself, so a
+/// refusal keeps its variant through a transaction.
 impl From<diesel::result::Error> for Error {
     fn from(source: diesel::result::Error) -> Self {
-        Error::Database {
-            action: "transaction".into(),
-            source,
+        match source {
+            diesel::result::Error::QueryBuilderError(inner) if inner.is::<Error>() => {
+                match inner.downcast::<Error>() {
+                    Ok(error) => *error,
+                    Err(inner) => Error::Database {
+                        action: "transaction".into(),
+                        source: diesel::result::Error::QueryBuilderError(inner),
+                    },
+                }
+            }
+            source => Error::Database {
+                action: "transaction".into(),
+                source,
+            },
         }
     }
 }

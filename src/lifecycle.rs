@@ -102,6 +102,7 @@ fn create_with_set(
         let tenant = registry::insert_tenant(conn, schema, &new.name)?;
         conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
             .map_err(schema_error(schema, "create"))?;
+        let tenant = registry::with_schema_oid(conn, tenant)?;
         if citus {
             citus::distribute_new_schema(conn, schema)?;
         }
@@ -310,7 +311,7 @@ pub fn rename_tenant(conn: &mut impl PgConn, from: &SchemaName, to: &SchemaName)
             },
             other => other,
         })?;
-        Ok(tenant)
+        registry::with_schema_oid(conn, tenant)
     }))
 }
 

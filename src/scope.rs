@@ -37,8 +37,10 @@ pub struct ScopeStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScopeKey {
     Public,
-    /// A tenant's schema, and the role to switch to when per-tenant roles are on.
-    Tenant(SchemaName, Option<SchemaName>),
+    /// A tenant's schema, the role to switch to when per-tenant roles are on,
+    /// and the object id the schema had when the tenant was looked up (the
+    /// checkout refuses a path whose schema has another one now).
+    Tenant(SchemaName, Option<SchemaName>, Option<u32>),
 }
 
 impl ScopeKey {
@@ -46,14 +48,14 @@ impl ScopeKey {
     pub(crate) fn head(&self) -> &str {
         match self {
             ScopeKey::Public => "public",
-            ScopeKey::Tenant(schema, _) => schema.as_str(),
+            ScopeKey::Tenant(schema, _, _) => schema.as_str(),
         }
     }
 
     /// The value the `role` setting has in this scope, when roles are on.
     pub(crate) fn role_setting(&self) -> &str {
         match self {
-            ScopeKey::Tenant(_, Some(role)) => role.as_str(),
+            ScopeKey::Tenant(_, Some(role), _) => role.as_str(),
             _ => "none",
         }
     }
@@ -90,7 +92,7 @@ impl ScopeKey {
     /// never shadow a tenant's or a shared table, whatever a borrower left.
     pub(crate) fn search_path(&self, extra: &[SchemaName]) -> String {
         let mut path = String::with_capacity(64);
-        if let ScopeKey::Tenant(schema, _) = self {
+        if let ScopeKey::Tenant(schema, _, _) = self {
             path.push_str(&schema.quoted());
             path.push_str(", ");
         }
@@ -125,7 +127,7 @@ mod tests {
 
     #[test]
     fn search_path_quotes_every_name_and_ends_with_pg_temp() {
-        let t = ScopeKey::Tenant(SchemaName::new("acme").unwrap(), None);
+        let t = ScopeKey::Tenant(SchemaName::new("acme").unwrap(), None, None);
         let ext = [SchemaName::new("extensions").unwrap()];
         assert_eq!(
             t.search_path(&ext),

@@ -818,3 +818,31 @@ async fn build_takes_deadpool_when_both_are_on() {
         .unwrap();
     assert_eq!(pool.pool_kind(), "deadpool");
 }
+
+// A snapshot taken before two tenants swap schema names is refused on both
+// async pools, on the connection that holds the path and on a new one.
+both_pools!(a_snapshot_is_refused_after_its_schema_name_moves(kind) {
+    let (db, sync_pool) = tokio::task::block_in_place(|| setup(1));
+    let t = tokio::task::block_in_place(|| tenants_with_markers(&sync_pool, "aswap", 2));
+    let pool = async_pool(&db, kind, 1, true);
+    assert!(sees_only(&pool, &t[0]).await);
+    tokio::task::block_in_place(|| {
+        let mut conn = sync_pool.public().unwrap();
+        let tmp: diesel_tenancy::SchemaName = "aswap_tmp".parse().unwrap();
+        diesel_tenancy::rename_tenant(&mut conn, t[0].schema(), &tmp).unwrap();
+        diesel_tenancy::rename_tenant(&mut conn, t[1].schema(), t[0].schema()).unwrap();
+        diesel_tenancy::rename_tenant(&mut conn, &tmp, t[1].schema()).unwrap();
+    });
+    for stale in &t {
+        let refused = pool.get(stale).await.map(|_| ()).unwrap_err();
+        assert!(matches!(refused, Error::SchemaReplaced { .. }), "{refused:?}");
+    }
+    let name = t[0].schema().clone();
+    let fresh = pool.blocking(move |c| diesel_tenancy::registry::get_tenant(c, &name)).await.unwrap().unwrap();
+    assert_eq!(fresh.id(), t[1].id());
+    assert!(pool
+        .with_tenant(&fresh, async |c| markers(c).await)
+        .await
+        .unwrap()
+        == vec![t[1].schema().to_string()]);
+});

@@ -642,7 +642,10 @@ fn tenant_roles_deny_other_tenants_tables() {
             common::TENANT,
         )
         .unwrap();
-        assert!(matches!(pool.get(&plain), Err(Error::TenantRoleMissing { .. })));
+        assert!(matches!(
+            pool.get(&plain),
+            Err(Error::TenantRoleMissing { .. })
+        ));
         let with_role =
             diesel_tenancy::ensure_tenant_role(&mut setup_pool.public().unwrap(), plain.schema())
                 .unwrap();
@@ -725,4 +728,122 @@ fn session_setup_survives_resets_and_temp_tables_never_shadow() {
         })
         .unwrap();
     assert_eq!(seen, ["setup0"]);
+}
+
+/// Swaps the schema names of two tenants (three renames, as an operator
+/// would), so that each name denotes the other's schema.
+fn swap_names(pool: &TenantPool, a: &Tenant, b: &Tenant) {
+    let mut conn = pool.public().unwrap();
+    let tmp: diesel_tenancy::SchemaName = "swap_tmp".parse().unwrap();
+    diesel_tenancy::rename_tenant(&mut conn, a.schema(), &tmp).unwrap();
+    diesel_tenancy::rename_tenant(&mut conn, b.schema(), a.schema()).unwrap();
+    diesel_tenancy::rename_tenant(&mut conn, &tmp, b.schema()).unwrap();
+}
+
+/// [`swap_names`] with a pause after each rename.
+fn swap_names_slowly(pool: &TenantPool, a: &Tenant, b: &Tenant) {
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(40));
+    let mut conn = pool.public().unwrap();
+    let tmp: diesel_tenancy::SchemaName = "swap_tmp".parse().unwrap();
+    diesel_tenancy::rename_tenant(&mut conn, a.schema(), &tmp).unwrap();
+    pause();
+    diesel_tenancy::rename_tenant(&mut conn, b.schema(), a.schema()).unwrap();
+    pause();
+    diesel_tenancy::rename_tenant(&mut conn, &tmp, b.schema()).unwrap();
+    pause();
+}
+
+/// A snapshot taken before two tenants swap schema names is refused, never
+/// served the other tenant's rows: on a connection that still holds the path
+/// (read back) and on one that must set it, and while readers run
+/// concurrently with the swaps. Fresh lookups then find each tenant's rows.
+#[test]
+fn a_snapshot_is_refused_after_its_schema_name_moves_to_another_tenant() {
+    let (_db, pool) = setup(1);
+    let t = tenants_with_markers(&pool, "swap", 2);
+    let (a, b) = (&t[0], &t[1]);
+    assert_sees_only(&pool, a); // the one connection now holds a's path
+    swap_names(&pool, a, b);
+    for round in 0..2 {
+        let refused = pool.with_tenant(a, markers).unwrap_err();
+        assert!(
+            matches!(&refused, diesel::result::Error::QueryBuilderError(e)
+                if matches!(e.downcast_ref::<Error>(), Some(Error::SchemaReplaced { .. }))),
+            "round {round}: {refused:?}"
+        );
+        assert!(matches!(pool.get(b), Err(Error::SchemaReplaced { .. })));
+    }
+    // The registry moved with the schemas: a fresh lookup of each name finds
+    // the tenant that owns that schema now, and its rows.
+    let fresh_a = pool.tenant(a.schema().as_str()).unwrap();
+    assert_eq!(fresh_a.id(), b.id());
+    assert_eq!(
+        pool.with_tenant(&fresh_a, markers).unwrap(),
+        vec![b.schema().to_string()]
+    );
+
+    // Concurrently: readers holding old snapshots while the names swap back
+    // and forth read their own rows or are refused, never the other's. (The
+    // check is made at checkout: a borrow already running when a swap
+    // completes is not covered, see the README's *Renaming a tenant*; the
+    // renames here are spaced so that each borrow, one checkout and one
+    // query, runs between two of them.)
+    let (_db, pool) = setup(4);
+    let t = tenants_with_markers(&pool, "cswap", 2);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (served, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            let (served, refused) = (served.clone(), refused.clone());
+            let t = t.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Each reader keeps the snapshots it took at the start.
+                    let mine = &t[i % 2];
+                    match pool.with_tenant(mine, markers) {
+                        Ok(seen) => {
+                            // Before any swap, or after an even number of them,
+                            // the snapshot's schema has its own name again.
+                            assert_eq!(seen, vec![mine.schema().to_string()], "wrong-tenant read");
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Renamed away, or mid-swap under the temporary name.
+                        Err(diesel::result::Error::QueryBuilderError(e))
+                            if matches!(
+                                e.downcast_ref::<Error>(),
+                                Some(Error::SchemaReplaced { .. } | Error::SchemaMissing { .. })
+                            ) =>
+                        {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A rename landed between the checkout and the query:
+                        // the name then denotes no schema, and the query fails.
+                        Err(diesel::result::Error::DatabaseError(_, info))
+                            if info.message().contains("does not exist") =>
+                        {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("unexpected error: {e:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        swap_names_slowly(&pool, &t[0], &t[1]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().expect("no wrong-tenant read");
+    }
+    let (served, refused) = (
+        served.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    println!("rename swaps: {served} reads served, {refused} refused");
+    assert!(
+        refused > 0,
+        "no read was refused while the names were swapped"
+    );
 }

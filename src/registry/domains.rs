@@ -112,6 +112,7 @@ pub fn find_tenant_by_domain(conn: &mut impl PgConn, domain: &Domain) -> Result<
 /// routes to, with the tenant's primary domain.
 pub(super) const TENANT_AND_PRIMARY: &str = "\
     SELECT t.id, t.schema_name, t.name, t.status, t.created_at, t.role_name, \
+           pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name))::oid AS schema_oid, \
            (SELECT p.domain FROM public.tenancy_domains p \
             WHERE p.tenant_id = t.id AND p.is_primary LIMIT 1) AS primary_domain \
     FROM public.tenancy_domains d JOIN public.tenancy_tenants t ON t.id = d.tenant_id \
@@ -131,6 +132,8 @@ pub(super) struct TenantAndPrimary {
     pub(super) created_at: SystemTime,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub(super) role_name: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Oid>)]
+    pub(super) schema_oid: Option<u32>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     pub(super) primary_domain: Option<String>,
 }
@@ -149,6 +152,7 @@ impl TenantAndPrimary {
             status: self.status,
             created_at: self.created_at,
             role_name: self.role_name,
+            schema_oid: self.schema_oid,
         })?;
         Ok((tenant, primary))
     }

@@ -39,7 +39,7 @@ pub use model::JournalEntry;
 pub(crate) use model::{DomainRecord, Tenant, TenantStatus};
 #[cfg(any(feature = "deadpool", feature = "bb8"))]
 pub(crate) use tenants::find_tenant_async;
-pub(crate) use tenants::{delete_tenant_row, rename_tenant_row, set_role_name};
+pub(crate) use tenants::{delete_tenant_row, rename_tenant_row, set_role_name, with_schema_oid};
 pub use tenants::{
     find_tenant, find_tenant_by_id, get_tenant, insert_tenant, list_tenants, set_tenant_status,
 };

@@ -50,6 +50,13 @@ impl TenantStatus {
 /// [`Resolver`](crate::Resolver), whose cache the registry's notifications
 /// invalidate) see the suspension. Look a tenant up per request or job rather
 /// than holding the value for the life of a process.
+///
+/// A snapshot also records which schema its name denoted when it was looked
+/// up (the schema's object id). A checkout compares it with the schema the
+/// path reaches, in the statement it sends anyway, and refuses with
+/// [`Error::SchemaReplaced`](crate::Error::SchemaReplaced) when a rename
+/// has since given the name to another schema: a snapshot of tenant A never
+/// reads tenant B's rows after A and B swap names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
     pub(super) id: i64,
@@ -58,6 +65,8 @@ pub struct Tenant {
     pub(super) status: TenantStatus,
     pub(super) created_at: SystemTime,
     pub(super) role: Option<SchemaName>,
+    /// The object id of the schema the name denoted at lookup, if it existed.
+    pub(super) schema_oid: Option<u32>,
 }
 
 impl Tenant {
@@ -91,6 +100,11 @@ impl Tenant {
     pub fn created_at(&self) -> SystemTime {
         self.created_at
     }
+    /// The object id of the schema the tenant's name denoted when this
+    /// snapshot was taken (`None` if it did not exist then).
+    pub(crate) fn schema_oid(&self) -> Option<u32> {
+        self.schema_oid
+    }
 }
 
 #[derive(Queryable, Selectable)]
@@ -102,7 +116,15 @@ pub(super) struct TenantRow {
     pub(super) status: String,
     pub(super) created_at: SystemTime,
     pub(super) role_name: Option<String>,
+    #[diesel(select_expression = diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Oid>>(SCHEMA_OID))]
+    #[diesel(select_expression_type = diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Oid>>)]
+    pub(super) schema_oid: Option<u32>,
 }
+
+/// The object id of the schema a registry row names, as an SQL expression on
+/// `tenancy_tenants` (a catalog cache lookup, no table read).
+pub(super) const SCHEMA_OID: &str =
+    "pg_catalog.to_regnamespace(pg_catalog.quote_ident(\"tenancy_tenants\".\"schema_name\"))::oid";
 
 impl TryFrom<TenantRow> for Tenant {
     type Error = Error;
@@ -122,6 +144,7 @@ impl TryFrom<TenantRow> for Tenant {
                 .map_err(|e| Error::CorruptRegistry {
                     reason: e.to_string(),
                 })?,
+            schema_oid: row.schema_oid,
         })
     }
 }

@@ -185,3 +185,21 @@ pub(crate) async fn find_tenant_async(
     let row = diesel_async::RunQueryDsl::get_result(query, conn).await;
     found(row, format!("find tenant {:?}", schema.as_str()))
 }
+
+/// `tenant` with the object id its schema has now: for the value returned by
+/// a write that created or renamed the schema after writing the row.
+pub(crate) fn with_schema_oid(conn: &mut impl PgConn, mut tenant: Tenant) -> Result<Tenant> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Oid>)]
+        oid: Option<u32>,
+    }
+    let row = diesel::sql_query(
+        "SELECT pg_catalog.to_regnamespace(pg_catalog.quote_ident($1))::oid AS oid",
+    )
+    .bind::<diesel::sql_types::Text, _>(tenant.schema.as_str())
+    .get_result::<Row>(conn)
+    .map_err(Error::db(format!("read schema {:?}", tenant.schema.as_str())))?;
+    tenant.schema_oid = row.oid;
+    Ok(tenant)
+}

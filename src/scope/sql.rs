@@ -5,15 +5,17 @@
 use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Bool, Nullable, Text};
+use diesel::sql_types::{Bool, Nullable, Oid, Text};
 
 /// The columns both checkout statements end with: the first schema on the path
-/// that exists, the session user, the current user (the role in effect), and
-/// whether the session has a temporary schema. None of them reads a table, so
+/// that exists, the session user, the current user (the role in effect),
+/// whether the session has a temporary schema, and the object id of that
+/// first schema (a catalog cache lookup). None of them reads a table, so
 /// the server's re-planning of the statement after each path change (it
 /// re-plans every cached statement when the path differs) is trivial.
 const STATE_COLUMNS: &str = ", pg_catalog.current_schema(), pg_catalog.\"session_user\"()::text, \
-     pg_catalog.\"current_user\"()::text, pg_catalog.pg_my_temp_schema() <> 0";
+     pg_catalog.\"current_user\"()::text, pg_catalog.pg_my_temp_schema() <> 0, \
+     pg_catalog.to_regnamespace(pg_catalog.quote_ident(pg_catalog.current_schema()))::oid";
 
 /// What a checkout statement read from the server.
 #[derive(Debug, Clone, PartialEq, Eq, diesel::Queryable)]
@@ -29,9 +31,11 @@ pub(crate) struct ServerState {
     /// The session has a temporary schema (it has created a temporary object
     /// at some point; the schema stays after its objects are dropped).
     pub(crate) temp_schema: bool,
+    /// The object id of `head`: which schema the name denotes now.
+    pub(crate) head_oid: Option<u32>,
 }
 
-type StateSql = (Text, Nullable<Text>, Text, Text, Bool);
+type StateSql = (Text, Nullable<Text>, Text, Text, Bool, Nullable<Oid>);
 
 /// The liveness check when the path is believed to be in place: reads the
 /// session's state back, changing nothing.

@@ -275,7 +275,7 @@ impl ConnState {
             .login_user
             .get_or_insert_with(|| server.session_user.clone());
         let expected_user = match scope {
-            ScopeKey::Tenant(_, Some(role)) if cfg.tenant_roles => role.as_str(),
+            ScopeKey::Tenant(_, Some(role), _) if cfg.tenant_roles => role.as_str(),
             _ => login.as_str(),
         };
         if server.session_user != *login || server.current_user != expected_user {
@@ -290,7 +290,7 @@ impl ConnState {
         }
         match set {
             Some(path) => {
-                if let ScopeKey::Tenant(schema, _) = scope {
+                if let ScopeKey::Tenant(schema, _, _) = scope {
                     if server.head.as_deref() != Some(schema.as_str()) {
                         // The path names a schema that does not exist. The
                         // statement changed nothing else; the path is
@@ -303,6 +303,7 @@ impl ConnState {
                     }
                 }
                 self.current = Some((scope.clone(), path.to_owned()));
+                self.check_identity(scope, &server)?;
                 self.verified = true;
             }
             None => {
@@ -312,10 +313,27 @@ impl ConnState {
                         && server.head.as_deref() == Some(scope.head())
                 });
                 if holds {
+                    self.check_identity(scope, &server)?;
                     self.verified = true;
                 } else {
                     self.current = None;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a path whose schema is no longer the one the tenant was looked
+    /// up with: a rename gave its name to another schema (two tenants that
+    /// swap names, say). The path is forgotten; the connection is kept.
+    fn check_identity(&mut self, scope: &ScopeKey, server: &ServerState) -> crate::Result<()> {
+        if let ScopeKey::Tenant(schema, _, Some(oid)) = scope {
+            if server.head_oid != Some(*oid) {
+                self.current = None;
+                self.verified = false;
+                return Err(Error::SchemaReplaced {
+                    schema: schema.as_str().to_owned(),
+                });
             }
         }
         Ok(())
@@ -428,7 +446,7 @@ mod tests {
     }
 
     fn acme() -> ScopeKey {
-        ScopeKey::Tenant(SchemaName::new("acme").unwrap(), None)
+        ScopeKey::Tenant(SchemaName::new("acme").unwrap(), None, None)
     }
 
     fn state(path: &str, head: &str, user: &str, temp: bool) -> ServerState {
@@ -438,6 +456,7 @@ mod tests {
             session_user: user.into(),
             current_user: user.into(),
             temp_schema: temp,
+            head_oid: None,
         }
     }
 
@@ -462,6 +481,34 @@ mod tests {
         assert_eq!(c.plan(&cfg, &acme(), false), Step::Ready);
         assert_eq!(c.release(&cfg, Some(false), false), Release::Keep);
         assert_eq!(c.plan(&cfg, &acme(), false), Step::ReadBack);
+    }
+
+    #[test]
+    fn a_path_whose_schema_was_renamed_away_is_refused() {
+        let cfg = cfg();
+        let mut c = ConnState::default();
+        let acme = ScopeKey::Tenant(SchemaName::new("acme").unwrap(), None, Some(7));
+        let Step::Set { path, .. } = c.plan(&cfg, &acme, false) else {
+            panic!("expected a set")
+        };
+        let mut server = state(&path, "acme", "app", false);
+        server.head_oid = Some(7);
+        c.settle(&cfg, &acme, Some(&path), Ok(server.clone()))
+            .unwrap();
+        c.release(&cfg, Some(false), false);
+        // Another schema now has the name (the tenants swapped names).
+        assert_eq!(c.plan(&cfg, &acme, false), Step::ReadBack);
+        server.head_oid = Some(8);
+        let refused = c.settle(&cfg, &acme, None, Ok(server.clone()));
+        assert!(
+            matches!(&refused, Err(Error::SchemaReplaced { schema }) if schema == "acme"),
+            "{refused:?}"
+        );
+        // Forgotten: the next checkout sets the path and checks again.
+        assert!(matches!(c.plan(&cfg, &acme, false), Step::Set { .. }));
+        let refused = c.settle(&cfg, &acme, Some(&path), Ok(server));
+        assert!(matches!(refused, Err(Error::SchemaReplaced { .. })));
+        assert!(!c.holds(&acme));
     }
 
     #[test]
@@ -547,7 +594,7 @@ mod tests {
         let cfg = cfg();
         let mut c = ConnState::default();
         for name in ["a", "b", "a", "b"] {
-            let scope = ScopeKey::Tenant(SchemaName::new(name).unwrap(), None);
+            let scope = ScopeKey::Tenant(SchemaName::new(name).unwrap(), None, None);
             set(&mut c, &cfg, &scope);
             c.release(&cfg, Some(false), false);
         }

@@ -22,7 +22,8 @@ pub(crate) fn database_task_failed<R>(e: impl std::fmt::Display) -> Result<R, cr
 
 /// The HTTP status and the text a response shows for the crate's error in a
 /// handler: not found for an unknown tenant or domain, 503 for a suspended
-/// tenant, 400 for an invalid name, and 500 (with no detail: the cause is for
+/// tenant or one whose schema was renamed during the request (a retry
+/// resolves it afresh), 400 for an invalid name, and 500 (with no detail: the cause is for
 /// the logs, not the client) for everything else.
 #[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
@@ -31,7 +32,9 @@ pub(crate) fn error_status(e: &crate::Error) -> (u16, &'static str) {
         Error::TenantNotFound { .. }
         | Error::TenantIdNotFound { .. }
         | Error::DomainNotFound { .. } => (404, "not found"),
-        Error::TenantSuspended { .. } => (503, "service unavailable"),
+        Error::TenantSuspended { .. } | Error::SchemaReplaced { .. } => {
+            (503, "service unavailable")
+        }
         #[cfg(any(feature = "deadpool", feature = "bb8"))]
         Error::AsyncPool { .. } => (503, "service unavailable"),
         #[cfg(feature = "sync")]

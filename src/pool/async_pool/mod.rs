@@ -155,7 +155,11 @@ impl AsyncTenantPool {
     pub async fn get(&self, tenant: &Tenant) -> Result<AsyncTenantConnection> {
         let cfg = &self.settings.scope;
         cfg.check_tenant(tenant)?;
-        let scope = ScopeKey::Tenant(tenant.schema().clone(), cfg.role_of(tenant)?);
+        let scope = ScopeKey::Tenant(
+            tenant.schema().clone(),
+            cfg.role_of(tenant)?,
+            tenant.schema_oid(),
+        );
         let conn = self.checkout(&scope, cfg.transaction_scoped).await?;
         Ok(AsyncTenantConnection {
             conn: Some(conn),

@@ -46,7 +46,11 @@ impl TenantConnection {
     ) -> Result<Self> {
         let cfg = &conn.settings.scope;
         cfg.check_tenant(tenant)?;
-        let scope = ScopeKey::Tenant(tenant.schema().clone(), cfg.role_of(tenant)?);
+        let scope = ScopeKey::Tenant(
+            tenant.schema().clone(),
+            cfg.role_of(tenant)?,
+            tenant.schema_oid(),
+        );
         let own_transaction = cfg.transaction_scoped;
         conn.enter(&scope, own_transaction)?;
         Ok(TenantConnection {
