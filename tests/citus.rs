@@ -314,7 +314,10 @@ fn migrations_reach_the_worker_and_a_failure_rolls_back_there_too() {
     match &report.tenants[0].outcome {
         Outcome::Failed { version, error, .. } => {
             assert_eq!(version.as_deref(), Some("20250602000003"));
-            assert!(error.to_string().contains("triggers are not supported"), "{error}");
+            assert!(
+                error.to_string().contains("triggers are not supported"),
+                "{error}"
+            );
         }
         other => panic!("{other:?}"),
     }
