@@ -107,7 +107,7 @@ pub use resolve::{
     ProxyNetError, RequestInfo, Resolution, Resolver, ResolverBuilder, Strategy, normalize_host,
 };
 pub use schema_name::{MAX_SCHEMA_NAME_LEN, RESERVED_SCHEMA_NAMES, SchemaName, SchemaNameError};
-pub use scope::ScopeStats;
+pub use scope::{MEMORY_SAMPLE_EVERY, MEMORY_SAMPLE_NEW_SCHEMAS, ScopeStats};
 #[cfg(feature = "async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use task_local::{current_tenant, spawn_with_tenant, with_current_tenant};

@@ -12,8 +12,9 @@ mod sql;
 mod state;
 mod watch;
 
-pub(crate) use sql::{CurrentState, ServerState, SetPath, TempObjects, reset_sql};
+pub(crate) use sql::{BackendMemory, CurrentState, ServerState, SetPath, TempObjects, reset_sql};
 pub(crate) use state::{ConnState, Release, ScopeConfig, Step};
+pub use state::{MEMORY_SAMPLE_EVERY, MEMORY_SAMPLE_NEW_SCHEMAS};
 pub(crate) use watch::{ScopeWatch, watch_of};
 
 use crate::SchemaName;
@@ -31,6 +32,14 @@ pub struct ScopeStats {
     /// Sessions reset (one statement each) because a borrower sent something
     /// not proven harmless, or the checkout found leftover state.
     pub resets: u64,
+    /// Backend memory samples taken (one statement each; see
+    /// [`TenantPoolBuilder::recycle_above_memory_mb`](crate::TenantPoolBuilder::recycle_above_memory_mb)).
+    pub memory_samples: u64,
+    /// Connections replaced because their backend passed the memory cap.
+    pub memory_recycles: u64,
+    /// A sample failed (the database user may not read
+    /// `pg_backend_memory_contexts`), so the pool stopped sampling.
+    pub memory_unreadable: bool,
 }
 
 /// The search path a scoped connection holds: a tenant's schema first, or `public`.
@@ -110,7 +119,7 @@ impl ScopeKey {
 /// each step settles something the next cannot undo, so more steps than a
 /// reset, a probe, a read-back and a set mean the session keeps changing
 /// under the checkout.
-pub(crate) const MAX_STEPS: usize = 6;
+pub(crate) const MAX_STEPS: usize = 7;
 
 /// The pools' default for `recycle_after_schemas`.
 pub(crate) const DEFAULT_RECYCLE_AFTER_SCHEMAS: u64 = 1000;

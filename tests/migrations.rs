@@ -154,7 +154,10 @@ fn one_failing_tenant_leaves_the_others_migrated_and_itself_untouched() {
     match &report.tenant("k3").unwrap().outcome {
         Outcome::Failed { version, error, .. } => {
             assert_eq!(version.as_deref(), Some(V3));
-            assert!(error.to_string().contains("customers_name_not_bad"), "{error}");
+            assert!(
+                error.to_string().contains("customers_name_not_bad"),
+                "{error}"
+            );
         }
         other => panic!("k3: {other:?}"),
     }
@@ -321,7 +324,9 @@ fn a_locked_schema_is_skipped_or_times_out() {
         )
         .unwrap();
     match &wait.tenant("lk1").unwrap().outcome {
-        Outcome::Failed { error, .. } => assert!(error.to_string().contains("lock timeout"), "{error}"),
+        Outcome::Failed { error, .. } => {
+            assert!(error.to_string().contains("lock timeout"), "{error}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -968,4 +973,74 @@ fn the_journal_fast_path_is_checked_against_the_ledger() {
     // but fast2.
     let again = m.migrate_all(&pool, &MigrateOptions::new()).unwrap();
     assert_eq!(again.decided_by_journal, 2);
+}
+
+/// A no-op deploy does not trust the journal blindly: one statement compares
+/// it with the catalog and each tenant's ledger, and a tenant whose schema
+/// was dropped, or whose schema went back to an older state (an old dump
+/// restored: the last migration's column and ledger row gone), is planned and
+/// migrated from its real state; the others are still decided by the journal.
+#[test]
+fn a_no_op_deploy_notices_a_schema_or_ledger_behind_the_journal() {
+    let (_db, pool) = setup(4);
+    let dir = MigrationDir::tenant_copy();
+    let _t = bulk_tenants(&pool, "jchk", 3, &dir.source());
+    dir.add(
+        V3,
+        "add_flag",
+        "ALTER TABLE products ADD COLUMN flag boolean NOT NULL DEFAULT false",
+    );
+    let m = migrator(&dir);
+    assert!(
+        m.migrate_all(&pool, &MigrateOptions::new())
+            .unwrap()
+            .is_success()
+    );
+    pool.public()
+        .unwrap()
+        .batch_execute(&format!(
+            "ALTER TABLE jchk0.products DROP COLUMN flag; \
+             DELETE FROM jchk0.__diesel_schema_migrations WHERE version = '{V3}'; \
+             DROP SCHEMA jchk1 CASCADE"
+        ))
+        .unwrap();
+    let checks =
+        diesel_tenancy::registry::check_journal(&mut pool.public().unwrap(), true).unwrap();
+    let agrees = |s: &str| {
+        checks
+            .iter()
+            .find(|c| c.schema.as_str() == s)
+            .unwrap()
+            .agrees()
+    };
+    assert!(!agrees("jchk0") && !agrees("jchk1") && agrees("jchk2"));
+    let only_schemas =
+        diesel_tenancy::registry::check_journal(&mut pool.public().unwrap(), false).unwrap();
+    let agrees = |s: &str| {
+        only_schemas
+            .iter()
+            .find(|c| c.schema.as_str() == s)
+            .unwrap()
+            .agrees()
+    };
+    assert!(agrees("jchk0") && !agrees("jchk1") && agrees("jchk2"));
+
+    let plan = m.plan(&pool, &MigrateOptions::new()).unwrap();
+    assert_eq!(
+        plan.tenant("jchk0").unwrap().outcome,
+        Outcome::Pending {
+            versions: vec![V3.to_owned()]
+        }
+    );
+    assert_eq!(
+        plan.tenant("jchk1").unwrap().outcome,
+        Outcome::SchemaMissing
+    );
+    assert_eq!(plan.decided_by_journal, 1);
+    let run = m.migrate_all(&pool, &MigrateOptions::new()).unwrap();
+    assert_eq!(applied(&run.tenant("jchk0").unwrap().outcome), [V3]);
+    assert!(has_column(&pool, "jchk0", "products", "flag"));
+    assert_eq!(run.tenant("jchk1").unwrap().outcome, Outcome::SchemaMissing);
+    assert_eq!(run.tenant("jchk2").unwrap().outcome, Outcome::UpToDate);
+    assert_eq!(run.decided_by_journal, 1);
 }

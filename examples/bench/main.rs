@@ -93,11 +93,14 @@
 //! `warm_hits` counts the tenant pool's checkouts during the switching
 //! variant's turns.
 //!
-//! `memory` reads every tenant once, in order, through a pool of one connection,
-//! with the default recycle rule and without it, sampling the backend's memory
-//! (`pg_backend_memory_contexts`) every 50 tenants, and prints `RESULT
-//! scenario=memory tenants=<n> recycled_peak_mb=<x> unrecycled_peak_mb=<x>
-//! cap_mb=<x>`; it fails if the recycled peak passes the documented cap.
+//! `memory` gives every tenant 50 more tables (each with an index), then reads
+//! every tenant once, in order, touching all its tables, through a pool of one
+//! connection: with a 64 MB memory cap (`recycle_above_memory_mb`, the schema
+//! count off) and with no recycle rule at all. It reads the backend's memory
+//! (`pg_backend_memory_contexts`) after every tenant and prints `RESULT
+//! scenario=memory tables=<n> tenants=<n> recycled_peak_mb=<x>
+//! unrecycled_peak_mb=<x> cap_mb=<x> recycles=<n>`; it fails if the capped peak
+//! passes the cap by more than `MEMORY_SAMPLE_NEW_SCHEMAS + 1` tenants' worth.
 //!
 //! `soak` runs `ops` checkouts over all tenants from 4 threads on a pool of 4
 //! (connections replaced after `--recycle` distinct schemas: 1,000 by default

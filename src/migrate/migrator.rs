@@ -203,7 +203,7 @@ where
             report.elapsed = started.elapsed();
             return Ok(report);
         }
-        let rows = registry::tenants_with_digest(&mut conn)?;
+        let rows = registry::check_journal(&mut conn, report.mode != ClusterMode::Citus)?;
         drop(conn);
 
         let work = choose(rows, &set, options, &mut report)?;
@@ -406,7 +406,7 @@ type Work = (i64, SchemaName, Option<usize>);
 /// up to date with `set` (reported as such at once, unless `verify`).
 /// A tenant named in the options but not registered is an error.
 fn choose(
-    rows: Vec<registry::JournalTenant>,
+    rows: Vec<registry::JournalCheck>,
     set: &MigrationSet,
     options: &MigrateOptions,
     report: &mut MigrationReport,
@@ -418,17 +418,18 @@ fn choose(
             });
         }
     }
-    let chosen = |row: &registry::JournalTenant| match &options.tenants {
+    let chosen = |row: &registry::JournalCheck| match &options.tenants {
         Some(list) => list.contains(&row.schema),
         None => row.status == TenantStatus::Active || options.include_suspended,
     };
     let mut work = Vec::new();
     for row in rows.into_iter().filter(|r| chosen(r)) {
-        let up_to_date = row.set_digest.as_deref() == Some(set.digest());
+        // The journal decides only where the catalog and the ledger agree with it.
+        let up_to_date = row.set_digest.as_deref() == Some(set.digest()) && row.agrees();
         if up_to_date && !options.verify {
             report.decided_by_journal += 1;
             report.tenants.push(TenantReport {
-                tenant_id: row.id,
+                tenant_id: row.tenant_id,
                 schema: row.schema,
                 outcome: if options.dry_run {
                     Outcome::Pending {
@@ -440,8 +441,12 @@ fn choose(
                 elapsed: Duration::ZERO,
             });
         } else {
-            let known = row.set_digest.as_deref().and_then(|d| set.known_prefix(d));
-            work.push((row.id, row.schema, known));
+            let known = row
+                .set_digest
+                .as_deref()
+                .filter(|_| row.agrees())
+                .and_then(|d| set.known_prefix(d));
+            work.push((row.tenant_id, row.schema, known));
         }
     }
     Ok(work)

@@ -8,6 +8,9 @@ use std::time::Duration;
 use crate::scope::{DEFAULT_RECYCLE_AFTER_SCHEMAS, ScopeConfig};
 use crate::{Error, Result, SchemaName};
 
+/// The default cap on a pooled connection's backend memory.
+pub(crate) const DEFAULT_RECYCLE_ABOVE_MEMORY_MB: u64 = 64;
+
 /// A pool's settings, with the defaults documented on the builders' methods.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolSettings {
@@ -23,6 +26,7 @@ pub(crate) struct PoolSettings {
     pub(crate) transaction_scoped: bool,
     pub(crate) statement_cache: Option<bool>,
     pub(crate) recycle_after_schemas: Option<u64>,
+    pub(crate) recycle_above_memory_mb: Option<u64>,
     pub(crate) tenant_roles: bool,
     pub(crate) reset_after_every_borrow: bool,
     pub(crate) session_setup: Option<String>,
@@ -44,6 +48,7 @@ impl PoolSettings {
             transaction_scoped: false,
             statement_cache: None,
             recycle_after_schemas: Some(DEFAULT_RECYCLE_AFTER_SCHEMAS),
+            recycle_above_memory_mb: Some(DEFAULT_RECYCLE_ABOVE_MEMORY_MB),
             tenant_roles: false,
             reset_after_every_borrow: false,
             session_setup: None,
@@ -92,6 +97,8 @@ impl PoolSettings {
             self.test_on_check_out,
             self.transaction_scoped,
             self.recycle_after_schemas,
+            self.recycle_above_memory_mb
+                .map(|mb| mb.saturating_mul(1024 * 1024)),
             self.tenant_roles,
             self.reset_after_every_borrow,
             self.session_setup.clone(),

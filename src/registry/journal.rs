@@ -3,7 +3,7 @@
 //! Citus moves take.
 
 use super::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 
 use crate::conn::PgConn;
 use crate::{Error, Result, SchemaName};
@@ -74,18 +74,53 @@ pub(crate) fn record_failure(conn: &mut impl PgConn, id: i64, version: Option<&s
     .execute(conn);
 }
 
-/// A tenant as a migration run sees it: its id, schema and status, and the
-/// digest of the tenant set the journal says it completed.
-#[derive(Debug)]
-pub(crate) struct JournalTenant {
-    pub(crate) id: i64,
-    pub(crate) schema: SchemaName,
-    pub(crate) status: TenantStatus,
+/// A tenant's journal entry next to what the catalog and the tenant's own
+/// migration ledger say, from [`check_journal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalCheck {
+    /// The tenant's registry id.
+    pub tenant_id: i64,
+    /// The tenant's schema.
+    pub schema: SchemaName,
+    /// Active or suspended.
+    pub status: TenantStatus,
+    /// The newest version of the tenant set the journal says the tenant has
+    /// (`None`: never migrated).
+    pub journal_latest: Option<String>,
+    /// Whether the schema exists.
+    pub schema_exists: bool,
+    /// The newest version in the schema's own ledger
+    /// (`__diesel_schema_migrations`); `None` when it has no ledger, is
+    /// empty, or was not read (see [`check_journal`]).
+    pub ledger_newest: Option<String>,
+    /// Whether the ledger was read.
+    pub ledger_read: bool,
     pub(crate) set_digest: Option<String>,
 }
 
-/// Every tenant with its journal digest, by schema name: one query.
-pub(crate) fn tenants_with_digest(conn: &mut impl PgConn) -> Result<Vec<JournalTenant>> {
+impl JournalCheck {
+    /// Whether the journal can be trusted for this tenant: the schema exists
+    /// and (when read) its ledger's newest version is the one the journal
+    /// records.
+    pub fn agrees(&self) -> bool {
+        self.schema_exists && (!self.ledger_read || self.ledger_newest == self.journal_latest)
+    }
+}
+
+/// Every tenant's journal entry checked against the catalog and the tenant's
+/// ledger, in one statement however many tenants there are (the server reads
+/// each ledger's newest version with an index scan). `read_ledgers: false`
+/// checks only that each schema exists (what `migrate_all` does on Citus,
+/// where each ledger is a distributed table and reading 10,000 of them would
+/// be 10,000 distributed queries).
+///
+/// It catches a schema dropped, or restored from an older dump, or a ledger
+/// whose newest row was changed, behind the journal's back. It does not catch
+/// a ledger row deleted in the middle or a table changed by hand: reading
+/// every ledger in full (`MigrateOptions::verify`) catches the first, nothing
+/// the second.
+pub fn check_journal(conn: &mut impl PgConn, read_ledgers: bool) -> Result<Vec<JournalCheck>> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = BigInt)]
@@ -96,23 +131,43 @@ pub(crate) fn tenants_with_digest(conn: &mut impl PgConn) -> Result<Vec<JournalT
         status: String,
         #[diesel(sql_type = Nullable<Text>)]
         set_digest: Option<String>,
+        #[diesel(sql_type = Nullable<Text>)]
+        latest_version: Option<String>,
+        #[diesel(sql_type = Bool)]
+        schema_exists: bool,
+        #[diesel(sql_type = Nullable<Text>)]
+        ledger_newest: Option<String>,
     }
     diesel::sql_query(
-        "SELECT t.id, t.schema_name, t.status, j.set_digest \
+        "SELECT t.id, t.schema_name, t.status, j.set_digest, j.latest_version, \
+                n.oid IS NOT NULL AS schema_exists, \
+                CASE WHEN $1 AND l.oid IS NOT NULL THEN \
+                  (pg_catalog.xpath('/row/v/text()', pg_catalog.query_to_xml(pg_catalog.format( \
+                     'SELECT max(version) AS v FROM %I.__diesel_schema_migrations', t.schema_name), \
+                     false, true, '')))[1]::text \
+                END AS ledger_newest \
          FROM public.tenancy_tenants t \
          LEFT JOIN public.tenancy_migration_journal j ON j.tenant_id = t.id \
+         LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
+         LEFT JOIN pg_catalog.pg_class l \
+           ON l.relnamespace = n.oid AND l.relname = '__diesel_schema_migrations' \
          ORDER BY t.schema_name",
     )
+    .bind::<Bool, _>(read_ledgers)
     .load::<Row>(conn)
-    .map_err(Error::db("list tenants to migrate"))?
+    .map_err(Error::db("check the migration journal"))?
     .into_iter()
     .map(|r| {
-        Ok(JournalTenant {
-            id: r.id,
+        Ok(JournalCheck {
+            tenant_id: r.id,
             schema: SchemaName::try_from(r.schema_name).map_err(|e| Error::CorruptRegistry {
                 reason: e.to_string(),
             })?,
             status: TenantStatus::parse(&r.status)?,
+            journal_latest: r.latest_version,
+            schema_exists: r.schema_exists,
+            ledger_newest: r.ledger_newest,
+            ledger_read: read_ledgers && r.schema_exists,
             set_digest: r.set_digest,
         })
     })

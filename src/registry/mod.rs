@@ -32,9 +32,8 @@ pub use domains::{add_domain, find_tenant_by_domain, list_domains, remove_domain
 pub(crate) use domains::{find_tenant_and_primary_by_domain_async, find_tenant_by_domain_async};
 pub use install::{REGISTRY_VERSION, install, installed_version};
 pub use journal::journal;
-pub(crate) use journal::{
-    JournalTenant, complete_sql, lock_key, lock_schema, record_failure, tenants_with_digest,
-};
+pub use journal::{JournalCheck, check_journal};
+pub(crate) use journal::{complete_sql, lock_key, lock_schema, record_failure};
 pub use model::JournalEntry;
 pub(crate) use model::{DomainRecord, Tenant, TenantStatus};
 #[cfg(any(feature = "deadpool", feature = "bb8"))]

@@ -199,7 +199,10 @@ pub(crate) fn with_schema_oid(conn: &mut impl PgConn, mut tenant: Tenant) -> Res
     )
     .bind::<diesel::sql_types::Text, _>(tenant.schema.as_str())
     .get_result::<Row>(conn)
-    .map_err(Error::db(format!("read schema {:?}", tenant.schema.as_str())))?;
+    .map_err(Error::db(format!(
+        "read schema {:?}",
+        tenant.schema.as_str()
+    )))?;
     tenant.schema_oid = row.oid;
     Ok(tenant)
 }

@@ -5,7 +5,7 @@
 use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Bool, Nullable, Oid, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Oid, Text};
 
 /// The columns both checkout statements end with: the first schema on the path
 /// that exists, the session user, the current user (the role in effect),
@@ -124,6 +124,28 @@ impl Query for TempObjects {
 }
 
 impl<Conn> diesel::query_dsl::RunQueryDsl<Conn> for TempObjects {}
+
+/// The backend's memory in bytes: the sum of its memory contexts (the catalog
+/// caches a backend fills with every schema it touches are one of them).
+/// Readable by superusers and members of `pg_read_all_stats`; for anyone else
+/// it fails, and the pool stops sampling.
+#[derive(Debug, Clone, Copy, QueryId)]
+pub(crate) struct BackendMemory;
+
+impl QueryFragment<Pg> for BackendMemory {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT COALESCE(sum(total_bytes), 0)::bigint FROM pg_catalog.pg_backend_memory_contexts",
+        );
+        Ok(())
+    }
+}
+
+impl Query for BackendMemory {
+    type SqlType = BigInt;
+}
+
+impl<Conn> diesel::query_dsl::RunQueryDsl<Conn> for BackendMemory {}
 
 /// Puts a session back to the state of a new one, keeping the protocol-level
 /// prepared statements Diesel's statement cache refers to (which `DISCARD

@@ -6,7 +6,7 @@
 //! (r2d2, libpq) and the async one (diesel-async) exactly alike.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::ScopeKey;
 use super::ScopeStats;
@@ -27,6 +27,12 @@ pub(crate) struct ScopeConfig {
     pub(crate) transaction_scoped: bool,
     /// Replace a connection after it has been scoped to this many schemas.
     pub(crate) recycle_after_schemas: Option<u64>,
+    /// Replace a connection whose backend memory passes this many bytes
+    /// (sampled every [`MEMORY_SAMPLE_EVERY`]th checkout).
+    pub(crate) recycle_above_bytes: Option<u64>,
+    /// The backend's memory could not be read (no `pg_read_all_stats`): stop
+    /// sampling; the schema count still applies.
+    memory_unreadable: AtomicBool,
     /// Switch to the tenant's own role while scoped.
     pub(crate) tenant_roles: bool,
     /// Reset the session after every borrow, harmless or not.
@@ -39,7 +45,21 @@ pub(crate) struct ScopeConfig {
     scoped: AtomicU64,
     path_sets: AtomicU64,
     resets: AtomicU64,
+    memory_samples: AtomicU64,
+    memory_recycles: AtomicU64,
 }
+
+/// How often a connection's backend memory is sampled when the memory cap is
+/// on: every this many checkouts of the connection, one statement more (and
+/// sooner, after [`MEMORY_SAMPLE_NEW_SCHEMAS`] schemas new to it).
+pub const MEMORY_SAMPLE_EVERY: u32 = 1024;
+
+/// A connection's backend memory is also sampled once it has been scoped to
+/// this many schemas new to it since the last sample: what makes a backend
+/// grow is the catalog entries of schemas it had not touched, so a connection
+/// that keeps serving the same tenants is hardly ever sampled, and one that
+/// passes the cap goes past it by at most this many schemas' entries.
+pub const MEMORY_SAMPLE_NEW_SCHEMAS: u32 = 16;
 
 impl ScopeConfig {
     #[allow(clippy::too_many_arguments)]
@@ -49,6 +69,7 @@ impl ScopeConfig {
         test_on_check_out: bool,
         transaction_scoped: bool,
         recycle_after_schemas: Option<u64>,
+        recycle_above_bytes: Option<u64>,
         tenant_roles: bool,
         reset_after_every_borrow: bool,
         session_setup: Option<String>,
@@ -60,6 +81,8 @@ impl ScopeConfig {
             test_on_check_out,
             transaction_scoped,
             recycle_after_schemas,
+            recycle_above_bytes,
+            memory_unreadable: AtomicBool::new(false),
             tenant_roles,
             reset_after_every_borrow,
             reset: super::reset_sql(session_setup.as_deref()),
@@ -67,6 +90,8 @@ impl ScopeConfig {
             scoped: AtomicU64::new(0),
             path_sets: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+            memory_samples: AtomicU64::new(0),
+            memory_recycles: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +106,9 @@ impl ScopeConfig {
             scoped: self.scoped.load(Ordering::Relaxed),
             path_sets: self.path_sets.load(Ordering::Relaxed),
             resets: self.resets.load(Ordering::Relaxed),
+            memory_samples: self.memory_samples.load(Ordering::Relaxed),
+            memory_recycles: self.memory_recycles.load(Ordering::Relaxed),
+            memory_unreadable: self.memory_unreadable.load(Ordering::Relaxed),
         }
     }
 
@@ -127,6 +155,9 @@ pub(crate) enum Step {
     /// Read the session's state back ([`CurrentState`](super::CurrentState)):
     /// the liveness check when the path is already in place.
     ReadBack,
+    /// Read the backend's memory ([`BackendMemory`](super::BackendMemory)),
+    /// then plan again.
+    SampleMemory,
     /// Set the path (and the role, with `role`), for the session or, with
     /// `local`, for a transaction the pool opens first
     /// ([`SetPath`](super::SetPath)).
@@ -165,6 +196,10 @@ pub(crate) struct ConnState {
     path_dirty: bool,
     /// Reset the session before it is handed out again.
     pending_reset: bool,
+    /// Checkouts since the backend's memory was last sampled.
+    since_sample: u32,
+    /// Schemas new to this connection since the last sample.
+    new_schemas: u32,
     /// The session has a temporary schema that has not been checked for
     /// objects during this checkout.
     temp_unchecked: bool,
@@ -214,6 +249,14 @@ impl ConnState {
         if self.temp_unchecked {
             return Step::ProbeTemp;
         }
+        if cfg.recycle_above_bytes.is_some()
+            && !local
+            && (self.new_schemas >= MEMORY_SAMPLE_NEW_SCHEMAS
+                || self.since_sample >= MEMORY_SAMPLE_EVERY)
+            && !cfg.memory_unreadable.load(Ordering::Relaxed)
+        {
+            return Step::SampleMemory;
+        }
         if self.verified && self.holds(scope) {
             // Set or read back during this checkout.
             return Step::Ready;
@@ -226,11 +269,16 @@ impl ConnState {
             };
         }
         cfg.path_sets.fetch_add(1, Ordering::Relaxed);
-        if let Some(max) = cfg.recycle_after_schemas {
+        if cfg.recycle_after_schemas.is_some() || cfg.recycle_above_bytes.is_some() {
             use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
             let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(scope.head());
-            self.schemas.insert(hash);
-            if self.schemas.len() as u64 >= max {
+            if self.schemas.insert(hash) {
+                self.new_schemas = self.new_schemas.saturating_add(1);
+            }
+            if cfg
+                .recycle_after_schemas
+                .is_some_and(|max| self.schemas.len() as u64 >= max)
+            {
                 // Finishes this borrow, then is replaced.
                 self.discard = true;
             }
@@ -247,6 +295,29 @@ impl ConnState {
     /// classification left, which [`release`](Self::release) has handled.
     pub(crate) fn begin_checkout(&mut self, cfg: &ScopeConfig) {
         cfg.scoped.fetch_add(1, Ordering::Relaxed);
+        self.since_sample = self.since_sample.saturating_add(1);
+    }
+
+    /// The answer to [`Step::SampleMemory`]: a backend past the cap finishes
+    /// this borrow and is then replaced. A sample that cannot be read turns
+    /// sampling off for the pool (the statement failed outside any
+    /// transaction, so it changed nothing).
+    pub(crate) fn settle_memory(&mut self, cfg: &ScopeConfig, answer: diesel::QueryResult<i64>) {
+        self.since_sample = 0;
+        self.new_schemas = 0;
+        match answer {
+            Ok(bytes) => {
+                cfg.memory_samples.fetch_add(1, Ordering::Relaxed);
+                let over = cfg
+                    .recycle_above_bytes
+                    .is_some_and(|cap| u64::try_from(bytes).unwrap_or(0) > cap);
+                if over && !self.discard {
+                    cfg.memory_recycles.fetch_add(1, Ordering::Relaxed);
+                    self.discard = true;
+                }
+            }
+            Err(_) => cfg.memory_unreadable.store(true, Ordering::Relaxed),
+        }
     }
 
     /// The answer to [`Step::ReadBack`] or [`Step::Set`] (`set` tells which).
@@ -442,7 +513,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> ScopeConfig {
-        ScopeConfig::new(vec![], true, true, false, Some(3), false, false, None)
+        ScopeConfig::new(vec![], true, true, false, Some(3), None, false, false, None)
     }
 
     fn acme() -> ScopeKey {
@@ -481,6 +552,47 @@ mod tests {
         assert_eq!(c.plan(&cfg, &acme(), false), Step::Ready);
         assert_eq!(c.release(&cfg, Some(false), false), Release::Keep);
         assert_eq!(c.plan(&cfg, &acme(), false), Step::ReadBack);
+    }
+
+    #[test]
+    fn a_backend_over_the_memory_cap_is_replaced_after_its_borrow() {
+        let cfg = ScopeConfig::new(
+            vec![],
+            true,
+            true,
+            false,
+            None,
+            Some(1000),
+            false,
+            false,
+            None,
+        );
+        let mut c = ConnState::default();
+        let due = |c: &mut ConnState| {
+            for _ in 0..MEMORY_SAMPLE_EVERY {
+                c.begin_checkout(&cfg);
+            }
+        };
+        due(&mut c);
+        // Not in transaction-scoped checkouts; due in session ones.
+        assert!(matches!(c.plan(&cfg, &acme(), true), Step::Set { .. }));
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::SampleMemory);
+        c.settle_memory(&cfg, Ok(900));
+        assert!(matches!(c.plan(&cfg, &acme(), false), Step::Set { .. }));
+        assert_eq!(c.release(&cfg, Some(false), false), Release::Keep);
+        due(&mut c);
+        assert_eq!(c.plan(&cfg, &acme(), false), Step::SampleMemory);
+        c.settle_memory(&cfg, Ok(1001));
+        assert_eq!(c.release(&cfg, Some(false), false), Release::Discard);
+        let stats = cfg.stats();
+        assert_eq!((stats.memory_samples, stats.memory_recycles), (2, 1));
+        // Unreadable (no pg_read_all_stats): sampling stops for the pool.
+        let mut d = ConnState::default();
+        due(&mut d);
+        assert_eq!(d.plan(&cfg, &acme(), false), Step::SampleMemory);
+        d.settle_memory(&cfg, Err(diesel::result::Error::NotFound));
+        due(&mut d);
+        assert!(matches!(d.plan(&cfg, &acme(), false), Step::Set { .. }));
     }
 
     #[test]

@@ -224,7 +224,17 @@ mod tests {
     }
 
     fn released(w: &mut ScopeWatch) -> Release {
-        let cfg = ScopeConfig::new(Vec::new(), true, true, false, None, false, false, None);
+        let cfg = ScopeConfig::new(
+            Vec::new(),
+            true,
+            true,
+            false,
+            None,
+            None,
+            false,
+            false,
+            None,
+        );
         w.clear_own_statement();
         w.state.release(&cfg, Some(false), false)
     }

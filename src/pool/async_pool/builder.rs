@@ -33,6 +33,14 @@ impl AsyncTenantPoolBuilder {
         self
     }
 
+    /// Replace a connection once its backend's memory passes this many MB, as
+    /// [`TenantPoolBuilder::recycle_above_memory_mb`](crate::TenantPoolBuilder::recycle_above_memory_mb)
+    /// does. Defaults to 64 MB; `None` turns it off.
+    pub fn recycle_above_memory_mb(mut self, mb: Option<u64>) -> Self {
+        self.settings.recycle_above_memory_mb = mb.map(|n| n.max(1));
+        self
+    }
+
     /// Switch to the tenant's own role while scoped, as
     /// [`TenantPoolBuilder::tenant_roles`](crate::TenantPoolBuilder::tenant_roles)
     /// does (in the same statement that sets the path). Defaults to `false`.

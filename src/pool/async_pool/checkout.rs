@@ -7,8 +7,8 @@ use diesel_async::{
 };
 
 use crate::scope::{
-    ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ServerState, SetPath, Step,
-    TempObjects,
+    BackendMemory, ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ServerState, SetPath,
+    Step, TempObjects,
 };
 use crate::{Error, Result, scope};
 
@@ -98,6 +98,13 @@ pub(super) async fn enter(
                 state(conn)
                     .ok_or_else(|| scope.instrumentation_lost())?
                     .settle_probe(scope, answer)?;
+            }
+            Step::SampleMemory => {
+                mark_own(conn);
+                let answer = RunQueryDsl::get_result::<i64>(BackendMemory, conn).await;
+                state(conn)
+                    .ok_or_else(|| scope.instrumentation_lost())?
+                    .settle_memory(cfg, answer);
             }
             Step::ReadBack => {
                 mark_own(conn);

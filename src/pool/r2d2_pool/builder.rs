@@ -60,6 +60,24 @@ impl TenantPoolBuilder {
         self
     }
 
+    /// Replace a connection once its backend's memory passes this many MB
+    /// (it finishes the current borrow first). The memory is read, one
+    /// statement more, after a connection has been scoped to
+    /// [`MEMORY_SAMPLE_NEW_SCHEMAS`](crate::MEMORY_SAMPLE_NEW_SCHEMAS) schemas
+    /// new to it, or every [`MEMORY_SAMPLE_EVERY`](crate::MEMORY_SAMPLE_EVERY)
+    /// checkouts, from `pg_backend_memory_contexts`,
+    /// which only superusers and members of `pg_read_all_stats` may read;
+    /// for other users the first sample fails and the pool stops sampling,
+    /// and [`recycle_after_schemas`](Self::recycle_after_schemas) is the rule
+    /// that bounds memory (`GRANT pg_read_all_stats TO app` turns this on).
+    /// Not sampled in transaction-scoped mode. Unlike the schema count, this
+    /// holds however many tables a tenant has. Defaults to 64 MB; `None`
+    /// turns it off.
+    pub fn recycle_above_memory_mb(mut self, mb: Option<u64>) -> Self {
+        self.settings.recycle_above_memory_mb = mb.map(|n| n.max(1));
+        self
+    }
+
     /// Transaction-scoped mode, for PgBouncer in transaction pooling mode and RDS
     /// Proxy: every checkout opens a transaction whose first statement sets the
     /// path with `set_config(..., true)` (`SET LOCAL`), so nothing relies on

@@ -12,8 +12,8 @@ use diesel::prelude::RunQueryDsl;
 use diesel::r2d2::R2D2Connection;
 
 use crate::scope::{
-    ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ScopeStats, ScopeWatch, ServerState,
-    SetPath, Step, TempObjects,
+    BackendMemory, ConnState, CurrentState, Release, ScopeConfig, ScopeKey, ScopeStats, ScopeWatch,
+    ServerState, SetPath, Step, TempObjects,
 };
 use crate::{Error, Result, scope};
 
@@ -242,6 +242,14 @@ impl ManagedConnection {
                         return Err(self.lost_error(scope));
                     };
                     state.settle_probe(scope, answer)?;
+                }
+                Step::SampleMemory => {
+                    self.mark_own();
+                    let answer = BackendMemory.get_result::<i64>(&mut self.conn);
+                    let Some(state) = self.state() else {
+                        return Err(self.lost_error(scope));
+                    };
+                    state.settle_memory(cfg, answer);
                 }
                 Step::ReadBack => {
                     self.mark_own();
