@@ -120,7 +120,31 @@ impl JournalCheck {
 /// a ledger row deleted in the middle or a table changed by hand: reading
 /// every ledger in full (`MigrateOptions::verify`) catches the first, nothing
 /// the second.
+///
+/// It never waits on a tenant's lock: a ledger another session holds locked
+/// exclusively (a migration in progress) is not read, and if a lock is taken
+/// in the instant between, the check gives up on ledgers after 2 seconds and
+/// checks only the schemas.
 pub fn check_journal(conn: &mut impl PgConn, read_ledgers: bool) -> Result<Vec<JournalCheck>> {
+    if !read_ledgers {
+        return load_checks(conn, false);
+    }
+    let checked = conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_catalog.set_config('lock_timeout', '2s', true)")
+            .execute(conn)
+            .map_err(Error::db("check the migration journal"))?;
+        load_checks(conn, true)
+    });
+    match checked {
+        Err(Error::Database {
+            source: diesel::result::Error::DatabaseError(_, info),
+            ..
+        }) if info.message().contains("lock timeout") => load_checks(conn, false),
+        other => other,
+    }
+}
+
+fn load_checks(conn: &mut impl PgConn, read_ledgers: bool) -> Result<Vec<JournalCheck>> {
     #[derive(QueryableByName)]
     struct Row {
         #[diesel(sql_type = BigInt)]
@@ -137,20 +161,26 @@ pub fn check_journal(conn: &mut impl PgConn, read_ledgers: bool) -> Result<Vec<J
         schema_exists: bool,
         #[diesel(sql_type = Nullable<Text>)]
         ledger_newest: Option<String>,
+        #[diesel(sql_type = Bool)]
+        ledger_read: bool,
     }
     diesel::sql_query(
         "SELECT t.id, t.schema_name, t.status, j.set_digest, j.latest_version, \
                 n.oid IS NOT NULL AS schema_exists, \
-                CASE WHEN $1 AND l.oid IS NOT NULL THEN \
+                CASE WHEN $1 AND l.oid IS NOT NULL AND x.relation IS NULL THEN \
                   (pg_catalog.xpath('/row/v/text()', pg_catalog.query_to_xml(pg_catalog.format( \
                      'SELECT max(version) AS v FROM %I.__diesel_schema_migrations', t.schema_name), \
                      false, true, '')))[1]::text \
-                END AS ledger_newest \
+                END AS ledger_newest, \
+                ($1 AND n.oid IS NOT NULL AND x.relation IS NULL) AS ledger_read \
          FROM public.tenancy_tenants t \
          LEFT JOIN public.tenancy_migration_journal j ON j.tenant_id = t.id \
          LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name \
          LEFT JOIN pg_catalog.pg_class l \
            ON l.relnamespace = n.oid AND l.relname = '__diesel_schema_migrations' \
+         LEFT JOIN (SELECT DISTINCT relation FROM pg_catalog.pg_locks \
+                    WHERE mode = 'AccessExclusiveLock' AND relation IS NOT NULL) x \
+           ON x.relation = l.oid \
          ORDER BY t.schema_name",
     )
     .bind::<Bool, _>(read_ledgers)
@@ -167,7 +197,7 @@ pub fn check_journal(conn: &mut impl PgConn, read_ledgers: bool) -> Result<Vec<J
             journal_latest: r.latest_version,
             schema_exists: r.schema_exists,
             ledger_newest: r.ledger_newest,
-            ledger_read: read_ledgers && r.schema_exists,
+            ledger_read: r.ledger_read,
             set_digest: r.set_digest,
         })
     })
