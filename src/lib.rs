@@ -79,15 +79,16 @@ pub use conn::PgConn;
 pub use consistency::{ConsistencyReport, check_consistency, repair_missing_schemas};
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
+pub use lifecycle::{
+    ConfirmDrop, NewTenant, activate_tenant, adopt_tenant_schema, create_tenant,
+    create_tenant_with, drop_tenant, drop_tenant_with, ensure_tenant_role, rename_tenant,
+    suspend_tenant, unregister_tenant_keep_schema,
+};
 #[cfg(feature = "sync")]
-pub use lifecycle::create_tenants;
+pub use lifecycle::{create_tenants, create_tenants_with};
 #[cfg(any(feature = "deadpool", feature = "bb8"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
-pub use lifecycle::create_tenants_async;
-pub use lifecycle::{
-    ConfirmDrop, NewTenant, activate_tenant, create_tenant, drop_tenant, ensure_tenant_role,
-    rename_tenant, suspend_tenant,
-};
+pub use lifecycle::{create_tenants_async, create_tenants_async_with};
 pub use migrate::{
     LockMode, MigrateOptions, MigrationError, MigrationReport, Migrator, Outcome, Progress,
     TenantReport, Totals, run_shared_migrations, run_tenant_migrations,

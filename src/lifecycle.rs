@@ -1,10 +1,14 @@
-//! Tenant lifecycle: create (one or many), drop, rename, suspend and
+//! Tenant lifecycle: create (one or many, with an optional hook that runs in
+//! the creation transaction), drop (with an optional hook), unregister while
+//! keeping the schema and adopt such a schema again, rename, suspend and
 //! activate. The checks between the registry and the database are in
 //! `consistency`.
 
+use diesel::connection::TransactionManager;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Text};
 
 use crate::citus::{self, ClusterMode};
 use crate::conn::{PgConn, Sessions};
@@ -80,6 +84,8 @@ pub(crate) fn schema_error(schema: &SchemaName, action: &str) -> impl FnOnce(Die
 /// Expects the registry to be installed
 /// ([`run_shared_migrations`](crate::run_shared_migrations) does it). A tenant set
 /// with a migration marked `run_in_transaction = false` is refused.
+///
+/// To seed the new tenant in the same transaction, use [`create_tenant_with`].
 pub fn create_tenant<S: MigrationSource<Pg>>(
     conn: &mut impl PgConn,
     new: &NewTenant,
@@ -87,25 +93,174 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
 ) -> Result<Tenant> {
     let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
     let citus = citus::detect(conn)? == ClusterMode::Citus;
-    create_with_set(conn, new, &set, citus)
+    create_with_set(conn, new, &set, citus, Creation::NewSchema, no_hook())
 }
 
-/// [`create_tenant`] with the set loaded and the mode known (`citus`).
-fn create_with_set(
+/// [`create_tenant`], then `hook`, all in the one creation transaction: seed
+/// data or any further setup of the new tenant (stancl/tenancy's
+/// `TenantCreated` pipeline, django-tenants' post-create signal), with
+/// nothing left behind if it fails.
+///
+/// The hook runs last: after the migrations, the domains and the role (when
+/// [`NewTenant::with_role`] asks for one), with the tenant's schema first on
+/// the connection's search path, then `public` (`"<schema>", public,
+/// pg_temp`), so unqualified names reach the tenant's tables and the shared
+/// ones. It gets the same connection, as the user that creates the tenant
+/// (not the tenant's role), and the new [`Tenant`]. When it returns, the
+/// path is put back as it was. If it returns an error, the whole creation is
+/// rolled back: no registry row, no schema, no domain, no role; the error is
+/// returned as is, except that a Diesel error it passed on with `?` (which
+/// arrives as [`Error::Database`] with the action `transaction`) names the
+/// hook and the tenant instead.
+///
+/// The hook must not end the transaction itself (`COMMIT` or `ROLLBACK` sent
+/// as SQL): that would commit or undo the steps before it behind the
+/// creation's back. It is detected afterwards and reported as an
+/// [`Error::Database`] whose source is Diesel's `BrokenTransactionManager`;
+/// Diesel's own `conn.transaction(...)` inside the hook is a savepoint and
+/// is fine.
+///
+/// `hook`'s connection is the caller's type, so a generic function serves
+/// every entry point ([`create_tenants_with`], `create_tenants_async_with`,
+/// the [`testing::FastTenant`](crate::testing::FastTenant) fixture):
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+/// use diesel_tenancy::{NewTenant, PgConn, Result, SchemaName, Tenant, create_tenant_with};
+///
+/// const SHARED: EmbeddedMigrations = embed_migrations!("migrations_shared");
+/// const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+///
+/// /// Every new tenant starts on the free plan, with its owner as a customer.
+/// fn seed(conn: &mut impl PgConn, tenant: &Tenant) -> Result<()> {
+///     // Unqualified: `tenant_plans` is shared (public), `customers` the tenant's.
+///     diesel::sql_query(
+///         "INSERT INTO tenant_plans (tenant_id, plan_id) SELECT $1, id FROM plans WHERE name = 'free'",
+///     )
+///     .bind::<diesel::sql_types::BigInt, _>(tenant.id())
+///     .execute(conn)?;
+///     diesel::sql_query("INSERT INTO customers (name, email) VALUES ('Owner', 'owner@example.com')")
+///         .execute(conn)?;
+///     Ok(())
+/// }
+///
+/// # fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+/// # let db = diesel_tenancy::testing::TestDatabase::new()?;
+/// let pool = db.migrated_pool(SHARED)?;
+/// let new = NewTenant::new(SchemaName::new("acme")?, "Acme");
+/// let acme = pool.with_public(|conn| create_tenant_with(conn, &new, TENANT, seed))?;
+///
+/// let owners: i64 = pool.with_tenant(&acme, |conn| {
+///     diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("count(*) FROM customers"))
+///         .get_result(conn)
+/// })?;
+/// assert_eq!(owners, 1);
+/// # Ok(()) }
+/// ```
+pub fn create_tenant_with<C, S, H>(
+    conn: &mut C,
+    new: &NewTenant,
+    tenant_migrations: S,
+    hook: H,
+) -> Result<Tenant>
+where
+    C: PgConn,
+    S: MigrationSource<Pg>,
+    H: FnOnce(&mut C, &Tenant) -> Result<()>,
+{
+    let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
+    let citus = citus::detect(conn)? == ClusterMode::Citus;
+    create_with_set(conn, new, &set, citus, Creation::NewSchema, Some(hook))
+}
+
+/// Registers a schema that exists already, with no registry row, as a new
+/// tenant, in one transaction: the registry row (a new id), the pending
+/// migrations of the tenant set (read from the schema's own ledger, so a
+/// schema that has them all gets none), its journal entry, the domains and
+/// the role when [`NewTenant::with_role`] asks for one. It takes the
+/// schema's lock, as the other lifecycle functions do. If any step fails,
+/// nothing changes.
+///
+/// This is how a schema that [`unregister_tenant_keep_schema`] left behind
+/// (or one restored from a dump) becomes a tenant again; its tables and rows
+/// are kept as they are. Fails with [`Error::SchemaMissing`] if there is no
+/// such schema and [`Error::TenantExists`] if a tenant has it already. On
+/// Citus the schema keeps the distribution it has.
+///
+/// ```no_run
+/// use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+/// use diesel_tenancy::{NewTenant, SchemaName, adopt_tenant_schema};
+///
+/// const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = diesel_tenancy::TenantPool::builder("postgres://localhost/app").build()?;
+/// let new = NewTenant::new(SchemaName::new("acme")?, "Acme");
+/// let acme = pool.with_public(|conn| adopt_tenant_schema(conn, &new, TENANT))?;
+/// # Ok(()) }
+/// ```
+pub fn adopt_tenant_schema<S: MigrationSource<Pg>>(
     conn: &mut impl PgConn,
+    new: &NewTenant,
+    tenant_migrations: S,
+) -> Result<Tenant> {
+    let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
+    let citus = citus::detect(conn)? == ClusterMode::Citus;
+    create_with_set(conn, new, &set, citus, Creation::ExistingSchema, no_hook())
+}
+
+/// Whether a creation makes the tenant's schema or takes over one that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Creation {
+    NewSchema,
+    ExistingSchema,
+}
+
+/// The absent hook, typed for the generic functions that take `Option<H>`.
+fn no_hook<C>() -> Option<fn(&mut C, &Tenant) -> Result<()>> {
+    None
+}
+
+/// [`create_tenant`], [`create_tenant_with`] and [`adopt_tenant_schema`]
+/// with the set loaded and the mode known (`citus`).
+fn create_with_set<C, H>(
+    conn: &mut C,
     new: &NewTenant,
     set: &MigrationSet,
     citus: bool,
-) -> Result<Tenant> {
+    creation: Creation,
+    hook: Option<H>,
+) -> Result<Tenant>
+where
+    C: PgConn,
+    H: FnOnce(&mut C, &Tenant) -> Result<()>,
+{
     let schema = &new.schema;
     committed(conn.transaction(|conn| {
-        let tenant = registry::insert_tenant(conn, schema, &new.name)?;
-        conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
-            .map_err(schema_error(schema, "create"))?;
-        let tenant = registry::with_schema_oid(conn, tenant)?;
-        if citus {
-            citus::distribute_new_schema(conn, schema)?;
-        }
+        let tenant = match creation {
+            Creation::NewSchema => {
+                let tenant = registry::insert_tenant(conn, schema, &new.name)?;
+                conn.batch_execute(&format!("CREATE SCHEMA {}", schema.quoted()))
+                    .map_err(schema_error(schema, "create"))?;
+                let tenant = registry::with_schema_oid(conn, tenant)?;
+                if citus {
+                    citus::distribute_new_schema(conn, schema)?;
+                }
+                tenant
+            }
+            Creation::ExistingSchema => {
+                lock_schema(conn, schema)?;
+                let tenant = registry::insert_tenant(conn, schema, &new.name)?;
+                let tenant = registry::with_schema_oid(conn, tenant)?;
+                if tenant.schema_oid().is_none() {
+                    return Err(Error::SchemaMissing {
+                        schema: schema.as_str().to_owned(),
+                    });
+                }
+                tenant
+            }
+        };
         apply_in_transaction(
             conn,
             Target::Tenant {
@@ -118,11 +273,102 @@ fn create_with_set(
         for (i, domain) in new.domains.iter().enumerate() {
             registry::add_domain(conn, &tenant, domain, i == 0)?;
         }
-        if new.role {
-            return create_role(conn, &tenant);
+        let tenant = if new.role {
+            create_role(conn, &tenant)?
+        } else {
+            tenant
+        };
+        if let Some(hook) = hook {
+            run_hook(conn, &tenant, Stage::Creation, hook)?;
         }
         Ok(tenant)
     }))
+}
+
+/// Which lifecycle hook runs, for errors.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Creation,
+    Drop,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Creation => "creation",
+            Stage::Drop => "drop",
+        })
+    }
+}
+
+/// Runs a lifecycle hook inside the current transaction with `"<schema>",
+/// public, pg_temp` as the search path, then puts back the path it found
+/// (one statement before, one after). A Diesel error the hook passed on
+/// with `?` gets an action naming the hook; a hook that ended the
+/// transaction itself is caught by comparing the transaction id and
+/// Diesel's transaction depth before and after.
+fn run_hook<C, H>(conn: &mut C, tenant: &Tenant, stage: Stage, hook: H) -> Result<()>
+where
+    C: PgConn,
+    H: FnOnce(&mut C, &Tenant) -> Result<()>,
+{
+    #[derive(QueryableByName)]
+    struct Entered {
+        #[diesel(sql_type = Text)]
+        path: String,
+        #[diesel(sql_type = BigInt)]
+        xid: i64,
+    }
+    let depth = |conn: &mut C| {
+        C::TransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth()
+            .ok()
+            .flatten()
+    };
+    let before = depth(conn);
+    let schema = tenant.schema();
+    let action = format!("{stage} hook of tenant {:?}", schema.as_str());
+    let entered = diesel::sql_query(
+        "SELECT s.path, pg_catalog.txid_current() AS xid, \
+                pg_catalog.set_config('search_path', $1, true) IS NOT NULL AS entered \
+         FROM (SELECT pg_catalog.current_setting('search_path') AS path OFFSET 0) s",
+    )
+    .bind::<Text, _>(format!("{}, public, pg_temp", schema.quoted()))
+    .get_result::<Entered>(conn)
+    .map_err(Error::db(format!("set the search path for the {action}")))?;
+    hook(conn, tenant).map_err(|e| match e {
+        Error::Database { action: a, source } if a == "transaction" => Error::Database {
+            action: format!("the {action}"),
+            source,
+        },
+        other => other,
+    })?;
+    let left = diesel::sql_query(
+        "SELECT pg_catalog.set_config('search_path', $1, true) AS path, \
+                pg_catalog.txid_current() AS xid",
+    )
+    .bind::<Text, _>(&entered.path)
+    .get_result::<Entered>(conn)
+    .map_err(Error::db(format!(
+        "restore the search path after the {action}"
+    )))?;
+    if left.xid != entered.xid || depth(conn) != before {
+        // Diesel follows the server (libpq's transaction status) and may
+        // believe no transaction is open any more: open one, so that the
+        // rollback the caller's `transaction` makes succeeds and this error
+        // is the one returned.
+        if depth(conn).is_none() {
+            let _ = C::TransactionManager::begin_transaction(conn);
+        }
+        return Err(Error::Database {
+            action: format!(
+                "the {action} (it ended the transaction itself with COMMIT or ROLLBACK, \
+                 so the steps before it may have been committed: check the tenant)"
+            ),
+            source: DieselError::BrokenTransactionManager,
+        });
+    }
+    Ok(())
 }
 
 /// Creates `tenant`'s role (named `dt_<database oid>_<tenant id>`, unique in the
@@ -191,7 +437,55 @@ pub fn create_tenants<S: MigrationSource<Pg> + Sync>(
     tenant_migrations: &S,
     jobs: usize,
 ) -> Vec<Result<Tenant>> {
-    create_tenants_with(pool, tenants, tenant_migrations, jobs)
+    create_tenants_on(pool, tenants, tenant_migrations, jobs, no_hook())
+}
+
+/// [`create_tenants`], with `hook` run in each tenant's creation transaction
+/// as [`create_tenant_with`] runs it: last, with the tenant's schema first
+/// on the search path. Each tenant is still all or nothing: one whose hook
+/// fails leaves nothing behind and gets the error in its result, and the
+/// others are created. The hook runs on the worker threads, several at once,
+/// each on its own connection.
+///
+/// ```no_run
+/// use diesel::prelude::*;
+/// use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+/// use diesel_tenancy::{NewTenant, SchemaName, create_tenants_with};
+///
+/// const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = diesel_tenancy::TenantPool::builder("postgres://localhost/app").build()?;
+/// let tenants: Vec<NewTenant> = (0..100)
+///     .map(|i| Ok(NewTenant::new(SchemaName::new(&format!("shop{i}"))?, format!("Shop {i}"))))
+///     .collect::<Result<_, diesel_tenancy::Error>>()?;
+/// let results = create_tenants_with(&pool, &tenants, &TENANT, 4, |conn, tenant| {
+///     diesel::sql_query("INSERT INTO customers (name, email) VALUES ($1, 'owner@example.com')")
+///         .bind::<diesel::sql_types::Text, _>(tenant.name())
+///         .execute(conn)?;
+///     Ok(())
+/// });
+/// for (new, result) in tenants.iter().zip(&results) {
+///     if let Err(e) = result {
+///         eprintln!("{}: {e}", new.schema);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "sync")]
+pub fn create_tenants_with<S, H>(
+    pool: &crate::TenantPool,
+    tenants: &[NewTenant],
+    tenant_migrations: &S,
+    jobs: usize,
+    hook: H,
+) -> Vec<Result<Tenant>>
+where
+    S: MigrationSource<Pg> + Sync,
+    H: Fn(&mut diesel::PgConnection, &Tenant) -> Result<()> + Sync,
+{
+    let hook = |conn: &mut crate::TenantConnection, tenant: &Tenant| hook(conn, tenant);
+    create_tenants_on(pool, tenants, tenant_migrations, jobs, Some(hook))
 }
 
 /// [`create_tenants`](crate::create_tenants) on an async pool, on tokio's
@@ -204,10 +498,64 @@ pub async fn create_tenants_async<S: MigrationSource<Pg> + Send + Sync + 'static
     tenant_migrations: S,
     jobs: usize,
 ) -> Vec<Result<Tenant>> {
+    create_tenants_async_on(pool, tenants, tenant_migrations, jobs, no_hook()).await
+}
+
+/// [`create_tenants_with`](crate::create_tenants_with) on an async pool: the
+/// hook gets the worker's connection as a blocking Diesel connection (the
+/// one [`AsyncTenantPool::blocking`](crate::AsyncTenantPool::blocking) hands
+/// out) and runs on tokio's blocking threads.
+///
+/// ```no_run
+/// use diesel::prelude::*;
+/// use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+/// use diesel_tenancy::{NewTenant, SchemaName, create_tenants_async_with};
+///
+/// const TENANT: EmbeddedMigrations = embed_migrations!("migrations_tenant");
+///
+/// # async fn run(pool: diesel_tenancy::AsyncTenantPool) -> Result<(), Box<dyn std::error::Error>> {
+/// let tenants = vec![NewTenant::new(SchemaName::new("acme")?, "Acme")];
+/// let results = create_tenants_async_with(&pool, tenants, TENANT, 4, |conn, _tenant| {
+///     diesel::sql_query("INSERT INTO customers (name, email) VALUES ('Owner', 'owner@example.com')")
+///         .execute(conn)?;
+///     Ok(())
+/// })
+/// .await;
+/// # Ok(()) }
+/// ```
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "deadpool", feature = "bb8"))))]
+pub async fn create_tenants_async_with<S, H>(
+    pool: &crate::AsyncTenantPool,
+    tenants: Vec<NewTenant>,
+    tenant_migrations: S,
+    jobs: usize,
+    hook: H,
+) -> Vec<Result<Tenant>>
+where
+    S: MigrationSource<Pg> + Send + Sync + 'static,
+    H: Fn(&mut crate::BlockingConnection, &Tenant) -> Result<()> + Send + Sync + 'static,
+{
+    create_tenants_async_on(pool, tenants, tenant_migrations, jobs, Some(hook)).await
+}
+
+/// [`create_tenants_async`] with an optional hook.
+#[cfg(any(feature = "deadpool", feature = "bb8"))]
+async fn create_tenants_async_on<S, H>(
+    pool: &crate::AsyncTenantPool,
+    tenants: Vec<NewTenant>,
+    tenant_migrations: S,
+    jobs: usize,
+    hook: Option<H>,
+) -> Vec<Result<Tenant>>
+where
+    S: MigrationSource<Pg> + Send + Sync + 'static,
+    H: Fn(&mut crate::BlockingConnection, &Tenant) -> Result<()> + Send + Sync + 'static,
+{
     let sessions = pool.sessions(tokio::runtime::Handle::current());
     let n = tenants.len();
     tokio::task::spawn_blocking(move || {
-        create_tenants_with(&sessions, &tenants, &tenant_migrations, jobs)
+        create_tenants_on(&sessions, &tenants, &tenant_migrations, jobs, hook)
     })
     .await
     .unwrap_or_else(|e| {
@@ -222,13 +570,20 @@ pub async fn create_tenants_async<S: MigrationSource<Pg> + Send + Sync + 'static
     })
 }
 
-/// [`create_tenants`] on any source of session connections.
-pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
+/// [`create_tenants`] on any source of session connections, with an
+/// optional hook.
+pub(crate) fn create_tenants_on<P, S, H>(
     pool: &P,
     tenants: &[NewTenant],
     tenant_migrations: &S,
     jobs: usize,
-) -> Vec<Result<Tenant>> {
+    hook: Option<H>,
+) -> Vec<Result<Tenant>>
+where
+    P: Sessions,
+    S: MigrationSource<Pg> + Sync,
+    H: Fn(&mut P::Conn, &Tenant) -> Result<()> + Sync,
+{
     let (results, _) = parallel::run(
         pool,
         tenants,
@@ -242,7 +597,8 @@ pub(crate) fn create_tenants_with<P: Sessions, S: MigrationSource<Pg> + Sync>(
                 source: crate::error::error_chain(e).into(),
             })?;
             let (conn, mode) = worker.conn_and_mode()?;
-            create_with_set(conn, new, set, mode == ClusterMode::Citus)
+            let citus = mode == ClusterMode::Citus;
+            create_with_set(conn, new, set, citus, Creation::NewSchema, hook.as_ref())
         },
         |new| {
             Err(Error::TaskFailed {
@@ -266,15 +622,78 @@ pub enum ConfirmDrop {
 /// in it) and its registry rows (tenant, domains, journal). Waits for a
 /// migration run working on the schema. A registry row whose schema is already
 /// gone is removed all the same.
+///
+/// To keep the schema and remove only the registry rows, use
+/// [`unregister_tenant_keep_schema`]; to run something first in the same
+/// transaction, [`drop_tenant_with`].
 pub fn drop_tenant(
     conn: &mut impl PgConn,
     schema: &SchemaName,
     confirm: ConfirmDrop,
 ) -> Result<()> {
     let ConfirmDrop::DeleteSchemaAndAllItsData = confirm;
+    drop_with(conn, schema, no_hook())
+}
+
+/// [`drop_tenant`], with `hook` run first in the same transaction, once the
+/// schema's lock is held and before anything is deleted: to archive the
+/// tenant's rows into a shared table, say. The hook runs with the tenant's
+/// schema first on the search path, then `public`, as the creation hook of
+/// [`create_tenant_with`] does, and gets the tenant as registered. If it
+/// returns an error, nothing is dropped and the error is returned (a Diesel
+/// error it passed on with `?` names the hook and the tenant).
+///
+/// A registry row whose schema is gone still runs the hook, on a path whose
+/// first schema does not exist; a hook that then fails keeps the row (drop
+/// it with [`drop_tenant`]).
+///
+/// ```no_run
+/// use diesel::prelude::*;
+/// use diesel_tenancy::{ConfirmDrop, SchemaName, drop_tenant_with};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = diesel_tenancy::TenantPool::builder("postgres://localhost/app").build()?;
+/// let acme = SchemaName::new("acme")?;
+/// pool.with_public(|conn| {
+///     drop_tenant_with(conn, &acme, ConfirmDrop::DeleteSchemaAndAllItsData, |conn, tenant| {
+///         // `customers` is the tenant's table, `archived_customers` a shared one.
+///         diesel::sql_query(
+///             "INSERT INTO public.archived_customers (tenant_id, name, email) \
+///              SELECT $1, name, email FROM customers",
+///         )
+///         .bind::<diesel::sql_types::BigInt, _>(tenant.id())
+///         .execute(conn)?;
+///         Ok(())
+///     })
+/// })?;
+/// # Ok(()) }
+/// ```
+pub fn drop_tenant_with<C, H>(
+    conn: &mut C,
+    schema: &SchemaName,
+    confirm: ConfirmDrop,
+    hook: H,
+) -> Result<()>
+where
+    C: PgConn,
+    H: FnOnce(&mut C, &Tenant) -> Result<()>,
+{
+    let ConfirmDrop::DeleteSchemaAndAllItsData = confirm;
+    drop_with(conn, schema, Some(hook))
+}
+
+/// [`drop_tenant`] with an optional hook.
+fn drop_with<C, H>(conn: &mut C, schema: &SchemaName, hook: Option<H>) -> Result<()>
+where
+    C: PgConn,
+    H: FnOnce(&mut C, &Tenant) -> Result<()>,
+{
     committed(conn.transaction(|conn| {
         lock_schema(conn, schema)?;
-        let role = registry::find_tenant(conn, schema)?.and_then(|t| t.role().cloned());
+        let tenant = registry::get_tenant(conn, schema)?;
+        if let Some(hook) = hook {
+            run_hook(conn, &tenant, Stage::Drop, hook)?;
+        }
         if registry::delete_tenant_row(conn, schema)? == 0 {
             return Err(Error::TenantNotFound {
                 schema: schema.as_str().to_owned(),
@@ -285,12 +704,68 @@ pub fn drop_tenant(
             schema.quoted()
         ))
         .map_err(schema_error(schema, "drop"))?;
-        if let Some(role) = role {
+        if let Some(role) = tenant.role() {
             let r = role.quoted();
             conn.batch_execute(&format!("DROP OWNED BY {r}; DROP ROLE {r};"))
                 .map_err(Error::db(format!("drop role {role}")))?;
         }
         Ok(())
+    }))
+}
+
+/// Removes a tenant from the registry but keeps its schema, with every table
+/// and row in it (django-tenants' `auto_drop_schema = False`): for archiving,
+/// or to take a tenant out of service for good without losing its data. In
+/// one transaction, under the schema's lock (so it waits for a migration run
+/// or another lifecycle operation on the schema): the registry row, its
+/// domains and its journal entry. A tenant role, if it has one, is dropped
+/// too, after anything it owns is handed to the current user
+/// (`REASSIGN OWNED`), so no object in the schema is lost. Returns the tenant
+/// as it was registered.
+///
+/// Lookups (the resolver, `pool.tenant`) stop finding the tenant at once. A
+/// [`Tenant`] value looked up before is a snapshot and still gets
+/// connections to the kept schema, as after [`suspend_tenant`]: to stop
+/// serving it first, suspend it and let the requests under way finish.
+///
+/// Afterwards the schema is one no tenant owns:
+/// [`check_consistency`](crate::check_consistency) lists it in
+/// `schemas_without_row` (it holds a migration ledger), and
+/// [`create_tenant`] refuses its name with [`Error::SchemaExists`]. To serve
+/// it again, [`adopt_tenant_schema`] registers it as a new tenant (a new id,
+/// its data as it is, pending migrations applied). To delete it, adopt it
+/// and [`drop_tenant`] it, or run `DROP SCHEMA "<name>" CASCADE` yourself.
+///
+/// ```no_run
+/// use diesel_tenancy::{SchemaName, unregister_tenant_keep_schema};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let pool = diesel_tenancy::TenantPool::builder("postgres://localhost/app").build()?;
+/// let acme = SchemaName::new("acme")?;
+/// let archived = pool.with_public(|conn| unregister_tenant_keep_schema(conn, &acme))?;
+/// println!("tenant {} archived; schema {} kept", archived.id(), archived.schema());
+/// # Ok(()) }
+/// ```
+pub fn unregister_tenant_keep_schema(
+    conn: &mut impl PgConn,
+    schema: &SchemaName,
+) -> Result<Tenant> {
+    committed(conn.transaction(|conn| {
+        lock_schema(conn, schema)?;
+        let tenant = registry::get_tenant(conn, schema)?;
+        if registry::delete_tenant_row(conn, schema)? == 0 {
+            return Err(Error::TenantNotFound {
+                schema: schema.as_str().to_owned(),
+            });
+        }
+        if let Some(role) = tenant.role() {
+            let r = role.quoted();
+            conn.batch_execute(&format!(
+                "REASSIGN OWNED BY {r} TO CURRENT_USER; DROP OWNED BY {r}; DROP ROLE {r};"
+            ))
+            .map_err(Error::db(format!("drop role {role}")))?;
+        }
+        Ok(tenant)
     }))
 }
 

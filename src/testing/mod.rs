@@ -1,5 +1,7 @@
 //! Test support: a throwaway PostgreSQL cluster, a database per test, and tenant
-//! fixtures (the equivalent of django-tenants' `TenantTestCase`).
+//! fixtures (the equivalent of django-tenants' `TenantTestCase`), and
+//! [`FastTenant`], one tenant per test process with a rolled-back transaction
+//! per test (django-tenants' `FastTenantTestCase`).
 //!
 //! [`TestDatabase::new`] gives each test its own database, so tests run in
 //! parallel. With `DATABASE_URL` set, the databases are made on that server and
@@ -39,6 +41,7 @@ mod citus;
 mod cluster;
 mod database;
 mod error;
+mod fast;
 mod fixtures;
 mod pgbouncer;
 mod ports;
@@ -51,5 +54,6 @@ pub use citus::{
 pub use cluster::{TestCluster, shared_cluster};
 pub use database::TestDatabase;
 pub use error::TestingError;
+pub use fast::{FastTenant, FastTenantHook, FastTenantOptions};
 pub use fixtures::{create_tenant, tenant_host};
 pub use pgbouncer::PgBouncer;

@@ -123,13 +123,18 @@ pub(crate) enum Tenant {
         #[arg(long)]
         with_role: bool,
     },
-    /// Drop a tenant: its schema with all its data, and its registry rows.
+    /// Drop a tenant: its schema with all its data, and its registry rows
+    /// (with --keep-schema: its registry rows only).
     Drop {
         /// The schema name.
         schema: String,
-        /// Required: confirms that the schema and all its data are deleted.
+        /// Required unless --keep-schema: confirms that the schema and all its data are deleted.
         #[arg(long)]
         yes_delete_all_data: bool,
+        /// Remove the tenant from the registry (row, domains, journal entry, role) but keep its
+        /// schema and data; `doctor` then lists the schema as one no tenant owns.
+        #[arg(long, conflicts_with = "yes_delete_all_data")]
+        keep_schema: bool,
     },
     /// Rename a tenant's schema (and its registry row).
     Rename {

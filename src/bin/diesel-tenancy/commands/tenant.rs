@@ -7,7 +7,7 @@ use diesel_tenancy::citus::{self, ClusterMode, NodeAddr};
 use diesel_tenancy::registry::JournalEntry;
 use diesel_tenancy::{
     ConfirmDrop, MigrateOptions, NewTenant, Outcome, Tenant, activate_tenant, create_tenant,
-    drop_tenant, registry, rename_tenant, suspend_tenant,
+    drop_tenant, registry, rename_tenant, suspend_tenant, unregister_tenant_keep_schema,
 };
 use serde_json::{Value, json};
 
@@ -25,7 +25,13 @@ pub(super) fn run(ctx: &Ctx, command: T) -> Result<Ended> {
         } => create(ctx, schema, name, &domains, with_role)?,
         T::Drop {
             schema,
+            keep_schema: true,
+            ..
+        } => unregister(ctx, &schema)?,
+        T::Drop {
+            schema,
             yes_delete_all_data,
+            ..
         } => drop_confirmed(ctx, &schema, yes_delete_all_data)?,
         T::Rename { from, to } => {
             let tenant = rename_tenant(&mut *ctx.conn()?, &schema(&from)?, &schema(&to)?)?;
@@ -90,6 +96,21 @@ fn drop_confirmed(ctx: &Ctx, name: &str, yes_delete_all_data: bool) -> Result<()
     ctx.out.print(json!({ "dropped": schema.as_str() }), || {
         format!("dropped tenant {schema} and its schema")
     });
+    Ok(())
+}
+
+/// Removes the tenant `name` from the registry and keeps its schema.
+fn unregister(ctx: &Ctx, name: &str) -> Result<()> {
+    let schema = schema(name)?;
+    let tenant = unregister_tenant_keep_schema(&mut *ctx.conn()?, &schema)?;
+    ctx.out.print(
+        json!({ "unregistered": schema.as_str(), "id": tenant.id(), "schema_kept": true }),
+        || {
+            format!(
+                "removed tenant {schema} from the registry; schema {schema} and its data are kept"
+            )
+        },
+    );
     Ok(())
 }
 
