@@ -18,6 +18,7 @@ mod install;
 mod journal;
 pub(crate) mod model;
 mod tenants;
+pub mod transfer;
 
 use model::{JournalRow, TenantRow};
 use tables::{tenancy_domains, tenancy_tenants};

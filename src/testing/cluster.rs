@@ -28,6 +28,18 @@ pub struct TestCluster {
     supervisor: Supervisor,
 }
 
+/// The settings every throwaway server starts with (written to its
+/// `postgresql.conf` before the caller's own, which therefore override them):
+/// no durability, and room for many connections and locks.
+const DEFAULT_SETTINGS: &[(&str, &str)] = &[
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("max_connections", "300"),
+    ("shared_buffers", "32MB"),
+    ("max_locks_per_transaction", "256"),
+];
+
 /// The supervisor's script (`$1` the `postgres` binary, `$2` the data
 /// directory, `$3` the cluster's directory): starts the server, waits until the
 /// pipe on its stdin closes (this process ended or dropped the cluster), then
@@ -44,10 +56,7 @@ const SERVER_SCRIPT: &str = r#"
     while [ ! -e "$3/stop" ]; do
         if [ -e "$3/port" ]; then
             port=$(cat "$3/port")
-            "$1" -D "$2" -p "$port" -k "$3" -h 127.0.0.1 \
-                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                -c max_connections=300 -c shared_buffers=32MB -c max_locks_per_transaction=256 \
-                >>"$3/server.log" 2>&1
+            "$1" -D "$2" -p "$port" -k "$3" -h 127.0.0.1 >>"$3/server.log" 2>&1
             [ -e "$3/up" ] || mv -f "$3/port" "$3/failed-$port"
         fi
         [ -e "$3/stop" ] || sleep 0.1
@@ -74,8 +83,12 @@ impl TestCluster {
     }
 
     /// [`start`](Self::start) with `settings` (name, value) added to the
-    /// server's configuration.
-    pub(super) fn start_with(settings: &[(&str, &str)]) -> Result<TestCluster, TestingError> {
+    /// server's configuration. They come after the defaults (no durability,
+    /// `max_connections` 300, `max_locks_per_transaction` 256, ...), so they
+    /// override them: a test of what a low `max_locks_per_transaction` does
+    /// starts its own server with `start_with(&[("max_locks_per_transaction",
+    /// "10")])`.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<TestCluster, TestingError> {
         Self::start_on(free_ports(), settings)
     }
 
@@ -233,7 +246,8 @@ impl TestCluster {
 }
 
 /// Runs `initdb` (from `bin`, in `dir`, as `run_as`) to make the data
-/// directory `data`, and adds `settings` to its `postgresql.conf`. If either
+/// directory `data`, and adds [`DEFAULT_SETTINGS`] and then `settings` to its
+/// `postgresql.conf` (the last line naming a setting wins). If either
 /// fails once `initdb` has run, `dir` is removed.
 fn init_data(
     bin: &Path,
@@ -262,8 +276,9 @@ fn init_data(
             ),
         });
     }
-    let conf: String = settings
+    let conf: String = DEFAULT_SETTINGS
         .iter()
+        .chain(settings)
         .map(|(name, value)| format!("{name} = '{}'\n", value.replace('\'', "''")))
         .collect();
     if let Err(e) = std::fs::OpenOptions::new()

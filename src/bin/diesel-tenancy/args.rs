@@ -37,7 +37,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run pending migrations: the shared set on public, then the tenant set on every tenant.
     Migrate(Migrate),
-    /// Create, drop, rename, suspend, activate, list and show tenants.
+    /// Create, drop, rename, suspend, activate, list, show, dump and restore tenants.
     #[command(subcommand)]
     Tenant(Tenant),
     /// Add, remove and list the domains that route to tenants.
@@ -179,6 +179,31 @@ pub(crate) enum Tenant {
         /// Every tenant whose schema is not distributed yet.
         #[arg(long, conflicts_with = "schemas")]
         all: bool,
+    },
+    /// Dump a tenant to one file: its schema (tables, data, migration
+    /// ledger; pg_dump's custom format) and its registry rows (row, domains,
+    /// journal entry).
+    Dump {
+        /// The schema name.
+        schema: String,
+        /// The file to write (default: standard output). Written whole or not
+        /// at all.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Restore a tenant from a file of `tenant dump`, in one transaction: a
+    /// failed restore leaves no schema and no registry row behind.
+    Restore {
+        /// The file (`-`: standard input).
+        file: PathBuf,
+        /// Restore under this schema name instead of the dumped one (the
+        /// dumped tenant may still exist).
+        #[arg(long = "as", value_name = "SCHEMA")]
+        as_schema: Option<String>,
+        /// Leave the tenant's domains out (they route to the dumped tenant,
+        /// when it still exists).
+        #[arg(long)]
+        without_domains: bool,
     },
 }
 

@@ -5,6 +5,7 @@ mod citus;
 mod docs;
 mod doctor;
 mod domain;
+mod dump;
 mod exec;
 mod migrate;
 mod status;
@@ -35,6 +36,7 @@ pub(crate) fn run(cli: Cli, terminal: bool) -> Result<Ended> {
     } = cli;
     let database = Database {
         url: database_url,
+        json,
         connect_timeout,
         shared_dir,
         tenant_dir,
@@ -57,6 +59,7 @@ pub(crate) fn run(cli: Cli, terminal: bool) -> Result<Ended> {
 /// migrations are, and how to report.
 struct Database {
     url: Option<String>,
+    json: bool,
     connect_timeout: u64,
     shared_dir: PathBuf,
     tenant_dir: PathBuf,
@@ -70,13 +73,15 @@ impl Database {
         let url = self.url.filter(|u| !u.is_empty()).ok_or_else(|| {
             UsageError("no database URL: pass --database-url or set DATABASE_URL".into())
         })?;
-        let pool = TenantPool::builder(url)
+        let pool = TenantPool::builder(url.clone())
             .max_size(jobs as u32 + 2)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(self.connect_timeout.max(1)))
             .build()?;
         Ok(Ctx {
             pool,
+            url,
+            json: self.json,
             out: self.out,
             shared_dir: self.shared_dir,
             tenant_dir: self.tenant_dir,
@@ -87,6 +92,11 @@ impl Database {
 /// The context of a command on the database.
 struct Ctx {
     pool: TenantPool,
+    /// The database URL, for the PostgreSQL programs a command runs
+    /// (`tenant dump`, `tenant restore`).
+    url: String,
+    /// Whether the report is JSON (`--json`).
+    json: bool,
     out: Output,
     shared_dir: PathBuf,
     tenant_dir: PathBuf,

@@ -1,5 +1,6 @@
 //! `tenant`: create, drop, rename, suspend, activate, list and show tenants
-//! (`tenant move` and `tenant distribute` are in `citus`).
+//! (`tenant move` and `tenant distribute` are in `citus`, `tenant dump` and
+//! `tenant restore` in `dump`).
 
 use anyhow::Result;
 use diesel_tenancy::DomainRecord;
@@ -47,6 +48,12 @@ pub(super) fn run(ctx: &Ctx, command: T) -> Result<Ended> {
         }
         T::Move { schema, to, mode } => super::citus::move_tenant(ctx, &schema, &to, &mode)?,
         T::Distribute { schemas, all } => super::citus::distribute(ctx, &schemas, all)?,
+        T::Dump { schema, output } => super::dump::dump(ctx, &schema, output.as_deref())?,
+        T::Restore {
+            file,
+            as_schema,
+            without_domains,
+        } => super::dump::restore(ctx, &file, as_schema.as_deref(), without_domains)?,
         T::List => list(ctx)?,
         T::Show { schema } => show(ctx, &schema)?,
     }
