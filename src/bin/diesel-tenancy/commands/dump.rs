@@ -78,6 +78,12 @@ pub(super) fn dump(ctx: &Ctx, name: &str, output: Option<&Path>) -> Result<()> {
         )
         .into());
     }
+    if output.is_none() && io::IsTerminal::is_terminal(&io::stdout()) {
+        return Err(UsageError(
+            "a dump is binary: pass --output FILE or redirect standard output".into(),
+        )
+        .into());
+    }
     let pg_dump = tool("pg_dump")?;
     let archive = TempFile::new(output.and_then(Path::parent), "archive")?;
     let mut conn = ctx.conn()?;
