@@ -60,6 +60,7 @@ mod conn;
 mod consistency;
 mod domain;
 mod error;
+mod for_each;
 mod lifecycle;
 mod migrate;
 mod parallel;
@@ -79,6 +80,9 @@ pub use conn::PgConn;
 pub use consistency::{ConsistencyReport, check_consistency, repair_missing_schemas};
 pub use domain::{Domain, DomainError, MAX_DOMAIN_LEN};
 pub use error::{BoxError, Error, Result};
+pub use for_each::{
+    ForEachOptions, ForEachProgress, ForEachReport, ForEachTotals, RunOutcome, TenantRun,
+};
 pub use lifecycle::{
     ConfirmDrop, NewTenant, activate_tenant, adopt_tenant_schema, create_tenant,
     create_tenant_with, drop_tenant, drop_tenant_with, ensure_tenant_role, rename_tenant,

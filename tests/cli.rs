@@ -512,3 +512,233 @@ fn exec_puts_only_the_tenant_schema_on_the_path() {
         "the help text names the qualified form"
     );
 }
+
+#[test]
+fn exec_runs_tenants_in_parallel_and_reports_each() {
+    let dir = MigrationDir::tenant_copy();
+    let cli = Cli::new(&dir);
+    cli.json(&["migrate"], 0);
+    for t in ["e0", "e1", "e2", "e3"] {
+        cli.json(&["tenant", "create", t], 0);
+    }
+    cli.json(&["tenant", "suspend", "e3"], 0);
+    // --jobs: four connections' worth, each tenant in its own transaction.
+    let report = cli.json(
+        &[
+            "exec",
+            "--jobs",
+            "3",
+            "--sql",
+            "INSERT INTO customers (name, email) VALUES (current_schema(), 'x@x')",
+        ],
+        0,
+    );
+    assert_eq!(
+        results(&report),
+        [("e0", "ok"), ("e1", "ok"), ("e2", "ok")].map(|(s, r)| (s.to_owned(), r.to_owned()))
+    );
+    assert_eq!(report["totals"]["tenants"], 3);
+    assert_eq!(report["ok"], 3);
+    assert_eq!(report["not_run"], 0);
+    assert!(report["tenants"][0]["elapsed_ms"].as_f64().is_some());
+    assert!(report["tenants"][0]["error"].is_null());
+    // Each row landed in its own tenant, three tenants at a time.
+    let check = cli.json(
+        &[
+            "exec",
+            "--jobs",
+            "3",
+            "--sql",
+            "DO $$ BEGIN IF (SELECT array_agg(name) FROM customers) \
+             IS DISTINCT FROM ARRAY[current_schema()::text] THEN \
+             RAISE EXCEPTION 'wrong tenant'; END IF; END $$",
+        ],
+        0,
+    );
+    assert_eq!(check["ok"], 3, "{check}");
+    // A failing tenant first, --fail-fast and one job: the rest are not run.
+    cli.json(
+        &[
+            "exec",
+            "--schema",
+            "e0",
+            "--sql",
+            "ALTER TABLE customers ADD CONSTRAINT no_e CHECK (name <> 'boom')",
+        ],
+        0,
+    );
+    let stopped = cli.json(
+        &[
+            "exec",
+            "--fail-fast",
+            "--jobs",
+            "1",
+            "--sql",
+            "UPDATE customers SET name = 'boom'",
+        ],
+        1,
+    );
+    assert_eq!(
+        results(&stopped),
+        [("e0", "failed"), ("e1", "not_run"), ("e2", "not_run")]
+            .map(|(s, r)| (s.to_owned(), r.to_owned()))
+    );
+    assert!(
+        stopped["tenants"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_e")
+    );
+    assert_eq!(
+        (stopped["failed"].clone(), stopped["not_run"].clone()),
+        (1.into(), 2.into())
+    );
+    let (stdout, _) = cli.text(
+        &[
+            "exec",
+            "--fail-fast",
+            "--sql",
+            "UPDATE customers SET name = 'boom'",
+        ],
+        1,
+    );
+    assert!(stdout.contains("e1: not run"), "{stdout}");
+    assert!(stdout.ends_with("0 ok, 1 failed, 2 not run\n"), "{stdout}");
+    // Without --fail-fast every tenant runs; the failing one's update is
+    // rolled back, the others' committed.
+    let all = cli.json(
+        &[
+            "exec",
+            "--jobs",
+            "2",
+            "--sql",
+            "UPDATE customers SET name = 'boom'",
+        ],
+        1,
+    );
+    assert_eq!(
+        (all["ok"].clone(), all["failed"].clone()),
+        (2.into(), 1.into())
+    );
+    // A suspended tenant named is refused, as before; an unknown one fails the
+    // command before any tenant runs.
+    let suspended = cli.json(&["exec", "--schema", "e3", "--sql", "SELECT 1"], 1);
+    assert!(
+        suspended["tenants"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{suspended}"
+    );
+    let unknown = cli.json(&["exec", "--schema", "e9", "--sql", "SELECT 1"], 1);
+    assert!(
+        unknown["error"].as_str().unwrap().contains("e9"),
+        "{unknown}"
+    );
+}
+
+/// `cmd` as one word for `sh -c`.
+fn shell_word(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+impl Cli {
+    /// Runs the command under a pseudo-terminal (util-linux `script`) and
+    /// returns what the terminal showed (standard output and standard error
+    /// together), or `None` where `script` is not installed.
+    fn on_terminal(&self, args: &[&str]) -> Option<String> {
+        let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations_shared");
+        let tenant_dir = self.tenant_dir.to_str().unwrap();
+        let words = [
+            env!("CARGO_BIN_EXE_diesel-tenancy"),
+            "--database-url",
+            self.db.url(),
+            "--shared-dir",
+            shared,
+            "--tenant-dir",
+            tenant_dir,
+        ]
+        .into_iter()
+        .chain(args.iter().copied())
+        .map(shell_word)
+        .collect::<Vec<_>>()
+        .join(" ");
+        let out = match std::process::Command::new("script")
+            .args(["-qec", &words, "/dev/null"])
+            .env_remove("DATABASE_URL")
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("skipped: util-linux `script` is not installed");
+                return None;
+            }
+            Err(e) => panic!("script: {e}"),
+        };
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {shown}");
+        Some(shown)
+    }
+}
+
+/// Progress bars and spinners go to standard error on a terminal, and
+/// nowhere otherwise.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let dir = MigrationDir::tenant_copy();
+    let cli = Cli::new(&dir);
+    cli.json(&["migrate"], 0);
+    for t in ["t0", "t1", "t2"] {
+        cli.json(&["tenant", "create", t], 0);
+    }
+    let exec = ["exec", "--jobs", "2", "--sql", "SELECT 1"];
+    let Some(shown) = cli.on_terminal(&exec) else {
+        return;
+    };
+    assert!(shown.contains("/3 tenants"), "exec shows no bar: {shown:?}");
+    assert!(shown.contains("3 ok, 0 failed"), "{shown:?}");
+    let shown = cli.on_terminal(&["status"]).unwrap();
+    assert!(
+        shown.contains("/3 tenants"),
+        "status shows no bar: {shown:?}"
+    );
+    assert!(
+        shown.contains("reading every tenant's migration ledger"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("t2 "), "{shown:?}");
+    let shown = cli.on_terminal(&["doctor"]).unwrap();
+    assert!(
+        shown.contains("checking the registry and every tenant's migration ledger"),
+        "doctor shows no spinner: {shown:?}"
+    );
+    assert!(shown.contains("consistent"), "{shown:?}");
+    // With --json, the bar still shows on the terminal (standard error).
+    let shown = cli
+        .on_terminal(&["--json", "exec", "--sql", "SELECT 1"])
+        .unwrap();
+    assert!(shown.contains("/3 tenants"), "{shown:?}");
+
+    // Without a terminal: the reports, a line per tenant from exec, no bar.
+    let no_progress = |stderr: &str| {
+        !stderr.contains("tenants") && !stderr.contains('\r') && !stderr.contains('\x1b')
+    };
+    let (stdout, stderr) = cli.text(&exec, 0);
+    assert!(stdout.ends_with("3 ok, 0 failed\n"), "{stdout}");
+    let mut lines: Vec<&str> = stderr.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["t0: ok", "t1: ok", "t2: ok"], "{stderr:?}");
+    assert!(no_progress(&stderr), "{stderr:?}");
+    for args in [
+        &["status"][..],
+        &["doctor"],
+        &["--json", "exec", "--sql", "SELECT 1"],
+    ] {
+        let out = cli.cmd(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} printed progress: {stderr:?}");
+    }
+}

@@ -242,4 +242,11 @@ pub(crate) struct Exec {
     /// Only this tenant (repeatable; default: every active tenant).
     #[arg(long = "schema", value_name = "SCHEMA")]
     pub(crate) schemas: Vec<String>,
+    /// Tenants run in parallel, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) jobs: usize,
+    /// Stop at the first failing tenant; the tenants not started are reported
+    /// as not run (default: continue and report).
+    #[arg(long)]
+    pub(crate) fail_fast: bool,
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use diesel_tenancy::citus;
-use diesel_tenancy::{Outcome, Progress, Tenant};
+use diesel_tenancy::{ForEachProgress, Outcome, Progress, Tenant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -167,6 +167,72 @@ impl Output {
         }
     }
 
+    /// A bar of tenants for a run's progress, drawn on standard error only
+    /// when it is a terminal (also with `--json`); without a terminal it
+    /// shows nothing.
+    pub(crate) fn tenant_bar(&self) -> TenantBar {
+        TenantBar {
+            terminal: self.terminal,
+            bar: Arc::default(),
+        }
+    }
+
+    /// The progress of a migration run shown on `bar` alone: no line per
+    /// tenant without a terminal (for `status` and `doctor`, whose report is
+    /// the output).
+    pub(crate) fn bar_progress(
+        &self,
+        bar: &TenantBar,
+    ) -> impl Fn(&Progress<'_>) + Send + Sync + 'static {
+        let bar = bar.clone();
+        move |event| match event {
+            Progress::Started { total, .. } => bar.start(*total),
+            Progress::Finished { report, done, .. } => bar.advance(*done, report.schema.as_str()),
+            _ => {}
+        }
+    }
+
+    /// The progress of `exec`: `bar` on a terminal, else a line per tenant
+    /// as it finishes (none with `--json`).
+    pub(crate) fn exec_progress(
+        &self,
+        bar: &TenantBar,
+    ) -> impl Fn(&ForEachProgress<'_>) + Send + Sync + 'static {
+        let (out, bar) = (*self, bar.clone());
+        move |event| match event {
+            ForEachProgress::Started { total, .. } => bar.start(*total),
+            ForEachProgress::Finished {
+                tenant,
+                error,
+                done,
+                ..
+            } => {
+                bar.advance(*done, tenant.schema().as_str());
+                out.tenant_done(match error {
+                    None => format!("{}: ok", tenant.schema()),
+                    Some(e) => format!("{}: failed: {e:#}", tenant.schema()),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A spinner with `message` on standard error while a slow step runs,
+    /// on a terminal only; it is cleared when the value is dropped.
+    pub(crate) fn spinner(&self, message: &str) -> Spinner {
+        if !self.terminal {
+            return Spinner(None);
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.set_message(message.to_owned());
+        bar.tick();
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Spinner(Some(bar))
+    }
+
     /// The progress of a rebalance, on standard error (none with `--json`):
     /// the plan, each move as it starts (on a terminal) and as it ends.
     pub(crate) fn rebalance_progress(&self, event: citus::RebalanceProgress<'_>) {
@@ -207,7 +273,54 @@ fn tenant_bar(total: u64) -> ProgressBar {
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} tenants {msg} ({eta})") {
         bar.set_style(style);
     }
+    bar.tick();
     bar
+}
+
+/// A run's bar of tenants ([`Output::tenant_bar`]): made at the run's first
+/// event, when the number of tenants is known, and cleared by
+/// [`finish`](Self::finish) (a run stopped early never reaches its total).
+#[derive(Clone)]
+pub(crate) struct TenantBar {
+    terminal: bool,
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+}
+
+impl TenantBar {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ProgressBar>> {
+        self.bar.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self, total: usize) {
+        if self.terminal {
+            self.lock().get_or_insert_with(|| tenant_bar(total as u64));
+        }
+    }
+
+    fn advance(&self, done: usize, schema: &str) {
+        if let Some(bar) = self.lock().as_ref() {
+            bar.set_message(schema.to_owned());
+            bar.set_position(done as u64);
+        }
+    }
+
+    /// Clears the bar.
+    pub(crate) fn finish(&self) {
+        if let Some(bar) = self.lock().take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A spinner shown while it lives ([`Output::spinner`]).
+pub(crate) struct Spinner(Option<ProgressBar>);
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// A text table: a header line, then a line per row; every column but the

@@ -28,12 +28,14 @@ impl Findings {
     }
 }
 
+/// The slow parts (the check reads every tenant's ledger; the fixes create
+/// and migrate schemas) show a spinner or a bar on a terminal.
 pub(super) fn run(ctx: &Ctx, fix: bool) -> Result<Ended> {
-    let mut report = check_consistency(&mut *ctx.conn()?, ctx.tenant_set()?)?;
+    let mut report = check(ctx)?;
     let mut fixed = Vec::new();
     if fix {
         fixed = repair(ctx, &report)?;
-        report = check_consistency(&mut *ctx.conn()?, ctx.tenant_set()?)?;
+        report = check(ctx)?;
     }
     let mut conn = ctx.conn()?;
     let cluster = Cluster::read(&mut conn)?;
@@ -50,11 +52,23 @@ pub(super) fn run(ctx: &Ctx, fix: bool) -> Result<Ended> {
     Ok(Ended::ok_if(findings.consistent()))
 }
 
+/// The registry against the database, each tenant's ledger read.
+fn check(ctx: &Ctx) -> Result<ConsistencyReport> {
+    let _spinner = ctx
+        .out
+        .spinner("checking the registry and every tenant's migration ledger");
+    Ok(check_consistency(&mut *ctx.conn()?, ctx.tenant_set()?)?)
+}
+
 /// Creates and migrates the missing schemas, migrates the tenants behind; a
 /// line for each.
 fn repair(ctx: &Ctx, report: &ConsistencyReport) -> Result<Vec<String>> {
     let mut fixed = Vec::new();
-    for t in repair_missing_schemas(&mut *ctx.conn()?, ctx.tenant_set()?)? {
+    let repaired = {
+        let _spinner = ctx.out.spinner("creating and migrating missing schemas");
+        repair_missing_schemas(&mut *ctx.conn()?, ctx.tenant_set()?)?
+    };
+    for t in repaired {
         fixed.push(format!(
             "created and migrated the missing schema of {}",
             t.schema()
@@ -66,10 +80,16 @@ fn repair(ctx: &Ctx, report: &ConsistencyReport) -> Result<Vec<String>> {
         .map(|(t, _)| t.schema().clone())
         .collect();
     if !behind.is_empty() {
+        let bar = ctx.out.tenant_bar();
         let migrated = ctx.migrator()?.migrate_all(
             &ctx.pool,
-            &MigrateOptions::new().shared(false).tenants(behind),
-        )?;
+            &MigrateOptions::new()
+                .shared(false)
+                .tenants(behind)
+                .on_progress(ctx.out.bar_progress(&bar)),
+        );
+        bar.finish();
+        let migrated = migrated?;
         for r in &migrated.tenants {
             fixed.push(format!("{}: {}", r.schema, r.outcome));
         }

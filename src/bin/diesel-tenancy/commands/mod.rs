@@ -50,7 +50,7 @@ pub(crate) fn run(cli: Cli, terminal: bool) -> Result<Ended> {
         Command::Domain(d) => domain::run(&database.open(1)?, d),
         Command::Status => status::run(&database.open(1)?),
         Command::Doctor { fix } => doctor::run(&database.open(1)?, fix),
-        Command::Exec(e) => exec::run(&database.open(1)?, e),
+        Command::Exec(e) => exec::run(&database.open(e.jobs.max(1))?, e),
         Command::Rebalance { plan, mode } => citus::rebalance(&database.open(1)?, plan, &mode),
     }
 }

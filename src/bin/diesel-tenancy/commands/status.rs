@@ -2,24 +2,21 @@
 //! pending migrations and last error (and their node on Citus).
 
 use anyhow::Result;
-use diesel::prelude::*;
 use diesel_tenancy::citus::ClusterMode;
-use diesel_tenancy::{MigrateOptions, MigrationReport, Outcome, Tenant, registry};
+use diesel_tenancy::registry::JournalCheck;
+use diesel_tenancy::{
+    MigrateOptions, MigrationReport, Outcome, SchemaName, TenantStatus, registry,
+};
 use serde_json::{Value, json};
 
 use super::{Cluster, Ctx};
 use crate::output::{Ended, Table, cluster_json, cluster_text};
 
-#[derive(QueryableByName)]
-struct MaxVersion {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    version: Option<String>,
-}
-
 /// A tenant's line of the table.
 struct Row {
-    tenant: Tenant,
-    /// The latest version in its own ledger.
+    schema: SchemaName,
+    status: TenantStatus,
+    /// The latest version in its own ledger (on Citus, the journal's record).
     applied: Option<String>,
     /// How many tenant migrations it has not run (none if unknown).
     pending: Option<usize>,
@@ -28,51 +25,67 @@ struct Row {
     last_error: Option<String>,
 }
 
+/// The table: the pending migrations from a plan that reads every tenant's
+/// ledger (the slow part, with a bar on a terminal); the applied versions
+/// and the missing schemas from one statement for all tenants
+/// (`registry::check_journal`) rather than a query per tenant.
 pub(super) fn run(ctx: &Ctx) -> Result<Ended> {
+    let bar = ctx.out.tenant_bar();
     let plan = ctx.migrator()?.plan(
         &ctx.pool,
-        &MigrateOptions::new().verify(true).include_suspended(true),
-    )?;
+        &MigrateOptions::new()
+            .verify(true)
+            .include_suspended(true)
+            .on_progress(ctx.out.bar_progress(&bar)),
+    );
+    bar.finish();
+    let plan = plan?;
     let mut conn = ctx.conn()?;
-    let tenants = registry::list_tenants(&mut conn)?;
-    let journal = registry::journal(&mut conn)?;
     let cluster = Cluster::read(&mut conn)?;
-    let mut rows = Vec::new();
-    for tenant in tenants {
-        let (pending, missing) = match plan.tenant(tenant.schema().as_str()).map(|r| &r.outcome) {
-            Some(Outcome::Pending { versions }) => (Some(versions.len()), false),
-            Some(Outcome::SchemaMissing) => (None, true),
-            _ => (None, false),
-        };
-        let applied = if missing {
-            None
-        } else {
-            diesel::sql_query(format!(
-                "SELECT max(version)::text AS version FROM {}.__diesel_schema_migrations",
-                tenant.schema().quoted()
-            ))
-            .get_result::<MaxVersion>(&mut *conn)
-            .ok()
-            .and_then(|v| v.version)
-        };
-        let last_error = journal
-            .iter()
-            .find(|j| j.tenant_id == tenant.id())
-            .and_then(|j| j.last_error.clone());
-        rows.push(Row {
-            tenant,
-            applied,
-            pending,
-            missing,
-            last_error,
-        });
-    }
+    let checks = {
+        let _spinner = ctx.out.spinner("reading every tenant's migration ledger");
+        // On Citus each ledger is a distributed table: the journal's record
+        // stands in for it, as in `migrate`.
+        registry::check_journal(&mut conn, cluster.mode != ClusterMode::Citus)?
+    };
+    let journal = registry::journal(&mut conn)?;
+    drop(conn);
+    let rows: Vec<Row> = checks
+        .into_iter()
+        .map(|check| row(check, &plan, &journal))
+        .collect();
     let shared_pending = shared_pending(&plan);
     ctx.out
         .print(status_json(&cluster, shared_pending, &rows), || {
             status_text(&cluster, shared_pending, &rows)
         });
     Ok(Ended::Ok)
+}
+
+fn row(check: JournalCheck, plan: &MigrationReport, journal: &[registry::JournalEntry]) -> Row {
+    let (pending, planned_missing) = match plan.tenant(check.schema.as_str()).map(|r| &r.outcome) {
+        Some(Outcome::Pending { versions }) => (Some(versions.len()), false),
+        Some(Outcome::SchemaMissing) => (None, true),
+        _ => (None, false),
+    };
+    let missing = planned_missing || !check.schema_exists;
+    let applied = match (missing, check.ledger_read) {
+        (true, _) => None,
+        (false, true) => check.ledger_newest,
+        (false, false) => check.journal_latest,
+    };
+    let last_error = journal
+        .iter()
+        .find(|j| j.tenant_id == check.tenant_id)
+        .and_then(|j| j.last_error.clone());
+    Row {
+        schema: check.schema,
+        status: check.status,
+        applied,
+        pending: if missing { None } else { pending },
+        missing,
+        last_error,
+    }
 }
 
 /// How many shared migrations public has not run.
@@ -89,15 +102,14 @@ fn status_json(cluster: &Cluster, shared_pending: usize, rows: &[Row]) -> Value 
     value["tenants"] = rows
         .iter()
         .map(|r| {
-            let t = &r.tenant;
             json!({
-                "schema": t.schema().as_str(),
-                "status": t.status().as_str(),
+                "schema": r.schema.as_str(),
+                "status": r.status.as_str(),
                 "applied_version": r.applied,
                 "pending": r.pending,
                 "schema_missing": r.missing,
                 "last_error": r.last_error,
-                "node": cluster.node_of(t.schema()),
+                "node": cluster.node_of(&r.schema),
             })
         })
         .collect();
@@ -117,11 +129,10 @@ fn status_text(cluster: &Cluster, shared_pending: usize, rows: &[Row]) -> String
         table.hide("NODE");
     }
     for r in rows {
-        let t = &r.tenant;
         table.row(vec![
-            t.schema().to_string(),
-            t.status().as_str().to_owned(),
-            cluster.node_of(t.schema()).unwrap_or_else(|| "-".into()),
+            r.schema.to_string(),
+            r.status.as_str().to_owned(),
+            cluster.node_of(&r.schema).unwrap_or_else(|| "-".into()),
             r.applied.as_deref().unwrap_or("-").to_owned(),
             if r.missing {
                 "no schema".to_owned()
