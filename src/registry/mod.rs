@@ -20,7 +20,7 @@ pub(crate) mod model;
 mod tenants;
 pub mod transfer;
 
-use model::{JournalRow, TenantRow};
+use model::{JournalRow, TenantRow, WrittenRow};
 use tables::{tenancy_domains, tenancy_tenants};
 use tenants::{found, unique_violation};
 

@@ -121,6 +121,34 @@ pub(super) struct TenantRow {
     pub(super) schema_oid: Option<u32>,
 }
 
+/// A registry row as a write returns it: without the schema's object id, which
+/// `RETURNING` cannot compute on Citus (it refuses functions that are not
+/// immutable there); the writes that return a [`Tenant`] read it after.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tenancy_tenants, check_for_backend(diesel::pg::Pg))]
+pub(super) struct WrittenRow {
+    pub(super) id: i64,
+    pub(super) schema_name: String,
+    pub(super) name: String,
+    pub(super) status: String,
+    pub(super) created_at: SystemTime,
+    pub(super) role_name: Option<String>,
+}
+
+impl From<WrittenRow> for TenantRow {
+    fn from(row: WrittenRow) -> Self {
+        TenantRow {
+            id: row.id,
+            schema_name: row.schema_name,
+            name: row.name,
+            status: row.status,
+            created_at: row.created_at,
+            role_name: row.role_name,
+            schema_oid: None,
+        }
+    }
+}
+
 /// The object id of the schema a registry row names, as an SQL expression on
 /// `tenancy_tenants` (a catalog cache lookup, no table read).
 pub(super) const SCHEMA_OID: &str =

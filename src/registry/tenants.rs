@@ -39,7 +39,7 @@ pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) ->
                 tenancy_tenants::schema_name.eq(schema.as_str()),
                 tenancy_tenants::name.eq(name),
             ))
-            .returning(TenantRow::as_returning())
+            .returning(WrittenRow::as_returning())
             .get_result(conn)
             .map_err(|e| match unique_violation(&e) {
                 Some(_) => Error::TenantExists {
@@ -50,7 +50,9 @@ pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) ->
                     source: e,
                 },
             })?;
-        Tenant::try_from(row)
+        // Usually written before its schema exists: the caller reads the
+        // schema's object id once it does.
+        Tenant::try_from(TenantRow::from(row))
     })
 }
 
@@ -101,7 +103,7 @@ pub fn set_tenant_status(
         let row = diesel::update(tenancy_tenants::table)
             .filter(tenancy_tenants::schema_name.eq(schema.as_str()))
             .set(tenancy_tenants::status.eq(status.as_str()))
-            .returning(TenantRow::as_returning())
+            .returning(WrittenRow::as_returning())
             .get_result(conn)
             .optional()
             .map_err(Error::db(format!(
@@ -109,7 +111,7 @@ pub fn set_tenant_status(
                 schema.as_str()
             )))?;
         match row {
-            Some(row) => Tenant::try_from(row),
+            Some(row) => with_schema_oid(conn, Tenant::try_from(TenantRow::from(row))?),
             None => Err(Error::TenantNotFound {
                 schema: schema.as_str().to_owned(),
             }),
@@ -139,7 +141,7 @@ pub(crate) fn rename_tenant_row(
         let row = diesel::update(tenancy_tenants::table)
             .filter(tenancy_tenants::schema_name.eq(from.as_str()))
             .set(tenancy_tenants::schema_name.eq(to.as_str()))
-            .returning(TenantRow::as_returning())
+            .returning(WrittenRow::as_returning())
             .get_result(conn)
             .optional()
             .map_err(|e| match unique_violation(&e) {
@@ -152,7 +154,8 @@ pub(crate) fn rename_tenant_row(
                 },
             })?;
         match row {
-            Some(row) => Tenant::try_from(row),
+            // The schema is renamed after the row: the caller reads its id then.
+            Some(row) => Tenant::try_from(TenantRow::from(row)),
             None => Err(Error::TenantNotFound {
                 schema: from.as_str().to_owned(),
             }),
@@ -165,10 +168,10 @@ pub(crate) fn set_role_name(conn: &mut impl PgConn, id: i64, role: &SchemaName) 
     after_write(|| {
         let row = diesel::update(tenancy_tenants::table.find(id))
             .set(tenancy_tenants::role_name.eq(role.as_str()))
-            .returning(TenantRow::as_returning())
+            .returning(WrittenRow::as_returning())
             .get_result(conn)
             .map_err(Error::db(format!("record role {role}")))?;
-        Tenant::try_from(row)
+        with_schema_oid(conn, Tenant::try_from(TenantRow::from(row))?)
     })
 }
 
