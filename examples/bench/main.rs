@@ -100,7 +100,7 @@
 //! (`pg_backend_memory_contexts`) after every tenant and prints `RESULT
 //! scenario=memory tables=<n> tenants=<n> recycled_peak_mb=<x>
 //! unrecycled_peak_mb=<x> cap_mb=<x> recycles=<n>`; it fails if the capped peak
-//! passes the cap by more than `MEMORY_SAMPLE_NEW_SCHEMAS + 1` tenants' worth.
+//! passes the cap by more than `MEMORY_SAMPLE_NEW_SCHEMAS + 2` tenants' worth.
 //!
 //! `soak` runs `ops` checkouts over all tenants from 4 threads on a pool of 4
 //! (connections replaced after `--recycle` distinct schemas: 1,000 by default

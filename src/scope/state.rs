@@ -59,7 +59,7 @@ pub const MEMORY_SAMPLE_EVERY: u32 = 1024;
 /// grow is the catalog entries of schemas it had not touched, so a connection
 /// that keeps serving the same tenants is hardly ever sampled, and one that
 /// passes the cap goes past it by at most this many schemas' entries.
-pub const MEMORY_SAMPLE_NEW_SCHEMAS: u32 = 16;
+pub const MEMORY_SAMPLE_NEW_SCHEMAS: u32 = 8;
 
 impl ScopeConfig {
     #[allow(clippy::too_many_arguments)]
