@@ -1,6 +1,7 @@
 //! The worker pool that runs one piece of work per tenant on a bounded number
-//! of threads, each holding one session connection: what `migrate_all`,
-//! `create_tenants` and `for_each_tenant` share.
+//! of threads: what `migrate_all`, `create_tenants` and `for_each_tenant`
+//! share. A worker opens a session connection only when its work asks for
+//! one (`for_each_tenant` checks out a scoped connection per tenant instead).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
