@@ -1,17 +1,18 @@
 //! Applying one migration set to one schema: locked, in one transaction, with only
 //! that schema on the search path, and journalled.
 
-use crate::registry::{self, lock_key};
 use std::time::Duration;
 
-use crate::conn::PgConn;
-use diesel::migration::{CREATE_MIGRATIONS_TABLE, Migration, MigrationSource};
+use diesel::migration::{CREATE_MIGRATIONS_TABLE, Migration};
 use diesel::pg::Pg;
-use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 
-use super::{MigrationError, Outcome};
-use crate::{Error, Result, SchemaName};
+use crate::conn::PgConn;
+use crate::{Error, Result, registry};
+
+use diesel::prelude::*;
+
+use super::{MigrationError, MigrationSet, Outcome, Target};
 
 /// How a run treats a schema whose migration lock another run holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,123 +24,6 @@ pub enum LockMode {
     Wait,
     /// Skip the schema and report it as [`Outcome::Locked`].
     Skip,
-}
-
-/// A migration set loaded once per worker, sorted by version.
-pub(crate) struct MigrationSet {
-    migrations: Vec<Box<dyn Migration<Pg>>>,
-    versions: Vec<String>,
-    digest: String,
-    /// The digest of each proper prefix of the set (`versions[..k]`), mapped
-    /// to `k`: a journal entry with one of them says which versions a tenant
-    /// has.
-    prefixes: std::collections::HashMap<String, usize>,
-}
-
-impl MigrationSet {
-    pub(crate) fn load<S: MigrationSource<Pg>>(source: &S, schema: &str) -> Result<Self> {
-        let mut migrations = source.migrations().map_err(|source| Error::Migration {
-            schema: schema.to_owned(),
-            version: None,
-            source,
-        })?;
-        migrations.sort_by_key(|m| m.name().version().to_string());
-        let versions: Vec<String> = migrations
-            .iter()
-            .map(|m| m.name().version().to_string())
-            .collect();
-        let digest = digest(&versions);
-        let prefixes = (0..versions.len())
-            .map(|k| (self::digest(&versions[..k]), k))
-            .collect();
-        Ok(MigrationSet {
-            migrations,
-            versions,
-            digest,
-            prefixes,
-        })
-    }
-
-    /// The set's versions, in order.
-    pub(crate) fn versions(&self) -> &[String] {
-        &self.versions
-    }
-
-    /// A short fingerprint of the set's versions: equal digests, same set.
-    pub(crate) fn digest(&self) -> &str {
-        &self.digest
-    }
-
-    /// How many leading versions of this set a tenant has, if its journal
-    /// digest is that of a proper prefix of the set.
-    pub(crate) fn known_prefix(&self, journal_digest: &str) -> Option<usize> {
-        self.prefixes.get(journal_digest).copied()
-    }
-
-    pub(crate) fn pending(&self, applied: &[String]) -> Vec<&dyn Migration<Pg>> {
-        self.migrations
-            .iter()
-            .zip(&self.versions)
-            .filter(|(_, v)| !applied.contains(v))
-            .map(|(m, _)| &**m)
-            .collect()
-    }
-}
-
-/// FNV-1a over the versions, hex-encoded.
-fn digest(versions: &[String]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in versions.join("\n").bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}-{}", versions.len())
-}
-
-/// Where a set is applied.
-#[derive(Clone, Copy)]
-pub(crate) enum Target<'a> {
-    /// The shared set, on `public`.
-    Public,
-    /// A tenant's schema; `id` is its registry id, for the journal.
-    Tenant { schema: &'a SchemaName, id: i64 },
-}
-
-impl Target<'_> {
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            Target::Public => "public",
-            Target::Tenant { schema, .. } => schema.as_str(),
-        }
-    }
-
-    /// The search path while migrating: the schema alone.
-    fn path(&self) -> String {
-        match self {
-            Target::Public => "public".to_owned(),
-            Target::Tenant { schema, .. } => schema.quoted(),
-        }
-    }
-
-    fn ledger(&self) -> String {
-        match self {
-            Target::Public => "public.__diesel_schema_migrations".to_owned(),
-            Target::Tenant { schema, .. } => {
-                format!("{}.__diesel_schema_migrations", schema.quoted())
-            }
-        }
-    }
-
-    fn lock_key(&self) -> String {
-        lock_key(self.name())
-    }
-
-    fn journal_id(&self) -> Option<i64> {
-        match self {
-            Target::Public => None,
-            Target::Tenant { id, .. } => Some(*id),
-        }
-    }
 }
 
 /// Lock and timeout settings for [`apply`].
@@ -177,7 +61,7 @@ impl From<diesel::result::Error> for Stop {
     }
 }
 
-fn millis(d: Option<Duration>) -> Option<String> {
+pub(super) fn millis(d: Option<Duration>) -> Option<String> {
     d.map(|d| format!("{}ms", d.as_millis().max(1)))
 }
 
@@ -576,107 +460,6 @@ pub(crate) fn apply(
                     applied: non_transactional_done,
                 };
             }
-        }
-    }
-}
-
-/// A text as an SQL string literal (standard-conforming strings, which
-/// Diesel's sessions and the reset keep).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// A list of versions as an SQL `text[]` literal.
-fn text_array(versions: &[String]) -> String {
-    let items: Vec<String> = versions.iter().map(|v| literal(v)).collect();
-    format!("ARRAY[{}]::text[]", items.join(", "))
-}
-
-/// The fast path of [`apply`] for a tenant whose journal says it has the
-/// first `known` versions of `set`: the whole step in one round trip (one
-/// multi-statement text: the transaction, the path, the timeouts and the
-/// lock, a guard that the ledger holds exactly those versions, the pending
-/// migrations, the ledger rows, the journal entry, the commit). `None` when
-/// the fast path does not apply (Citus, a non-transactional migration, a
-/// migration that is not plain SQL, `LockMode::Skip`) or the step failed for
-/// any reason (the guard, the migration, the lock timeout): the transaction
-/// is rolled back and the caller takes the careful path, which reports
-/// failures precisely.
-pub(crate) fn apply_fast(
-    conn: &mut impl PgConn,
-    target: Target<'_>,
-    set: &MigrationSet,
-    known: usize,
-    settings: &ApplySettings,
-) -> Option<Outcome> {
-    let Target::Tenant { schema, id } = target else {
-        return None;
-    };
-    if settings.split || settings.lock != LockMode::Wait || known >= set.migrations.len() {
-        return None;
-    }
-    let pending = &set.migrations[known..];
-    if pending.iter().any(|m| !m.metadata().run_in_transaction()) {
-        return None;
-    }
-    let mut sql = String::from("BEGIN;\n");
-    let mut settings_sql = format!(
-        "SELECT set_config('search_path', {}, true)",
-        literal(&target.path())
-    );
-    for (name, value) in [
-        ("lock_timeout", millis(settings.lock_timeout)),
-        ("statement_timeout", millis(settings.statement_timeout)),
-    ] {
-        if let Some(value) = value {
-            settings_sql += &format!(", set_config('{name}', {}, true)", literal(&value));
-        }
-    }
-    settings_sql += &format!(
-        ", pg_advisory_xact_lock(hashtextextended({}, 0));\n",
-        literal(&target.lock_key())
-    );
-    sql += &settings_sql;
-    let ledger = target.ledger();
-    sql += &format!(
-        "DO $tenancy_guard$ BEGIN IF (SELECT count(DISTINCT version) FROM {ledger} WHERE version = ANY({known_versions})) <> {known} \
-         OR EXISTS (SELECT 1 FROM {ledger} WHERE version = ANY({pending_versions})) \
-         THEN RAISE EXCEPTION 'diesel_tenancy: the ledger of % disagrees with the journal', {schema_literal}; END IF; END $tenancy_guard$;\n",
-        known_versions = text_array(&set.versions[..known]),
-        pending_versions = text_array(&set.versions[known..]),
-        schema_literal = literal(schema.as_str()),
-    );
-    for m in pending {
-        for text in super::statements::captured(&**m)? {
-            sql += &text;
-            // A newline first: the text may end in a `--` comment.
-            sql += "\n;\n";
-        }
-    }
-    let rows: Vec<String> = set.versions[known..]
-        .iter()
-        .map(|v| format!("({})", literal(v)))
-        .collect();
-    sql += &format!(
-        "INSERT INTO {ledger} (version) VALUES {};\n",
-        rows.join(", ")
-    );
-    let latest = set
-        .versions
-        .last()
-        .map_or("NULL".to_owned(), |v| literal(v));
-    sql += &registry::complete_sql(&id.to_string(), &latest, &literal(&set.digest));
-    sql += ";\n";
-    sql += "COMMIT;";
-    match conn.batch_execute(&sql) {
-        Ok(()) => Some(Outcome::Applied {
-            versions: set.versions[known..].to_vec(),
-            non_transactional: Vec::new(),
-        }),
-        Err(_) => {
-            // The text stopped at the failure, inside its transaction.
-            let _ = conn.batch_execute("ROLLBACK");
-            None
         }
     }
 }

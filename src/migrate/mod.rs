@@ -1,24 +1,28 @@
 //! Shared migrations on `public`, tenant migrations on every tenant schema.
 
 mod apply;
+mod fast;
 mod migrator;
 mod options;
 mod report;
+mod set;
 mod statements;
 
 pub(crate) use crate::error::error_chain;
 
-use apply::{ApplySettings, apply, apply_fast, pending_versions, plan};
+use apply::{ApplySettings, apply, pending_versions, plan};
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
+use fast::apply_fast;
 
 use crate::citus::{self, ClusterMode};
 use crate::conn::PgConn;
 use crate::{Error, Result, Tenant, registry};
 
 pub use apply::LockMode;
-pub(crate) use apply::{MigrationSet, Target, apply_in_transaction};
+pub(crate) use apply::apply_in_transaction;
 pub use report::{MigrationError, MigrationReport, Outcome, TenantReport, Totals};
+pub(crate) use set::{MigrationSet, Target};
 
 fn outcome_to_result(schema: &str, outcome: Outcome) -> Result<Vec<String>> {
     match outcome {
