@@ -8,6 +8,7 @@ mod domain;
 mod dump;
 mod exec;
 mod migrate;
+mod pg_tools;
 mod status;
 mod tenant;
 
