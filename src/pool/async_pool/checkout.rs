@@ -62,6 +62,8 @@ impl AsyncTenantPool {
 
 /// Drives the scope state machine (the same one as the sync pool) until the
 /// connection holds `scope`: in the common case one statement, or none.
+// One loop on purpose: it is the async side of the shared state machine
+// (`ConnState::plan`), step by step as the sync pool's `enter` runs it.
 pub(super) async fn enter(
     cfg: &ScopeConfig,
     conn: &mut AsyncPgConnection,
