@@ -148,7 +148,7 @@ fn a_checkout_sends_one_statement_switch_or_not() {
     }
 
     // Async: a plain diesel-async deadpool pool (its `Verified` check is
-    // `SELECT 1`).
+    // `SELECT 1`), then the tenant pool on deadpool and on bb8.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -171,12 +171,21 @@ fn a_checkout_sends_one_statement_switch_or_not() {
         .await;
         assert!(counted.iter().all(|n| *n == 2), "plain async: {counted:?}");
 
-        for roles in [false, true] {
-            let pool = AsyncTenantPool::builder(db.url())
+        for (kind, roles) in [
+            ("deadpool", false),
+            ("deadpool", true),
+            ("bb8", false),
+            ("bb8", true),
+        ] {
+            let builder = AsyncTenantPool::builder(db.url())
                 .max_size(1)
-                .tenant_roles(roles)
-                .build()
-                .unwrap();
+                .tenant_roles(roles);
+            let pool = match kind {
+                "deadpool" => builder.build_deadpool(),
+                _ => builder.build_bb8(),
+            }
+            .unwrap();
+            assert_eq!(pool.pool_kind(), kind);
             for switching in [false, true] {
                 let counted = counts(async |i| {
                     let t = if switching { pick(i) } else { pick(0) };
@@ -186,7 +195,7 @@ fn a_checkout_sends_one_statement_switch_or_not() {
                 .await;
                 assert!(
                     counted.iter().all(|n| *n == 2),
-                    "async, switching {switching}, roles {roles}: {counted:?}"
+                    "async {kind}, switching {switching}, roles {roles}: {counted:?}"
                 );
             }
         }
