@@ -15,6 +15,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A call of `for_each_tenant` ended the transaction the run gave it
+    /// (`COMMIT` or `ROLLBACK` sent by hand), so what it did before that may
+    /// have been committed whatever it returned.
+    #[error(
+        "the call for tenant {schema:?} ended the transaction the run gave it (COMMIT or ROLLBACK by hand), so what it did before may have been committed: check the tenant"
+    )]
+    TransactionEndedByCall {
+        /// The tenant's schema.
+        schema: String,
+    },
+
     /// A string is not a valid tenant schema name.
     #[error(transparent)]
     InvalidSchemaName(#[from] SchemaNameError),

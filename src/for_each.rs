@@ -536,3 +536,20 @@ mod sync;
 
 #[cfg(any(feature = "deadpool", feature = "bb8"))]
 mod asynchronous;
+
+/// The start of the current transaction: a call that ends the transaction the
+/// run gave it (and perhaps begins another) changes it.
+const TRANSACTION_STARTED: &str = "SELECT pg_catalog.now()::text AS started";
+
+#[derive(QueryableByName, PartialEq, Eq)]
+struct Started {
+    #[diesel(sql_type = Text)]
+    started: String,
+}
+
+/// The error for a call that ended its transaction itself.
+fn ended_by_call(tenant: &Tenant) -> Error {
+    Error::TransactionEndedByCall {
+        schema: tenant.schema().as_str().to_owned(),
+    }
+}

@@ -167,10 +167,36 @@ where
             true
         }
     };
-    let result = match scope(&mut conn, &tenant).await {
-        Ok(()) => {
+    let before = match scope(&mut conn, &tenant).await {
+        Ok(()) => started(&mut conn, &tenant).await,
+        Err(e) => Err(e),
+    };
+    let result = match before {
+        Ok(before) => {
             let work: <F as TenantFn<'_, T, E>>::Fut = f(&tenant, &mut conn);
-            crate::task_local::with_current_tenant(tenant.clone(), work).await
+            let result = crate::task_local::with_current_tenant(tenant.clone(), work).await;
+            let depth = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn)
+                .transaction_depth()
+                .ok()
+                .flatten();
+            // A query that fails here means an aborted transaction (the
+            // call's own statement failed), which is still the run's to roll
+            // back.
+            let restarted = match depth {
+                Some(_) => started(&mut conn, &tenant)
+                    .await
+                    .is_ok_and(|now| now != before),
+                None => true,
+            };
+            if restarted {
+                // What it did before may be committed: say so; the open
+                // transaction it may have left is rolled back below.
+                if depth.is_some() {
+                    let _ = AnsiTransactionManager::rollback_transaction(&mut *conn).await;
+                }
+                return Err(E::from(ended_by_call(&tenant)));
+            }
+            result
         }
         Err(e) => Err(e.into()),
     };
@@ -237,4 +263,11 @@ impl<F: Future> Future for CatchUnwind<F> {
             }
         }
     }
+}
+
+/// The start of the connection's current transaction.
+async fn started(conn: &mut AsyncPgConnection, tenant: &Tenant) -> Result<Started> {
+    diesel_async::RunQueryDsl::get_result::<Started>(diesel::sql_query(TRANSACTION_STARTED), conn)
+        .await
+        .map_err(scope_error(tenant))
 }

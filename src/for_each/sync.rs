@@ -130,9 +130,32 @@ where
             true
         }
     };
-    let result = scope(&mut conn, tenant)
-        .map_err(E::from)
-        .and_then(|()| f(tenant, &mut conn));
+    let started = |conn: &mut TenantConnection| {
+        diesel::sql_query(TRANSACTION_STARTED)
+            .get_result::<Started>(&mut **conn)
+            .map_err(scope_error(tenant))
+    };
+    let before = scope(&mut conn, tenant).and_then(|()| started(&mut conn));
+    let result = before.map_err(E::from).and_then(|before| {
+        let result = f(tenant, &mut conn);
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(&mut *conn)
+            .transaction_depth()
+            .ok()
+            .flatten();
+        // A query that fails here means an aborted transaction (the call's
+        // own statement failed), which is still the run's to roll back.
+        if depth.is_none() || started(&mut conn).is_ok_and(|now| now != before) {
+            // What it did before may be committed: say so, and roll back
+            // whatever transaction it left open.
+            if depth.is_some() && AnsiTransactionManager::rollback_transaction(&mut *conn).is_err()
+            {
+                conn.discard();
+            }
+            conn.discard();
+            return Err(E::from(ended_by_call(tenant)));
+        }
+        result
+    });
     match result {
         Ok(value) => {
             if began {

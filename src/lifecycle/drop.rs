@@ -84,11 +84,15 @@ where
     C: PgConn,
     H: FnOnce(&mut C, &Tenant) -> Result<()>,
 {
+    let session_path = match hook {
+        Some(_) => session_path(conn)?,
+        None => String::new(),
+    };
     committed(conn.transaction(|conn| {
         lock_schema(conn, schema)?;
         let tenant = registry::get_tenant(conn, schema)?;
         if let Some(hook) = hook {
-            run_hook(conn, &tenant, Stage::Drop, hook)?;
+            run_hook(conn, &tenant, Stage::Drop, &session_path, hook)?;
         }
         if registry::delete_tenant_row(conn, schema)? == 0 {
             return Err(Error::TenantNotFound {

@@ -246,6 +246,10 @@ where
     H: FnOnce(&mut C, &Tenant) -> Result<()>,
 {
     let schema = &new.schema;
+    let session_path = match hook {
+        Some(_) => session_path(conn)?,
+        None => String::new(),
+    };
     committed(conn.transaction(|conn| {
         let tenant = match creation {
             Creation::NewSchema => {
@@ -288,7 +292,7 @@ where
             tenant
         };
         if let Some(hook) = hook {
-            run_hook(conn, &tenant, Stage::Creation, hook)?;
+            run_hook(conn, &tenant, Stage::Creation, &session_path, hook)?;
         }
         Ok(tenant)
     }))
@@ -316,7 +320,28 @@ impl std::fmt::Display for Stage {
 /// with `?` gets an action naming the hook; a hook that ended the
 /// transaction itself is caught by comparing the transaction id and
 /// Diesel's transaction depth before and after.
-fn run_hook<C, H>(conn: &mut C, tenant: &Tenant, stage: Stage, hook: H) -> Result<()>
+/// The caller's search path before a lifecycle transaction with a hook
+/// begins: the session's, which a hook that sets the path for the session
+/// must not change for the rest of the caller's borrow.
+pub(super) fn session_path(conn: &mut impl PgConn) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct Path {
+        #[diesel(sql_type = Text)]
+        path: String,
+    }
+    diesel::sql_query("SELECT pg_catalog.current_setting('search_path') AS path")
+        .get_result::<Path>(conn)
+        .map(|p| p.path)
+        .map_err(Error::db("read the search path"))
+}
+
+fn run_hook<C, H>(
+    conn: &mut C,
+    tenant: &Tenant,
+    stage: Stage,
+    session_path: &str,
+    hook: H,
+) -> Result<()>
 where
     C: PgConn,
     H: FnOnce(&mut C, &Tenant) -> Result<()>,
@@ -352,10 +377,18 @@ where
         },
         other => other,
     })?;
+    // Both levels: a hook that set the path for the session (`SET` without
+    // `LOCAL`) would otherwise leave it to the rest of the caller's borrow
+    // once the transaction ends. The session value becomes the path the
+    // caller had (a statement the pool's watch does not take for harmless, so
+    // a pooled connection is reset when its borrow ends).
     let left = diesel::sql_query(
-        "SELECT pg_catalog.set_config('search_path', $1, true) AS path, \
+        "SELECT pg_catalog.set_config('search_path', $1, false) IS NOT NULL AND \
+                pg_catalog.set_config('search_path', $2, true) IS NOT NULL AS entered, \
+                pg_catalog.current_setting('search_path') AS path, \
                 pg_catalog.txid_current() AS xid",
     )
+    .bind::<Text, _>(session_path)
     .bind::<Text, _>(&entered.path)
     .get_result::<Entered>(conn)
     .map_err(Error::db(format!(
