@@ -74,9 +74,14 @@ impl Database {
         let url = self.url.filter(|u| !u.is_empty()).ok_or_else(|| {
             UsageError("no database URL: pass --database-url or set DATABASE_URL".into())
         })?;
+        // No idle minimum: with one, r2d2 opens a replacement in the
+        // background after every checkout, and a connection still being
+        // opened when the process exits crashed it (libpq's Kerberos
+        // library tears down its locks at exit under the connecting thread).
+        // Without one, a checkout opens the connection it waits for.
         let pool = TenantPool::builder(url.clone())
             .max_size(jobs as u32 + 2)
-            .min_idle(Some(1))
+            .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(self.connect_timeout.max(1)))
             .build()?;
         Ok(Ctx {
