@@ -100,9 +100,7 @@ pub fn create_tenant<S: MigrationSource<Pg>>(
     new: &NewTenant,
     tenant_migrations: S,
 ) -> Result<Tenant> {
-    let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
-    let citus = citus::detect(conn)? == ClusterMode::Citus;
-    create_with_set(conn, new, &set, citus, Creation::NewSchema, no_hook())
+    create_one(conn, new, tenant_migrations, Creation::NewSchema, no_hook())
 }
 
 /// [`create_tenant`], then `hook`, all in the one creation transaction: seed
@@ -178,9 +176,13 @@ where
     S: MigrationSource<Pg>,
     H: FnOnce(&mut C, &Tenant) -> Result<()>,
 {
-    let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
-    let citus = citus::detect(conn)? == ClusterMode::Citus;
-    create_with_set(conn, new, &set, citus, Creation::NewSchema, Some(hook))
+    create_one(
+        conn,
+        new,
+        tenant_migrations,
+        Creation::NewSchema,
+        Some(hook),
+    )
 }
 
 /// Registers a schema that exists already, with no registry row, as a new
@@ -214,9 +216,32 @@ pub fn adopt_tenant_schema<S: MigrationSource<Pg>>(
     new: &NewTenant,
     tenant_migrations: S,
 ) -> Result<Tenant> {
+    create_one(
+        conn,
+        new,
+        tenant_migrations,
+        Creation::ExistingSchema,
+        no_hook(),
+    )
+}
+
+/// One tenant on the caller's connection: [`create_tenant`],
+/// [`create_tenant_with`] and [`adopt_tenant_schema`].
+fn create_one<C, S, H>(
+    conn: &mut C,
+    new: &NewTenant,
+    tenant_migrations: S,
+    creation: Creation,
+    hook: Option<H>,
+) -> Result<Tenant>
+where
+    C: PgConn,
+    S: MigrationSource<Pg>,
+    H: FnOnce(&mut C, &Tenant) -> Result<()>,
+{
     let set = MigrationSet::load(&tenant_migrations, new.schema.as_str())?;
     let citus = citus::detect(conn)? == ClusterMode::Citus;
-    create_with_set(conn, new, &set, citus, Creation::ExistingSchema, no_hook())
+    create_with_set(conn, new, &set, citus, creation, hook)
 }
 
 /// Whether a creation makes the tenant's schema or takes over one that exists.

@@ -145,15 +145,15 @@ impl TenantAndPrimary {
             .as_deref()
             .map(Domain::parse)
             .transpose()?;
-        let tenant = Tenant::try_from(TenantRow {
+        let row = WrittenRow {
             id: self.id,
             schema_name: self.schema_name,
             name: self.name,
             status: self.status,
             created_at: self.created_at,
             role_name: self.role_name,
-            schema_oid: self.schema_oid,
-        })?;
+        };
+        let tenant = Tenant::from_row(row, self.schema_oid)?;
         Ok((tenant, primary))
     }
 }

@@ -107,20 +107,6 @@ impl Tenant {
     }
 }
 
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = tenancy_tenants, check_for_backend(diesel::pg::Pg))]
-pub(super) struct TenantRow {
-    pub(super) id: i64,
-    pub(super) schema_name: String,
-    pub(super) name: String,
-    pub(super) status: String,
-    pub(super) created_at: SystemTime,
-    pub(super) role_name: Option<String>,
-    #[diesel(select_expression = diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Oid>>(SCHEMA_OID))]
-    #[diesel(select_expression_type = diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Oid>>)]
-    pub(super) schema_oid: Option<u32>,
-}
-
 /// A registry row as a write returns it: without the schema's object id, which
 /// `RETURNING` cannot compute on Citus (it refuses functions that are not
 /// immutable there); the writes that return a [`Tenant`] read it after.
@@ -135,18 +121,15 @@ pub(super) struct WrittenRow {
     pub(super) role_name: Option<String>,
 }
 
-impl From<WrittenRow> for TenantRow {
-    fn from(row: WrittenRow) -> Self {
-        TenantRow {
-            id: row.id,
-            schema_name: row.schema_name,
-            name: row.name,
-            status: row.status,
-            created_at: row.created_at,
-            role_name: row.role_name,
-            schema_oid: None,
-        }
-    }
+/// A registry row as a lookup reads it: with the object id of its schema.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tenancy_tenants, check_for_backend(diesel::pg::Pg))]
+pub(super) struct TenantRow {
+    #[diesel(embed)]
+    pub(super) row: WrittenRow,
+    #[diesel(select_expression = diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Oid>>(SCHEMA_OID))]
+    #[diesel(select_expression_type = diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::Oid>>)]
+    pub(super) schema_oid: Option<u32>,
 }
 
 /// The object id of the schema a registry row names, as an SQL expression on
@@ -157,11 +140,26 @@ pub(super) const SCHEMA_OID: &str =
 impl TryFrom<TenantRow> for Tenant {
     type Error = Error;
     fn try_from(row: TenantRow) -> Result<Tenant> {
+        Tenant::from_row(row.row, row.schema_oid)
+    }
+}
+
+/// A written row: the schema's object id is read after (see [`WrittenRow`]).
+impl TryFrom<WrittenRow> for Tenant {
+    type Error = Error;
+    fn try_from(row: WrittenRow) -> Result<Tenant> {
+        Tenant::from_row(row, None)
+    }
+}
+
+impl Tenant {
+    pub(super) fn from_row(row: WrittenRow, schema_oid: Option<u32>) -> Result<Tenant> {
+        let corrupt = |e: crate::SchemaNameError| Error::CorruptRegistry {
+            reason: e.to_string(),
+        };
         Ok(Tenant {
             id: row.id,
-            schema: SchemaName::try_from(row.schema_name).map_err(|e| Error::CorruptRegistry {
-                reason: e.to_string(),
-            })?,
+            schema: SchemaName::try_from(row.schema_name).map_err(corrupt)?,
             name: row.name,
             status: TenantStatus::parse(&row.status)?,
             created_at: row.created_at,
@@ -169,10 +167,8 @@ impl TryFrom<TenantRow> for Tenant {
                 .role_name
                 .map(SchemaName::try_from)
                 .transpose()
-                .map_err(|e| Error::CorruptRegistry {
-                    reason: e.to_string(),
-                })?,
-            schema_oid: row.schema_oid,
+                .map_err(corrupt)?,
+            schema_oid,
         })
     }
 }

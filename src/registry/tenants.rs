@@ -52,7 +52,7 @@ pub fn insert_tenant(conn: &mut impl PgConn, schema: &SchemaName, name: &str) ->
             })?;
         // Usually written before its schema exists: the caller reads the
         // schema's object id once it does.
-        Tenant::try_from(TenantRow::from(row))
+        Tenant::try_from(row)
     })
 }
 
@@ -111,7 +111,7 @@ pub fn set_tenant_status(
                 schema.as_str()
             )))?;
         match row {
-            Some(row) => with_schema_oid(conn, Tenant::try_from(TenantRow::from(row))?),
+            Some(row) => with_schema_oid(conn, Tenant::try_from(row)?),
             None => Err(Error::TenantNotFound {
                 schema: schema.as_str().to_owned(),
             }),
@@ -155,7 +155,7 @@ pub(crate) fn rename_tenant_row(
             })?;
         match row {
             // The schema is renamed after the row: the caller reads its id then.
-            Some(row) => Tenant::try_from(TenantRow::from(row)),
+            Some(row) => Tenant::try_from(row),
             None => Err(Error::TenantNotFound {
                 schema: from.as_str().to_owned(),
             }),
@@ -171,7 +171,7 @@ pub(crate) fn set_role_name(conn: &mut impl PgConn, id: i64, role: &SchemaName) 
             .returning(WrittenRow::as_returning())
             .get_result(conn)
             .map_err(Error::db(format!("record role {role}")))?;
-        with_schema_oid(conn, Tenant::try_from(TenantRow::from(row))?)
+        with_schema_oid(conn, Tenant::try_from(row)?)
     })
 }
 
